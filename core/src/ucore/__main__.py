@@ -1,0 +1,5 @@
+"""Allows ``python -m ucore`` where the console script is not on PATH (batch jobs, tests)."""
+
+from ucore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Errors that reach the user as one line and a documented exit status.
+
+Every failure a user can cause or meet (bad input, a refusing registry, a corrupt blob, a full
+disk) is raised as a :class:`UcoreError` subclass; the CLI prints its message and exits with its
+``exit_code``. Anything else escaping is a bug and is reported as such.
+"""
+
+from __future__ import annotations
+
+
+class UcoreError(Exception):
+    """Base class: ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+
+class UsageError(UcoreError):
+    """Invalid command-line input: a malformed reference, option or argument."""
+
+    exit_code = 2
+
+
+class NotFoundError(UcoreError):
+    """The image, tag, blob or platform asked for does not exist (locally or remotely)."""
+
+    exit_code = 3
+
+
+class RegistryError(UcoreError):
+    """The registry is unreachable, keeps failing, or speaks a protocol we refuse."""
+
+    exit_code = 4
+
+
+class AuthError(UcoreError):
+    """Credentials were missing, wrong or refused."""
+
+    exit_code = 5
+
+
+class IntegrityError(UcoreError):
+    """Content is not what it claims to be: digest or size mismatch, malformed or unsupported
+    manifest, a tarball that lies about its contents."""
+
+    exit_code = 6
+
+
+class StoreError(UcoreError):
+    """The local store cannot be written or read: disk full, quota, permissions."""
+
+    exit_code = 7
+
+
+class PluginError(UcoreError):
+    """A plugin is misconfigured in a way that makes the command impossible (e.g. duplicate
+    engine names)."""
+
+    exit_code = 8
+
+
+#: Exit statuses, documented in README.md and ``ucore --help``.
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected internal error (a bug: please report it)",
+    UsageError.exit_code: "invalid command line or reference",
+    NotFoundError.exit_code: "image, tag, blob or platform not found",
+    RegistryError.exit_code: "registry unreachable, failing or unsupported",
+    AuthError.exit_code: "authentication or authorization failed",
+    IntegrityError.exit_code: "content failed verification or is malformed",
+    StoreError.exit_code: "local store error (disk full, quota, permissions)",
+    PluginError.exit_code: "plugin configuration error",
+    130: "interrupted (SIGINT)",
+    143: "terminated (SIGTERM)",
+}

@@ -1,0 +1,92 @@
+"""Events published on the bus (the ``ucore_event`` hook).
+
+Subscribers (the terminal progress display, the JSON-lines sink, a site's own monitoring plugin)
+receive these frozen values. Each class has a dotted ``name`` that is also the ``event`` key of
+its JSON form, so a batch script can filter on it without importing ucore.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import attrs
+
+
+@attrs.frozen
+class Event:
+    name: ClassVar[str] = "event"
+    time: float = attrs.field(factory=time.time, kw_only=True)
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        return {"event": self.name, **{k: _plain(v) for k, v in data.items()}}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@attrs.frozen
+class StageStarted(Event):
+    """A stage (``pull``, ``fetch.manifest``, ``fetch.blobs``, ``load``, …) began for ``subject``."""
+
+    name: ClassVar[str] = "stage.start"
+    stage: str
+    subject: str
+
+
+@attrs.frozen
+class StageFinished(Event):
+    """A stage ended; ``seconds`` is its wall time, ``ok`` whether it succeeded."""
+
+    name: ClassVar[str] = "stage.finish"
+    stage: str
+    subject: str
+    seconds: float
+    ok: bool = True
+
+
+@attrs.frozen
+class BlobStarted(Event):
+    """A blob download is about to start (``done`` > 0 when resuming a partial download)."""
+
+    name: ClassVar[str] = "blob.download.start"
+    digest: str
+    total: int
+    done: int = 0
+    media_type: str = ""
+
+
+@attrs.frozen
+class BlobProgress(Event):
+    """Bytes of one blob received so far; throttled to a few per second per blob."""
+
+    name: ClassVar[str] = "blob.download.progress"
+    digest: str
+    done: int
+    total: int
+
+
+@attrs.frozen
+class BlobFinished(Event):
+    """A blob is verified and published, or was already present (``cached``)."""
+
+    name: ClassVar[str] = "blob.download.finish"
+    digest: str
+    total: int
+    cached: bool = False
+    seconds: float = 0.0
+
+
+@attrs.frozen
+class Retrying(Event):
+    """A request failed in a way worth retrying; ``delay`` seconds until the next attempt."""
+
+    name: ClassVar[str] = "http.retry"
+    url: str
+    reason: str
+    attempt: int
+    delay: float

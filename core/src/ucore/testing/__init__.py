@@ -1,0 +1,1 @@
+"""Test support for ucore and its plugins: a real registry, images built from scratch."""
