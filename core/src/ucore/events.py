@@ -31,7 +31,7 @@ def _plain(value: Any) -> Any:
 
 @attrs.frozen
 class StageStarted(Event):
-    """A stage (``pull``, ``fetch.manifest``, ``fetch.blobs``, ``load``, …) began for ``subject``."""
+    """A stage (``pull``, ``fetch.manifest``, ``fetch.blobs``, ``load``, …) began."""
 
     name: ClassVar[str] = "stage.start"
     stage: str

@@ -1,0 +1,303 @@
+"""HTTP to one registry: authentication challenges, retries, redirects, timeouts.
+
+Rules kept here (from ``safety-rules.md``): every request has connect and read timeouts; 429
+honours ``Retry-After`` up to a cap; 5xx, resets and timeouts retry with jittered backoff a
+bounded number of times; a 401 refreshes the token once, never in a loop; redirects never carry
+``Authorization`` to another host and never downgrade https to http; Basic credentials go over
+plain HTTP only to registries marked insecure (loopback counts, as in Docker).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import requests
+import requests.adapters
+
+from ucore import __version__
+from ucore.errors import AuthError, RegistryError
+from ucore.events import Retrying
+from ucore.log import get_logger
+
+if TYPE_CHECKING:
+    from ucore.builtin.registry.credentials import Credentials
+
+log = get_logger(__name__)
+
+RETRY_STATUS = (500, 502, 503, 504)
+REDIRECT_STATUS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10
+TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+#: Failures that another attempt a second later would not change.
+PERMANENT = ("connection refused", "unknown host")
+_CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="…",service="…"`` → ("bearer", {"realm": …, "service": …})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m[1].lower(): (m[2] if m[2] is not None else m[3]) for m in _CHALLENGE.finditer(rest)}
+    return scheme.lower(), params
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    return name in {"localhost", "::1"} or name.startswith("127.")
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for pattern, reason in (
+        (r"Connection refused", "connection refused"),
+        (r"Name or service not known|nodename nor servname|failure in name", "unknown host"),
+        (r"timed out|Timeout", "timed out"),
+        (r"reset by peer|RemoteDisconnected|Connection aborted", "connection reset"),
+        (r"IncompleteRead|ended prematurely|Connection broken", "connection broken mid-transfer"),
+        (r"SSL|TLS|certificate", "TLS error"),
+    ):
+        if re.search(pattern, text):
+            return reason
+    return type(exc).__name__
+
+
+class Transport:
+    """Requests to one registry host, shared by the download threads of one pull."""
+
+    def __init__(
+        self,
+        host: str,
+        scheme: str,
+        insecure: bool,
+        credentials: Optional[Credentials],
+        *,
+        timeout: tuple[float, float],
+        retries: int,
+        max_retry_after: float,
+        pool: int,
+        emit: Callable[[Any], None],
+    ) -> None:
+        self.host = host
+        self.scheme = scheme
+        self.insecure = insecure
+        self.credentials = credentials
+        self.timeout = timeout
+        self.retries = retries
+        self.max_retry_after = max_retry_after
+        self.emit = emit
+        self.http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool + 2)
+        self.http.mount("https://", adapter)
+        self.http.mount("http://", adapter)
+        self.http.headers.update(
+            {"User-Agent": f"ucore/{__version__}", "Accept-Encoding": "identity"}
+        )
+        self._tokens: dict[str, str] = {}
+        self._basic = False
+        self._lock = threading.Lock()
+        self._scheme_checked = scheme == "http"
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- authentication ---------------------------------------------------------------------
+
+    def _auth_header(self, scope: str) -> Optional[str]:
+        token = self._tokens.get(scope)
+        if token:
+            return f"Bearer {token}"
+        if self._basic and self.credentials:
+            creds = self.credentials.lookup(self.host)
+            if creds:
+                return _basic(*creds)
+        return None
+
+    def _authenticate(self, resp: requests.Response, scope: str, had_auth: bool) -> None:
+        header = resp.headers.get("WWW-Authenticate", "")
+        scheme, params = parse_challenge(header)
+        creds = self.credentials.lookup(self.host) if self.credentials else None
+        if scheme == "basic":
+            if not creds:
+                raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
+            if had_auth:
+                raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
+            if self.scheme != "https" and not self.insecure:
+                raise AuthError(f"refusing to send a password to {self.host} over plain HTTP")
+            self._basic = True
+            return
+        if scheme != "bearer" or not params.get("realm"):
+            raise AuthError(f"{self.host} asked for unsupported authentication {header[:60]!r}")
+        realm = params["realm"]
+        parts = urlsplit(realm)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise AuthError(f"{self.host} named an invalid token server {realm!r}")
+        if creds and parts.scheme == "http" and not (self.insecure or is_loopback(parts.netloc)):
+            raise AuthError(f"refusing to send a password to token server {realm} over HTTP")
+        query = {"service": params.get("service", ""), "scope": params.get("scope") or scope}
+        query = {k: v for k, v in query.items() if v}
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        headers = {"Authorization": _basic(*creds)} if creds else {}
+        try:
+            tresp = self._send("GET", url, headers, stream=False, auth_host=parts.netloc)
+        except TRANSIENT as exc:
+            raise RegistryError(f"token server {parts.netloc}: {short_reason(exc)}") from None
+        if tresp.status_code in (401, 403):
+            if creds:
+                raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
+            raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
+        if tresp.status_code != 200:
+            raise RegistryError(f"token server {parts.netloc} answered {tresp.status_code}")
+        try:
+            body = tresp.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"token server {parts.netloc} returned no token")
+        with self._lock:
+            self._tokens[scope] = token
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        stream: bool,
+        auth_host: Optional[str] = None,
+    ) -> requests.Response:
+        """One request, following redirects by hand so credentials stay with their host."""
+        origin = auth_host or self.host
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self.http.request(
+                method,
+                url,
+                headers=headers,
+                stream=stream,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+            if resp.status_code not in REDIRECT_STATUS or "Location" not in resp.headers:
+                return resp
+            target = urljoin(url, resp.headers["Location"])
+            resp.close()
+            old, new = urlsplit(url), urlsplit(target)
+            if old.scheme == "https" and new.scheme != "https":
+                raise RegistryError(f"refusing redirect from https to {new.scheme}: {target}")
+            if new.scheme not in ("http", "https"):
+                raise RegistryError(f"refusing redirect to {target}")
+            if new.netloc != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise RegistryError(f"too many redirects from {self.host}")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        headers: Optional[dict[str, str]] = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send with authentication and retries; returns any final response (caller checks)."""
+        attempt = 0
+        refreshed = False
+        while True:
+            hdrs = dict(headers or {})
+            auth = self._auth_header(scope)
+            if auth:
+                hdrs["Authorization"] = auth
+            try:
+                resp = self._send(method, self.base + path, hdrs, stream)
+            except requests.exceptions.SSLError as exc:
+                if not self._scheme_checked and self.insecure:
+                    log.info("registry does not speak TLS, using plain HTTP", host=self.host)
+                    self.scheme, self._scheme_checked = "http", True
+                    continue
+                raise RegistryError(f"TLS error talking to {self.host}: {_first(exc)}") from None
+            except TRANSIENT as exc:
+                if not self._scheme_checked and self.insecure and self.scheme == "https":
+                    self.scheme, self._scheme_checked = "http", True
+                    continue
+                attempt += 1
+                reason = short_reason(exc)
+                if attempt >= self.retries or reason in PERMANENT:
+                    raise RegistryError(f"cannot reach {self.host}: {reason}") from None
+                self._pause(path, reason, attempt, None)
+                continue
+            self._scheme_checked = True
+            if resp.status_code == 401 and not refreshed:
+                resp.close()
+                refreshed = True
+                self._authenticate(resp, scope, had_auth=auth is not None)
+                continue
+            if resp.status_code == 401:
+                resp.close()
+                creds = self.credentials.lookup(self.host) if self.credentials else None
+                if creds:
+                    raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
+                raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
+            if resp.status_code == 429 or resp.status_code in RETRY_STATUS:
+                attempt += 1
+                resp.close()
+                if attempt >= self.retries:
+                    raise RegistryError(
+                        f"{self.host} kept answering {resp.status_code} after {attempt} attempts"
+                    )
+                self._pause(path, f"HTTP {resp.status_code}", attempt, resp)
+                continue
+            return resp
+
+    def _pause(
+        self, path: str, reason: str, attempt: int, resp: Optional[requests.Response]
+    ) -> None:
+        delay = min(0.25 * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.0)
+        if resp is not None and resp.status_code == 429:
+            after = _retry_after(resp.headers.get("Retry-After"))
+            if after is not None:
+                delay = min(after, self.max_retry_after)
+        log.info("retrying", host=self.host, path=path, reason=reason, delay=round(delay, 2))
+        self.emit(Retrying(url=self.base + path, reason=reason, attempt=attempt, delay=delay))
+        time.sleep(delay)
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _who(creds: tuple[str, str]) -> str:
+    return f"user {creds[0]!r}"
+
+
+def _first(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -1,0 +1,206 @@
+"""The ``ucore`` command: argument parsing, plugin start-up, errors and exit statuses.
+
+Every failure a user can meet ends as one line on stderr (``ucore: …``) and a documented exit
+status; a traceback is shown only for bugs, and only with ``-vv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, Optional
+
+from ucore import __version__
+from ucore.errors import EXIT_CODES, UcoreError, UsageError
+
+Handler = Callable[[Any, argparse.Namespace], int]
+
+#: The modules that define commands; each has ``add_commands(subparsers, common)``.
+COMMAND_MODULES = ("ucore.commands.images", "ucore.commands.auth", "ucore.commands.info")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse prints usage plus an error on two lines and exits 2; we want one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog.replace('ucore ', '', 1)}: {message}")
+
+
+class Terminated(BaseException):
+    """SIGTERM (a batch system's time limit): unwind, clean up, exit 143."""
+
+
+def _epilog() -> str:
+    lines = ["exit status:"]
+    lines += [f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(lines)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted before or after the command name (``ucore -v pull`` = ``ucore pull -v``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more log output (-v info, -vv debug)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default=argparse.SUPPRESS,
+        help="console, or JSON lines of logs and events on stderr (auto: console"
+        " on a terminal, JSON otherwise)",
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display"
+    )
+    return common
+
+
+def build_parser(plugins: Any) -> argparse.ArgumentParser:
+    import importlib
+
+    common = _common_options()
+    parser = Parser(
+        prog="ucore",
+        description="Pull Docker/OCI images and run them as an ordinary user.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"ucore {__version__}")
+    parser.add_argument(
+        "-p",
+        dest="plugin_flags",
+        action="append",
+        default=[],
+        metavar="no:NAME",
+        help="block a plugin by name (repeatable); also UCORE_DISABLE_PLUGINS",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subcommands: dict[str, argparse.ArgumentParser] = {}
+    for name in COMMAND_MODULES:
+        subcommands.update(importlib.import_module(name).add_commands(sub, common))
+    plugins.pm.hook.ucore_addoption.call_historic(
+        kwargs={"parser": parser, "subcommands": subcommands}
+    )
+    return parser
+
+
+def blocked_plugins(argv: Sequence[str]) -> tuple[str, ...]:
+    """``-p no:NAME`` must be known before plugins load (they add options), so it is read
+    ahead of the real parse, up to the command name."""
+    names = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = None
+        if arg == "--log-format":
+            i += 2
+            continue
+        if arg == "-p" and i + 1 < len(args):
+            value, i = args[i + 1], i + 1
+        elif arg.startswith("-p") and len(arg) > 2:
+            value = arg[2:].lstrip("=")
+        elif not arg.startswith("-"):
+            break
+        if value is not None:
+            if not value.startswith("no:") or len(value) < 4:
+                raise UsageError(f"-p takes no:NAME to block a plugin, not {value!r}")
+            names.append(value[3:])
+        i += 1
+    return tuple(names)
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Terminated()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    verbose = 0
+    json_errors = False
+    try:
+        from ucore._manager import get_plugin_manager
+        from ucore.config import Config
+        from ucore.log import configure_logging
+
+        env_disabled = tuple(
+            p.strip() for p in os.environ.get("UCORE_DISABLE_PLUGINS", "").split(",") if p.strip()
+        )
+        configure_logging(0, "auto")
+        plugins = get_plugin_manager(env_disabled + blocked_plugins(argv))
+        parser = build_parser(plugins)
+        args = parser.parse_args(argv)
+        verbose = getattr(args, "verbose", 0)
+        log_format = getattr(args, "log_format", "auto")
+        json_errors = log_format == "json"
+        configure_logging(verbose, log_format)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 0
+        config = Config.load(options=args)
+        plugins.pm.hook.ucore_configure.call_historic(kwargs={"config": config})
+        from ucore.session import Session
+
+        session = Session(config, plugins)
+        _attach_displays(session, args, log_format)
+        handler: Handler = args.handler
+        return handler(session, args)
+    except UcoreError as exc:
+        _report(str(exc), exc.exit_code, json_errors)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _report("interrupted", 130, json_errors)
+        return 130
+    except Terminated:
+        _report("terminated", 143, json_errors)
+        return 143
+    except BrokenPipeError:
+        # stdout closed early (``ucore images | head``): not an error worth a message.
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: report the bug
+        if verbose >= 2:
+            import traceback
+
+            traceback.print_exc()
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        _report(f"internal error: {detail} (a bug; -vv shows the traceback)", 1, json_errors)
+        return 1
+
+
+def _attach_displays(session: Any, args: argparse.Namespace, log_format: str) -> None:
+    """The JSON-lines sink for ``--log-format json``; the progress display on a terminal."""
+    if log_format == "json":
+        from ucore.builtin import jsonlines
+
+        session.plugins.register(
+            jsonlines.JsonLinesSink(sys.stderr), "jsonlines", "ucore (builtin)", __version__
+        )
+    elif sys.stderr.isatty() and not getattr(args, "quiet", False):
+        from ucore.builtin import progress
+
+        session.plugins.register(
+            progress.TerminalProgress(sys.stderr), "progress", "ucore (builtin)", __version__
+        )
+
+
+def _report(message: str, code: int, as_json: bool) -> None:
+    message = " ".join(message.split())
+    if as_json:
+        import json
+
+        sys.stderr.write(json.dumps({"event": "error", "message": message, "exit_code": code}))
+        sys.stderr.write("\n")
+    else:
+        sys.stderr.write(f"ucore: {message}\n")
+    sys.stderr.flush()

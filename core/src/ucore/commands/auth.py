@@ -1,0 +1,82 @@
+"""Registry credentials: login and logout (udocker's and Docker's option names)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ucore.errors import UsageError
+from ucore.model import DOCKER_HUB
+
+if TYPE_CHECKING:
+    from ucore.session import Session
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    p = sub.add_parser("login", parents=[common], help="store credentials for a registry")
+    p.add_argument("server", metavar="SERVER", nargs="?", help="registry host (default Docker Hub)")
+    p.add_argument("--registry", help="same as SERVER (udocker's spelling)")
+    p.add_argument("-u", "--username")
+    p.add_argument("-p", "--password", help="visible to other users in ps: prefer --password-stdin")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(handler=cmd_login)
+
+    q = sub.add_parser("logout", parents=[common], help="forget credentials for a registry")
+    q.add_argument("server", metavar="SERVER", nargs="?")
+    q.add_argument("--registry")
+    q.add_argument("-a", "--all", action="store_true", help="forget every stored credential")
+    q.set_defaults(handler=cmd_logout)
+    return {"login": p, "logout": q}
+
+
+def _server(args: argparse.Namespace) -> str:
+    from ucore.builtin.registry.credentials import normalize_server
+
+    if args.server and args.registry and args.server != args.registry:
+        raise UsageError("give the registry either as SERVER or with --registry, not both")
+    return normalize_server(args.server or args.registry or DOCKER_HUB)
+
+
+def cmd_login(session: Session, args: argparse.Namespace) -> int:
+    from ucore.builtin.registry.credentials import Credentials
+
+    server = _server(args)
+    if args.password is not None and args.password_stdin:
+        raise UsageError("--password and --password-stdin are mutually exclusive")
+    user = args.username
+    if not user:
+        if not sys.stdin.isatty():
+            raise UsageError("--username is required when stdin is not a terminal")
+        user = input("Username: ").strip()
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        password = args.password
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        raise UsageError("no password: use --password-stdin in scripts")
+    if not user or not password:
+        raise UsageError("username and password must not be empty")
+    Credentials(session.store).save(server, user, password)
+    print(f"credentials for {server} saved")
+    return 0
+
+
+def cmd_logout(session: Session, args: argparse.Namespace) -> int:
+    from ucore.builtin.registry.credentials import Credentials
+
+    creds = Credentials(session.store)
+    if args.all:
+        if creds.path.exists():
+            creds.path.unlink()
+        print("all stored credentials removed")
+        return 0
+    server = _server(args)
+    if creds.remove(server):
+        print(f"credentials for {server} removed")
+    else:
+        print(f"no stored credentials for {server}")
+    return 0

@@ -1,0 +1,138 @@
+"""Settings: defaults, then the config file, then environment variables, then flags.
+
+The config file is INI (``[ucore]`` section) at ``$UCORE_CONFIG`` or ``$UCORE_DIR/ucore.conf``;
+INI because it needs no dependency on Python 3.9 and sites already write such files.
+
+=======================  ==========================  ==================================
+setting                  environment                 meaning
+=======================  ==========================  ==================================
+``dir``                  ``UCORE_DIR``               the store (default ``~/.ucore``)
+``registry``             ``UCORE_REGISTRY``          default registry for short names
+``insecure_registries``  ``UCORE_INSECURE``          hosts allowed over plain HTTP
+``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4)
+``platform``             ``UCORE_PLATFORM``          default os/arch[/variant]
+``timeout``              ``UCORE_TIMEOUT``           read timeout, seconds (60)
+``retries``              ``UCORE_RETRIES``           attempts per request (5)
+``max_retry_after``      ``UCORE_MAX_RETRY_AFTER``   cap on a 429's Retry-After (60)
+``disable_plugins``      ``UCORE_DISABLE_PLUGINS``   comma-separated plugin names
+=======================  ==========================  ==================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import attrs
+
+from ucore.errors import UsageError
+from ucore.model import DOCKER_HUB, Platform
+
+_ENV = {
+    "dir": "UCORE_DIR",
+    "registry": "UCORE_REGISTRY",
+    "insecure_registries": "UCORE_INSECURE",
+    "jobs": "UCORE_JOBS",
+    "platform": "UCORE_PLATFORM",
+    "timeout": "UCORE_TIMEOUT",
+    "retries": "UCORE_RETRIES",
+    "max_retry_after": "UCORE_MAX_RETRY_AFTER",
+    "disable_plugins": "UCORE_DISABLE_PLUGINS",
+}
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{name} must be a whole number, not {text!r}") from None
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1")
+        return value
+
+    return convert
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{name} must be a number, not {text!r}") from None
+        if value <= 0:
+            raise UsageError(f"{name} must be positive")
+        return value
+
+    return convert
+
+
+_CONVERT: dict[str, Callable[[str], Any]] = {
+    "dir": lambda s: Path(s).expanduser(),
+    "registry": str,
+    "insecure_registries": _csv,
+    "jobs": _positive_int("jobs"),
+    "platform": Platform.parse,
+    "timeout": _positive_float("timeout"),
+    "retries": _positive_int("retries"),
+    "max_retry_after": _positive_float("max_retry_after"),
+    "disable_plugins": _csv,
+}
+
+
+@attrs.frozen
+class Config:
+    dir: Path = attrs.field(factory=lambda: Path.home() / ".ucore")
+    registry: str = DOCKER_HUB
+    insecure_registries: tuple[str, ...] = ()
+    jobs: int = 4
+    platform: Optional[Platform] = None
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    retries: int = 5
+    max_retry_after: float = 60.0
+    disable_plugins: tuple[str, ...] = ()
+    #: The parsed command line (empty outside the CLI).
+    options: argparse.Namespace = attrs.field(factory=argparse.Namespace, eq=False)
+
+    @classmethod
+    def load(
+        cls,
+        environ: Optional[dict[str, str]] = None,
+        options: Optional[argparse.Namespace] = None,
+    ) -> Config:
+        """Merge the layers; flags are the ``options`` attributes named like the settings."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        home = Path(env["UCORE_DIR"]).expanduser() if env.get("UCORE_DIR") else None
+        path = env.get("UCORE_CONFIG") or str((home or Path.home() / ".ucore") / "ucore.conf")
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error as exc:
+            raise UsageError(f"cannot parse config file {path}: {exc}".splitlines()[0]) from None
+        if parser.has_section("ucore"):
+            for key, raw in parser.items("ucore"):
+                if key not in _CONVERT:
+                    raise UsageError(f"unknown setting {key!r} in {path}")
+                values[key] = _CONVERT[key](raw)
+        for key, var in _ENV.items():
+            if env.get(var):
+                values[key] = _CONVERT[key](env[var])
+        if options is not None:
+            for key, convert in _CONVERT.items():
+                flag = getattr(options, key, None)
+                if flag not in (None, (), ""):
+                    values[key] = flag if not isinstance(flag, str) else convert(flag)
+        return cls(**values, options=options or argparse.Namespace())
+
+    @property
+    def target_platform(self) -> Platform:
+        return self.platform or Platform.host()

@@ -1,0 +1,153 @@
+"""Hook specifications: the whole contract between the ucore core and its plugins.
+
+Grouped by lifecycle: start-up (options, configuration, registration), the image pipeline
+(fetch, unpack), the run pipeline (prepare, execute) and the event bus. Hooks grow by gaining
+keyword arguments; pluggy lets an implementation accept only the arguments it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
+    from ucore.config import Config
+    from ucore.events import Event
+    from ucore.model import Image, ImageRef
+    from ucore.registration import Registry
+    from ucore.session import Session
+    from ucore.store import Store
+
+PROJECT = "ucore"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]) -> None:
+    """Add command-line options.
+
+    Historic, so a plugin registered late still gets the call.
+
+    :param parser: the top-level parser; options added here apply to every command.
+    :param subcommands: the parsers of each command by name (``"pull"``, ``"run"``, …), for
+        options that belong to one command only (e.g. ``--gpus`` on ``run``).
+    """
+
+
+@hookspec(historic=True)
+def ucore_configure(config: Config) -> None:
+    """Read settings once the command line, environment and config file are merged.
+
+    :param config: the merged configuration; ``config.options`` holds the parsed arguments.
+    """
+
+
+@hookspec
+def ucore_register_engines(register: Registry) -> None:
+    """Hand execution engine classes to ``register(name, engine_class)``.
+
+    A name registered twice fails loudly, naming both plugins.
+
+    :param register: the engine registry.
+    """
+
+
+@hookspec
+def ucore_register_registries(register: Registry) -> None:
+    """Hand registry clients to ``register(name, client_factory)``.
+
+    A client factory is called as ``factory(session)`` and returns an object with
+    ``handles(ref) -> bool`` and ``pull(ref, platform) -> Image``; the first registered client
+    that handles a reference fetches it. Mirrors and caches register here.
+
+    :param register: the registry-client registry.
+    """
+
+
+@hookspec
+def ucore_register_devices(register: Registry) -> None:
+    """Hand device providers (GPUs, InfiniBand HCAs) to ``register(name, provider)``.
+
+    :param register: the device-provider registry.
+    """
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ucore_fetch(ref: ImageRef, store: Store, session: Session) -> Optional[Image]:
+    """Fetch an image into the store and return it. Stops at first non-None result.
+
+    The builtin registry client is ``trylast``, so a mirror or cache plugin that returns an
+    :class:`~ucore.model.Image` first wins. Implementations must verify everything they store.
+
+    :param ref: the fully qualified reference to fetch.
+    :param store: the local store to publish blobs and the reference into.
+    :param session: the running session (configuration, events, registries).
+    :returns: the stored image, or None to let the next implementation try.
+    """
+
+
+@hookspec(firstresult=True)
+def ucore_unpack(image: Image, dest: Path, session: Session) -> Optional[Path]:
+    """Flatten an image's layers into a root filesystem. Stops at first non-None result.
+
+    The builtin unpacker is ``trylast``; it follows the safety rules for hostile layers.
+
+    :param image: the stored image.
+    :param dest: an empty staging directory to unpack into.
+    :param session: the running session.
+    :returns: the root filesystem directory, or None to let the next implementation try.
+    """
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+@hookspec
+def ucore_prepare(container: Any, spec: Any, session: Session) -> Optional[dict[str, Any]]:
+    """Contribute engine-neutral bindings for a run (mounts, environment, device nodes).
+
+    Implementations return values rather than mutate ``spec``; the core merges them in plugin
+    order, so GPU and InfiniBand binding work in every engine without knowing any engine.
+
+    :param container: the container about to run.
+    :param spec: the run specification built from the image config and the command line.
+    :param session: the running session.
+    :returns: a mapping with any of ``mounts``, ``env`` and ``devices``, or None.
+    """
+
+
+@hookspec(firstresult=True)
+def ucore_execute(container: Any, spec: Any, session: Session) -> Optional[int]:
+    """Run the container's command. Stops at first non-None result.
+
+    The builtin dispatch to the chosen engine is ``trylast``; wrappers may time or clean up.
+
+    :param container: the container to run.
+    :param spec: the complete, merged run specification.
+    :param session: the running session.
+    :returns: the command's exit status, or None to let the next implementation try.
+    """
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@hookspec
+def ucore_event(event: Event) -> None:
+    """Receive every event published on the bus (progress, stage timings, retries).
+
+    Called synchronously, possibly from download threads: keep it fast and thread-safe.
+
+    :param event: a frozen :class:`~ucore.events.Event`; ``event.name`` is its dotted kind.
+    """

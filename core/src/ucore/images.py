@@ -1,0 +1,140 @@
+"""Images in the local store: lookup by the names users type, listing, tagging, verifying and
+removing (with garbage collection of blobs no other image uses)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from ucore import manifest as mf
+from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
+from ucore.model import Descriptor, Digest, Image, ImageRef, Platform
+from ucore.store import Store
+
+
+def parse_ref(text: str, default_registry: str) -> ImageRef:
+    from ucore.builtin.registry.client import split_registry
+
+    return ImageRef.parse(text, default_registry=split_registry(default_registry)[1])
+
+
+def _has_explicit_registry(text: str) -> bool:
+    first, sep, _ = text.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
+def lookup(store: Store, text: str, default_registry: str) -> ImageRef:
+    """Find a stored image: the exact reference first; then, for a name typed without a
+    registry, the one stored image of that name pulled from any registry (as udocker users
+    expect after ``pull --registry=…``)."""
+    ref = parse_ref(text, default_registry)
+    if store.get_ref(ref) is not None:
+        return ref
+    if not _has_explicit_registry(text) and store.refs.is_dir():
+        short = {ref.repository, ref.repository.removeprefix("library/")}
+        matches = [
+            r
+            for r, _rec in store.list_refs()
+            if r.repository.removeprefix("library/") in short
+            and r.tag == ref.tag
+            and r.digest == ref.digest
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            names = ", ".join(str(m) for m in matches)
+            raise UsageError(f"{text!r} is ambiguous: it could be any of {names}")
+    raise NotFoundError(f"image {text} not found locally (see 'ucore images'; 'ucore pull' it)")
+
+
+def load(store: Store, ref: ImageRef, record: Optional[dict[str, Any]] = None) -> Image:
+    record = record if record is not None else store.get_ref(ref)
+    if record is None:
+        raise NotFoundError(f"image {ref.familiar} not found locally")
+    try:
+        digest = Digest.parse(record.get("manifest"))
+        index = Digest.parse(record["index"]) if record.get("index") else None
+    except IntegrityError as exc:
+        raise StoreError(f"reference file of {ref.familiar} is corrupt: {exc}") from None
+    doc = mf.parse(store.read_blob(digest, mf.MAX_MANIFEST))
+    if not isinstance(doc, mf.Manifest):
+        raise StoreError(f"reference {ref.familiar} does not point at an image manifest")
+    platform_text = record.get("platform")
+    return Image(
+        ref=ref,
+        manifest_digest=digest,
+        config_digest=doc.config.digest,
+        layers=doc.layers,
+        platform=Platform.parse(platform_text) if isinstance(platform_text, str) else None,
+        index_digest=index,
+    )
+
+
+def read_manifest(store: Store, image: Image) -> dict[str, Any]:
+    return mf.parse_config(store.read_blob(image.manifest_digest, mf.MAX_MANIFEST))
+
+
+def read_config(store: Store, image: Image) -> dict[str, Any]:
+    return mf.parse_config(store.read_blob(image.config_digest, mf.MAX_CONFIG))
+
+
+def blobs_of(image: Image) -> set[Digest]:
+    found = {image.manifest_digest, image.config_digest, *(d.digest for d in image.layers)}
+    if image.index_digest:
+        found.add(image.index_digest)
+    return found
+
+
+def all_images(store: Store) -> list[Image]:
+    out = []
+    for ref, record in store.list_refs():
+        with contextlib.suppress(NotFoundError, StoreError, IntegrityError):
+            out.append(load(store, ref, record))
+    return out
+
+
+def tag(store: Store, source: ImageRef, target: ImageRef) -> None:
+    record = store.get_ref(source)
+    if record is None:
+        raise NotFoundError(f"image {source.familiar} not found locally")
+    record = {k: v for k, v in record.items() if k != "ref"}
+    store.set_ref(target, record)
+
+
+def remove(store: Store, ref: ImageRef) -> list[Digest]:
+    """Drop the reference, then the blobs no other image uses. Blobs are left for a later
+    ``rmi`` when a pull is running (it may be about to reference them)."""
+    image = load(store, ref)
+    store.delete_ref(ref)
+    unused = blobs_of(image)
+    for other in all_images(store):
+        unused -= blobs_of(other)
+    removed: list[Digest] = []
+    with store.shared_lock("gc", exclusive=True) as got:
+        if not got:
+            return removed
+        for digest in sorted(unused, key=str):
+            store.remove_blob(digest)
+            removed.append(digest)
+    return removed
+
+
+def verify(store: Store, image: Image) -> list[str]:
+    """Re-hash every blob of the image; returns the problems found (empty when sound)."""
+    problems = []
+    descs: Iterable[Descriptor] = image.layers
+    expected: dict[Digest, Optional[int]] = {d.digest: d.size for d in descs}
+    expected.update({image.manifest_digest: None, image.config_digest: None})
+    if image.index_digest:
+        expected[image.index_digest] = None
+    for digest, size in sorted(expected.items(), key=lambda kv: str(kv[0])):
+        if not store.has_blob(digest):
+            problems.append(f"blob {digest} is missing")
+            continue
+        actual, actual_size = store.hash_blob(digest)
+        if actual != digest:
+            problems.append(f"blob {digest} is corrupt (hashes to {actual})")
+        elif size is not None and actual_size != size:
+            problems.append(f"blob {digest} has {actual_size} bytes, expected {size}")
+    return problems

@@ -1,0 +1,84 @@
+"""The session: the one place that calls ``pm.hook.*``.
+
+Commands and plugins go through a :class:`Session` to fetch images, publish events and find
+registered engines or registries, so every call site sees the same configuration and store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from ucore._manager import Plugins
+from ucore.config import Config
+from ucore.errors import RegistryError
+from ucore.events import Event, StageFinished, StageStarted
+from ucore.model import Image, ImageRef
+from ucore.registration import Registry
+from ucore.store import Store
+
+
+class Session:
+    def __init__(self, config: Config, plugins: Plugins) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.pm = plugins.pm
+        self.hook = plugins.pm.hook
+        self.store = Store(config.dir)
+        self._registries: Optional[Registry] = None
+        self._lock = threading.Lock()
+
+    # --- events -----------------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """Whether anyone subscribes to events: producers skip building them otherwise."""
+        return bool(self.hook.ucore_event.get_hookimpls())
+
+    def emit(self, event: Event) -> None:
+        if self.listening:
+            with self._lock:  # subscribers (a terminal display) need not be thread-safe
+                self.hook.ucore_event(event=event)
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, subject: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.emit(StageStarted(stage=stage, subject=subject))
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            seconds = round(time.monotonic() - started, 6)
+            self.emit(StageFinished(stage=stage, subject=subject, seconds=seconds, ok=ok))
+
+    # --- registrations ----------------------------------------------------------------------
+
+    @property
+    def registries(self) -> Registry:
+        if self._registries is None:
+            self._registries = Registry.collect(
+                self.pm, "ucore_register_registries", "registry client"
+            )
+        return self._registries
+
+    def registry_client(self, ref: ImageRef) -> Any:
+        for _name, factory in self.registries.items():
+            client = factory(self)
+            if client.handles(ref):
+                return client
+        raise RegistryError(f"no installed registry client handles {ref.registry}")
+
+    # --- images -----------------------------------------------------------------------------
+
+    def pull(self, ref: ImageRef) -> Image:
+        self.store.ensure()
+        self.store.cleanup_tmp()
+        with self.stage("pull", str(ref)):
+            image = self.hook.ucore_fetch(ref=ref, store=self.store, session=self)
+        if image is None:
+            raise RegistryError(f"no plugin could fetch {ref} (is the registry plugin blocked?)")
+        return image  # type: ignore[no-any-return]

@@ -1,0 +1,369 @@
+"""The local store: content-addressed blobs, image references, room for containers.
+
+Built for shared cluster filesystems (GPFS, Lustre, NFS) with many batch jobs at once:
+
+* every write goes to a temporary file named with host and pid, is fsynced and then published
+  with an atomic rename, so a ``kill -9`` at any instant leaves nothing partial visible;
+* a blob's name is its verified sha256, so two jobs publishing the same blob write the same bytes;
+* locks only avoid duplicate downloads; correctness never depends on them, because cluster
+  filesystems weaken ``flock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Callable, Optional
+from urllib.parse import quote, unquote
+
+from ucore.errors import IntegrityError, NotFoundError, StoreError
+from ucore.log import get_logger
+from ucore.model import Digest, ImageRef
+
+log = get_logger(__name__)
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:64] or "host"
+_PART = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.part")
+_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?:part|[0-9a-f]{8}\.tmp)$")
+#: A partial download left by a process on another host is removed after this long.
+_STALE_FOREIGN = 24 * 3600
+_CHUNK = 1 << 20
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def store_error(exc: OSError, what: str) -> StoreError:
+    """Turn an OSError into the one-line message a user can act on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"disk full or quota exceeded while {what}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"permission denied while {what}: {exc.filename or ''}".rstrip(": "))
+    return StoreError(f"store error while {what}: {exc.strerror or exc}")
+
+
+class BlobWriter:
+    """Streams one blob to a temporary file, hashing as it goes; ``publish`` verifies and
+    renames it into place. Nothing unverified is ever visible under ``blobs/``."""
+
+    def __init__(self, store: Store, expected: Optional[Digest], size: Optional[int]) -> None:
+        self.store = store
+        self.expected = expected
+        self.size = size
+        self.hasher = hashlib.sha256()
+        self.written = 0
+        name = f"{expected.hex if expected else 'ingest-' + os.urandom(8).hex()}"
+        self.path = store.tmp / f"{name}.{_HOST}.{os.getpid()}.part"
+        self._file: Optional[IO[bytes]] = None
+
+    def open(self, resume: bool = False) -> BlobWriter:
+        """Open the temporary file, adopting a partial download a dead process left behind
+        when ``resume`` is set (its bytes are re-hashed, never trusted)."""
+        try:
+            if resume and self.expected is not None:
+                self.store.adopt_partial(self.expected, self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._file = os.fdopen(fd, "r+b")
+            while True:
+                chunk = self._file.read(_CHUNK)
+                if not chunk:
+                    break
+                self.hasher.update(chunk)
+                self.written += len(chunk)
+            if self.size is not None and self.written > self.size:
+                self.restart()
+        except OSError as exc:
+            self.discard()
+            raise store_error(exc, "writing a temporary file") from exc
+        return self
+
+    def restart(self) -> None:
+        """Throw away what was written (a server ignored our Range request)."""
+        assert self._file is not None
+        self._file.seek(0)
+        self._file.truncate()
+        self.hasher = hashlib.sha256()
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        if self.size is not None and self.written + len(data) > self.size:
+            raise IntegrityError(
+                f"blob {self.expected} is larger than the {self.size} bytes its descriptor says"
+            )
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.discard()
+            raise store_error(exc, f"writing blob {self.expected or ''}") from exc
+        self.hasher.update(data)
+        self.written += len(data)
+
+    def publish(self) -> Digest:
+        assert self._file is not None
+        actual = Digest(self.hasher.hexdigest())
+        try:
+            if self.size is not None and self.written != self.size:
+                raise IntegrityError(
+                    f"blob {self.expected}: got {self.written} bytes, expected {self.size}"
+                )
+            if self.expected is not None and actual != self.expected:
+                raise IntegrityError(f"digest mismatch: expected {self.expected}, got {actual}")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.chmod(self.path, 0o444)
+            os.replace(self.path, self.store.blob_path(actual))
+        except OSError as exc:
+            self.discard()
+            raise store_error(exc, f"publishing blob {actual}") from exc
+        except IntegrityError:
+            self.discard()
+            raise
+        return actual
+
+    def discard(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        """Keep the partial file for a later resume (an interrupted download)."""
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+
+
+class Store:
+    """The directory tree under ``$UCORE_DIR`` (default ``~/.ucore``), private to the user."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.tmp = root / "tmp"
+        self.locks = root / "locks"
+        self.refs = root / "refs"
+        self.containers = root / "containers"
+
+    def ensure(self) -> Store:
+        try:
+            for path in (
+                self.root,
+                self.blobs.parent,
+                self.blobs,
+                self.tmp,
+                self.locks,
+                self.refs,
+                self.containers,
+            ):
+                path.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise store_error(exc, f"creating the store in {self.root}") from exc
+        return self
+
+    # --- blobs ------------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs / digest.hex
+
+    def has_blob(self, digest: Digest, size: Optional[int] = None) -> bool:
+        try:
+            st = os.stat(self.blob_path(digest), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def read_blob(self, digest: Digest, limit: int) -> bytes:
+        """Read a small blob (manifest, config) and check it against its name."""
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {digest} is missing from the store") from None
+        except OSError as exc:
+            raise store_error(exc, f"reading blob {digest}") from exc
+        if len(data) > limit:
+            raise IntegrityError(f"blob {digest} exceeds {limit} bytes")
+        if hashlib.sha256(data).hexdigest() != digest.hex:
+            raise IntegrityError(f"blob {digest} is corrupt in the store (run 'ucore verify')")
+        return data
+
+    def put_bytes(self, data: bytes, expected: Optional[Digest] = None) -> Digest:
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        if expected is not None and digest != expected:
+            raise IntegrityError(f"digest mismatch: expected {expected}, got {digest}")
+        if self.has_blob(digest, len(data)):
+            return digest
+        writer = BlobWriter(self, digest, len(data)).open()
+        writer.write(data)
+        return writer.publish()
+
+    def writer(self, digest: Optional[Digest], size: Optional[int]) -> BlobWriter:
+        return BlobWriter(self, digest, size)
+
+    def hash_blob(self, digest: Digest) -> tuple[Digest, int]:
+        """Re-hash a stored blob (``ucore verify``)."""
+        hasher = hashlib.sha256()
+        size = 0
+        with open(self.blob_path(digest), "rb") as f:
+            while chunk := f.read(_CHUNK):
+                hasher.update(chunk)
+                size += len(chunk)
+        return Digest(hasher.hexdigest()), size
+
+    def adopt_partial(self, digest: Digest, mine: Path) -> None:
+        """Take over the partial download of ``digest`` that a dead process on this host left."""
+        if mine.exists():
+            return
+        for entry in os.scandir(self.tmp):
+            m = _PART.fullmatch(entry.name)
+            if not m or m["hex"] != digest.hex or m["host"] != _HOST:
+                continue
+            if not _pid_alive(int(m["pid"])):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(entry.path, mine)
+                    log.info("resuming partial download", digest=str(digest))
+                    return
+
+    def cleanup_tmp(self) -> None:
+        """Remove what dead processes left in ``tmp/``. A partial blob of a dead process on
+        this host is kept (for a day) so that the next pull of that blob resumes it."""
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.tmp))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            m = _OWNER.search(entry.name)
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if m and m["host"] == _HOST:
+                if _pid_alive(int(m["pid"])):
+                    continue
+                if _PART.fullmatch(entry.name) and age < _STALE_FOREIGN:
+                    continue
+            elif age < _STALE_FOREIGN:
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+    # --- locks ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str, what: str, notify: Callable[[str], None]) -> Iterator[None]:
+        """Hold an advisory lock to avoid duplicate work; ``notify`` is told who holds it when
+        we have to wait. Where the filesystem cannot lock, we carry on without."""
+        path = self.locks / f"{name}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise store_error(exc, f"opening lock {path}") from exc
+        try:
+            told = False
+            started = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told and time.monotonic() - started > 2:
+                        holder = os.pread(fd, 128, 0).decode(errors="replace").strip()
+                        notify(f"waiting for {what}, locked by {holder or 'another process'}")
+                        told = True
+                    time.sleep(0.05)
+                except OSError:
+                    break  # ENOLCK and friends: locking is an optimisation only
+            with contextlib.suppress(OSError):
+                os.pwrite(fd, f"{_HOST} pid {os.getpid()}".ljust(96).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def shared_lock(self, name: str, exclusive: bool = False) -> Iterator[bool]:
+        """A reader/writer lock; yields whether it was obtained (never waits for exclusive)."""
+        path = self.locks / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+                got = True
+            except OSError:
+                got = not exclusive
+            yield got
+        finally:
+            os.close(fd)
+
+    # --- references -------------------------------------------------------------------------
+
+    def _ref_path(self, ref: ImageRef) -> Path:
+        return self.refs / quote(str(ref), safe="")
+
+    def write_json_atomic(self, path: Path, data: Any) -> None:
+        tmp = self.tmp / f"{path.name[:100]}.{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise store_error(exc, f"writing {path.name}") from exc
+
+    def set_ref(self, ref: ImageRef, record: dict[str, Any]) -> None:
+        self.write_json_atomic(self._ref_path(ref), {"ref": str(ref), **record})
+
+    def get_ref(self, ref: ImageRef) -> Optional[dict[str, Any]]:
+        try:
+            with open(self._ref_path(ref)) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"unreadable reference file for {ref}: {exc}") from exc
+        return data if isinstance(data, dict) else None
+
+    def delete_ref(self, ref: ImageRef) -> bool:
+        try:
+            os.unlink(self._ref_path(ref))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list_refs(self) -> list[tuple[ImageRef, dict[str, Any]]]:
+        out = []
+        for entry in sorted(os.listdir(self.refs)):
+            try:
+                ref = ImageRef.parse(unquote(entry))
+            except Exception:  # noqa: BLE001 - a stray file in refs/ is not fatal
+                continue
+            record = self.get_ref(ref)
+            if record is not None:
+                out.append((ref, record))
+        return out
+
+    def remove_blob(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.blob_path(digest))
