@@ -19,14 +19,20 @@ from ucore.errors import EXIT_CODES, UcoreError, UsageError
 Handler = Callable[[Any, argparse.Namespace], int]
 
 #: The modules that define commands; each has ``add_commands(subparsers, common)``.
-COMMAND_MODULES = ("ucore.commands.images", "ucore.commands.auth", "ucore.commands.info")
+COMMAND_MODULES = (
+    "ucore.commands.images",
+    "ucore.commands.archive",
+    "ucore.commands.auth",
+    "ucore.commands.info",
+)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse prints usage plus an error on two lines and exits 2; we want one line."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog.replace('ucore ', '', 1)}: {message}")
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 class Terminated(BaseException):
@@ -51,10 +57,9 @@ def _common_options() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--log-format",
-        choices=("auto", "console", "json"),
+        choices=("console", "json"),
         default=argparse.SUPPRESS,
-        help="console, or JSON lines of logs and events on stderr (auto: console"
-        " on a terminal, JSON otherwise)",
+        help="json: logs, events and the error as JSON lines on stderr (default console)",
     )
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display"
@@ -135,12 +140,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         env_disabled = tuple(
             p.strip() for p in os.environ.get("UCORE_DISABLE_PLUGINS", "").split(",") if p.strip()
         )
-        configure_logging(0, "auto")
+        configure_logging(0, "console")
         plugins = get_plugin_manager(env_disabled + blocked_plugins(argv))
         parser = build_parser(plugins)
         args = parser.parse_args(argv)
         verbose = getattr(args, "verbose", 0)
-        log_format = getattr(args, "log_format", "auto")
+        log_format = getattr(args, "log_format", "console")
         json_errors = log_format == "json"
         configure_logging(verbose, log_format)
         if not getattr(args, "command", None):

@@ -48,7 +48,7 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
+def positive_int(name: str) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -78,10 +78,10 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "dir": lambda s: Path(s).expanduser(),
     "registry": str,
     "insecure_registries": _csv,
-    "jobs": _positive_int("jobs"),
+    "jobs": positive_int("jobs"),
     "platform": Platform.parse,
     "timeout": _positive_float("timeout"),
-    "retries": _positive_int("retries"),
+    "retries": positive_int("retries"),
     "max_retry_after": _positive_float("max_retry_after"),
     "disable_plugins": _csv,
 }

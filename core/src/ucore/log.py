@@ -14,11 +14,12 @@ from typing import Any
 _state: dict[str, Any] = {"level": logging.WARNING, "json": False, "configured": False}
 
 
-def configure_logging(verbosity: int = 0, fmt: str = "auto") -> None:
-    """Set the threshold (WARNING, ``-v`` INFO, ``-vv`` DEBUG) and the format: ``console``,
-    ``json``, or ``auto`` (console on a terminal, JSON lines otherwise)."""
+def configure_logging(verbosity: int = 0, fmt: str = "console") -> None:
+    """Set the threshold (WARNING, ``-v`` INFO, ``-vv`` DEBUG) and the format: ``json`` only
+    when asked for, since a batch job's log is read by people as often as by programs (the
+    error line stays one plain line either way)."""
     _state["level"] = max(logging.DEBUG, logging.WARNING - 10 * verbosity)
-    _state["json"] = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _state["json"] = fmt == "json"
     _state["configured"] = False
 
 
@@ -57,7 +58,7 @@ class Logger:
 
     def _log(self, level: int, event: str, kw: dict[str, Any]) -> None:
         if level >= _state["level"]:
-            _structlog().get_logger(logger=self.name).log(level, event, **kw)
+            _structlog().get_logger().log(level, event, logger=self.name, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:
         self._log(logging.DEBUG, event, kw)
@@ -72,7 +73,7 @@ class Logger:
         self._log(logging.ERROR, event, kw)
 
     def enabled(self, level: int) -> bool:
-        return level >= _state["level"]
+        return bool(level >= _state["level"])
 
 
 def get_logger(name: str) -> Logger:

@@ -173,7 +173,9 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> Platform:
         parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_.-]+", p) for p in parts):
+        if len(parts) not in (2, 3) or not all(
+            re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", p) for p in parts
+        ):
             raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant]")
         arch, variant = _ARCH_ALIASES.get(parts[1], (parts[1], None))
         if len(parts) == 3:

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Optional, Union
 from urllib.parse import quote, unquote
 
 from ucore.errors import IntegrityError, NotFoundError, StoreError
@@ -101,9 +101,10 @@ class BlobWriter:
         self.hasher = hashlib.sha256()
         self.written = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Union[bytes, memoryview]) -> None:
         assert self._file is not None
         if self.size is not None and self.written + len(data) > self.size:
+            self.discard()
             raise IntegrityError(
                 f"blob {self.expected} is larger than the {self.size} bytes its descriptor says"
             )

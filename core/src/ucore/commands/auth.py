@@ -60,8 +60,11 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
         raise UsageError("no password: use --password-stdin in scripts")
     if not user or not password:
         raise UsageError("username and password must not be empty")
+    from ucore.builtin.registry.client import DistributionClient
+
+    DistributionClient(session).check_login(server, user, password)
     Credentials(session.store).save(server, user, password)
-    print(f"credentials for {server} saved")
+    print(f"login succeeded: credentials for {server} saved")
     return 0
 
 

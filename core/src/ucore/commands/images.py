@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ucore import images
+from ucore.config import positive_int
 from ucore.errors import IntegrityError
 
 if TYPE_CHECKING:
@@ -20,7 +21,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
 
     p = sub.add_parser("pull", parents=[common], help="fetch an image into the local store")
     add_registry_options(p)
-    p.add_argument("--jobs", type=int, metavar="N", help="parallel blob downloads (default 4)")
+    p.add_argument(
+        "--jobs", type=positive_int("jobs"), metavar="N", help="parallel blob downloads (default 4)"
+    )
     p.add_argument(
         "--allow-foreign-layers",
         dest="allow_foreign",
@@ -129,7 +132,7 @@ def _created(record: dict[str, Any]) -> str:
 
 def cmd_images(session: Session, args: argparse.Namespace) -> int:
     store = session.store
-    rows = []
+    rows: list[dict[str, Any]] = []
     if store.refs.is_dir():
         for ref, record in store.list_refs():
             try:

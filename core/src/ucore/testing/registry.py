@@ -6,6 +6,7 @@ the same content through instances that demand Basic or Bearer authentication.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -25,10 +26,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _yaml(mapping: dict[str, Any], indent: int) -> list[str]:
+    """Nested dicts of scalars as YAML; scalars as JSON (a YAML subset), so paths and URLs with
+    colons or spaces survive."""
+    lines = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            lines.append(f"{' ' * indent}{key}:")
+            lines.extend(_yaml(value, indent + 2))
+        else:
+            lines.append(f"{' ' * indent}{key}: {json.dumps(value)}")
+    return lines
+
+
 class RegistryServer:
     """Starts ``docker-registry serve`` on 127.0.0.1 with a random port; ``url`` is its base.
 
     :param auth: the registry's ``auth`` configuration section (htpasswd or token), or None.
+    :param extra: further top-level configuration sections (e.g. ``{"compatibility": {"schema1":
+        {"enabled": True}}}``), nested dicts of scalars.
     """
 
     def __init__(
@@ -37,6 +53,7 @@ class RegistryServer:
         storage: Optional[Path] = None,
         auth: Optional[dict[str, Any]] = None,
         host: str = "127.0.0.1",
+        extra: Optional[dict[str, Any]] = None,
     ) -> None:
         binary = shutil.which(REGISTRY_BINARY)
         if binary is None:
@@ -50,6 +67,7 @@ class RegistryServer:
         self.host = host
         self.port = free_port(host)
         self.auth = auth
+        self.extra = extra or {}
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     @property
@@ -77,11 +95,10 @@ class RegistryServer:
             f"  addr: {self.address}",
             "  secret: ucore-tests",
         ]
+        sections: dict[str, Any] = dict(self.extra)
         if self.auth:
-            lines.append("auth:")
-            for kind, options in self.auth.items():
-                lines.append(f"  {kind}:")
-                lines.extend(f"    {key}: {value}" for key, value in options.items())
+            sections["auth"] = self.auth
+        lines.extend(_yaml(sections, 0))
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 20.0) -> RegistryServer:
@@ -100,7 +117,9 @@ class RegistryServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self.logtext()}")
             try:
-                requests.get(f"{self.url}/v2/", timeout=1)
+                with requests.Session() as session:
+                    session.trust_env = False  # never through an HTTP proxy from the environment
+                    session.get(f"{self.url}/v2/", timeout=1)
                 return self
             except requests.ConnectionError:
                 time.sleep(0.05)

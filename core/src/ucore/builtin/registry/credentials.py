@@ -91,7 +91,7 @@ class Credentials:
 
     def save(self, host: str, user: str, password: str) -> None:
         data = _read(self.path)
-        auths = data.get("auths") if isinstance(data.get("auths"), dict) else {}
+        auths: dict[str, Any] = data["auths"] if isinstance(data.get("auths"), dict) else {}
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         auths[server_key(normalize_server(host))] = {"auth": token}
         data["auths"] = auths

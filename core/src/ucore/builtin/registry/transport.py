@@ -214,16 +214,22 @@ class Transport:
         headers: Optional[dict[str, str]] = None,
         stream: bool = False,
     ) -> requests.Response:
-        """Send with authentication and retries; returns any final response (caller checks)."""
+        """Send with authentication and retries; returns any final response (caller checks).
+
+        ``path`` is relative to the registry, or an absolute https URL (a foreign layer),
+        which is fetched without credentials.
+        """
+        external = path.startswith("https://")
         attempt = 0
         refreshed = False
         while True:
             hdrs = dict(headers or {})
-            auth = self._auth_header(scope)
+            auth = None if external else self._auth_header(scope)
             if auth:
                 hdrs["Authorization"] = auth
+            url = path if external else self.base + path
             try:
-                resp = self._send(method, self.base + path, hdrs, stream)
+                resp = self._send(method, url, hdrs, stream, auth_host=urlsplit(url).netloc)
             except requests.exceptions.SSLError as exc:
                 if not self._scheme_checked and self.insecure:
                     log.info("registry does not speak TLS, using plain HTTP", host=self.host)
@@ -241,6 +247,9 @@ class Transport:
                 self._pause(path, reason, attempt, None)
                 continue
             self._scheme_checked = True
+            if resp.status_code == 401 and external:
+                resp.close()
+                raise AuthError(f"{urlsplit(url).netloc} wants credentials for a foreign layer")
             if resp.status_code == 401 and not refreshed:
                 resp.close()
                 refreshed = True

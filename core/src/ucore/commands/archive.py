@@ -1,0 +1,73 @@
+"""Tarball commands: load (docker-save or OCI layout, file or stdin) and save."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ucore import images
+from ucore.errors import StoreError, UsageError
+
+if TYPE_CHECKING:
+    from ucore.session import Session
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    p = sub.add_parser(
+        "load", parents=[common], help="load images from a docker-save or OCI-layout tarball"
+    )
+    p.add_argument("-i", "--input", default="-", metavar="FILE", help="tarball (default stdin)")
+    p.add_argument("--tag", metavar="NAME", help="name for an archive that names no image")
+    p.set_defaults(handler=cmd_load)
+    q = sub.add_parser("save", parents=[common], help="write images as a docker-save tarball")
+    q.add_argument("-o", "--output", default="-", metavar="FILE", help="tarball (default stdout)")
+    q.add_argument("image", metavar="IMAGE", nargs="+")
+    q.set_defaults(handler=cmd_save)
+    return {"load": p, "save": q}
+
+
+def cmd_load(session: Session, args: argparse.Namespace) -> int:
+    from ucore.archive import load
+
+    if args.input == "-":
+        if sys.stdin.isatty():
+            raise UsageError("load: give -i FILE or pipe a tarball into stdin")
+        stream = sys.stdin.buffer
+        with session.stage("load", "stdin"):
+            loaded = load(session.store, stream, args.tag)
+    else:
+        try:
+            f = open(args.input, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"load: cannot read {args.input}: {exc.strerror}") from None
+        with f, session.stage("load", args.input):
+            loaded = load(session.store, f, args.tag)
+    for ref in loaded:
+        print(f"loaded {ref.familiar}")
+    return 0
+
+
+def cmd_save(session: Session, args: argparse.Namespace) -> int:
+    from ucore.archive import save
+
+    store = session.store
+    refs = [images.lookup(store, text, session.config.registry) for text in args.image]
+    if args.output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("save: refusing to write a tarball to a terminal; use -o FILE")
+        save(store, refs, sys.stdout.buffer)
+        return 0
+    tmp = f"{args.output}.{os.getpid()}.part"
+    try:
+        with open(tmp, "wb") as out:
+            save(store, refs, out)
+        os.replace(tmp, args.output)
+    except OSError as exc:
+        raise StoreError(f"save: cannot write {args.output}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return 0

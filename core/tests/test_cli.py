@@ -1,0 +1,128 @@
+"""The command line's contract: one-line errors, documented exit statuses, no tracebacks,
+options before or after the command, settings from file, environment and flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ucore.config import Config
+from ucore.errors import EXIT_CODES, UsageError
+from ucore.model import Platform
+
+
+def ucore(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "UCORE_DIR": str(tmp_path / "store"),
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ucore", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["pull"], 2, "ucore: pull: the following arguments are required: IMAGE"),
+        (["frobnicate"], 2, "ucore: argument COMMAND: invalid choice: 'frobnicate'"),
+        (["pull", "Ubuntu"], 2, "ucore: invalid reference 'Ubuntu'"),
+        (["pull", "--platform", "linux", "busybox"], 2, "ucore: invalid platform 'linux'"),
+        (["pull", "--jobs=0", "busybox"], 2, "ucore: jobs must be at least 1"),
+        (
+            ["pull", "--registry=http://example.invalid", "x"],
+            2,
+            "ucore: example.invalid is a plain-HTTP registry",
+        ),
+        (["inspect", "nothing"], 3, "ucore: image nothing not found locally"),
+        (["rmi", "nothing"], 3, "ucore: image nothing not found locally"),
+        (["verify", "a/b:c"], 3, "ucore: image a/b:c not found locally"),
+        (["pull", "127.0.0.1:1/x"], 4, "ucore: cannot reach 127.0.0.1:1: connection refused"),
+        (["-p", "bad", "images"], 2, "ucore: -p takes no:NAME to block a plugin"),
+        (["login", "--password-stdin", "h.io"], 2, "ucore: --username is required"),
+    ],
+)
+def test_errors_are_one_line_with_a_documented_status(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    proc = ucore(tmp_path, *args)
+    assert proc.returncode == code, proc.stderr
+    assert code in EXIT_CODES
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(message)
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    if (tmp_path / "store").exists():  # nothing was written by a failed command
+        assert not list((tmp_path / "store" / "refs").iterdir())
+        assert not list((tmp_path / "store" / "blobs" / "sha256").iterdir())
+
+
+def test_json_log_format_reports_the_error_as_json(tmp_path: Path) -> None:
+    proc = ucore(tmp_path, "inspect", "--log-format=json", "nothing")
+    assert proc.returncode == 3
+    [line] = proc.stderr.splitlines()
+    assert json.loads(line) == {
+        "event": "error",
+        "exit_code": 3,
+        "message": "image nothing not found locally (see 'ucore images'; 'ucore pull' it)",
+    }
+
+
+def test_help_documents_every_exit_status(tmp_path: Path) -> None:
+    proc = ucore(tmp_path, "--help")
+    assert proc.returncode == 0
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in proc.stdout
+
+
+def test_options_are_accepted_before_and_after_the_command(tmp_path: Path) -> None:
+    assert ucore(tmp_path, "-v", "images", "--json").stdout.strip() == "[]"
+    assert ucore(tmp_path, "images", "-v", "--json").stdout.strip() == "[]"
+    assert ucore(tmp_path, "images", "--log-format", "json", "--json").returncode == 0
+
+
+def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "ucore.conf"
+    conf.write_text("[ucore]\njobs = 3\nplatform = linux/arm64\nregistry = r.example:5000\n")
+    env = {"UCORE_CONFIG": str(conf), "UCORE_DIR": str(tmp_path / "s")}
+    config = Config.load(env)
+    assert (config.jobs, config.platform, config.registry) == (
+        3,
+        Platform("linux", "arm64"),
+        "r.example:5000",
+    )
+    config = Config.load({**env, "UCORE_JOBS": "7", "UCORE_INSECURE": "a:1, b:2"})
+    assert config.jobs == 7 and config.insecure_registries == ("a:1", "b:2")
+    import argparse
+
+    config = Config.load({**env, "UCORE_JOBS": "7"}, argparse.Namespace(jobs=9, platform=None))
+    assert config.jobs == 9 and config.platform == Platform("linux", "arm64")
+    assert config.dir == tmp_path / "s"
+
+
+def test_bad_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    conf = tmp_path / "ucore.conf"
+    conf.write_text("[ucore]\nspeed = max\n")
+    with pytest.raises(UsageError, match="unknown setting 'speed'"):
+        Config.load({"UCORE_CONFIG": str(conf)})
+    proc = ucore(tmp_path, "images", UCORE_CONFIG=str(conf))
+    assert proc.returncode == 2 and proc.stderr.startswith("ucore: unknown setting 'speed'")
+
+
+def test_logout_of_an_unknown_registry_is_harmless(tmp_path: Path) -> None:
+    proc = ucore(tmp_path, "logout", "nowhere.example")
+    assert proc.returncode == 0
+    assert proc.stdout == "no stored credentials for nowhere.example\n"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the test suite as the unprivileged user ucore-test from a world-readable copy of the
+# tests, with the tox environment ENVDIR (which must be outside any private directory).
+# Usage: run-unprivileged.sh ENVDIR [pytest args...]; as a non-root user it runs as that user.
+set -euo pipefail
+envdir=$1
+shift
+suite="$envdir/suite"
+rm -rf "$suite"
+mkdir -p "$suite"
+cd "$(dirname "$0")/.."
+tar -cf - pyproject.toml core/tests tests plugins/*/tests --exclude=__pycache__ | tar -xf - -C "$suite"
+chmod -R a+rX "$envdir"
+cmd=("$envdir/bin/python" -m pytest -p no:cacheprovider --rootdir "$suite" -c "$suite/pyproject.toml" "$@")
+cd "$suite"
+if [ "$(id -u)" -eq 0 ]; then
+  exec runuser -u ucore-test -- env -i HOME="$(getent passwd ucore-test | cut -d: -f6)" \
+    PATH="$envdir/bin:/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 CI="${CI:-}" "${cmd[@]}"
+fi
+exec "${cmd[@]}"

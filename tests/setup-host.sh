@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Prepares a Debian/Ubuntu machine for the test suite (run as root; idempotent):
+# the Debian packages the tests exercise for real, tox, and the unprivileged test user.
+set -euo pipefail
+
+packages=(
+  docker-registry   # the registry server the tests pull from (CNCF distribution)
+  skopeo umoci      # independent OCI tools the tests check ucore's output with
+  busybox-static    # the test images' userland
+  apache2-utils     # htpasswd, for the Basic-auth registry
+  zstd curl git ca-certificates
+  proot runc crun fakechroot patchelf
+  python3 python3-venv util-linux
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-host.sh: run as root (it installs packages and creates the test user)" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian package starts a registry on port 5000 that the tests do not use.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q docker-registry 2>/dev/null; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+if ! command -v tox >/dev/null 2>&1; then
+  python3 -m pip install -q tox 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages tox
+fi
+
+# The unprivileged user that the "unpriv" tox environment runs the suite as.
+if ! id ucore-test >/dev/null 2>&1; then
+  useradd --create-home --shell /bin/bash ucore-test
+fi
