@@ -161,7 +161,7 @@ def cmd_images(session: Session, args: argparse.Namespace) -> int:
     from ucore.builtin.progress import human
 
     print(
-        f"{'REPOSITORY:TAG':<50} {'IMAGE ID':<12} {'PULLED':<16} {'SIZE':>9}"
+        f"{'REPOSITORY:TAG':<50} {'IMAGE ID':<12} {'STORED':<16} {'SIZE':>9}"
         + ("  PLATFORM" if args.show_platform else "")
     )
     for row in rows:
