@@ -6,10 +6,13 @@ its storage, so pushing never needs credentials. :meth:`Pusher.put_manifest` wit
 
 What Debian's docker-registry 2.8 accepts (checked by ``tests/test_harness.py``): OCI and Docker
 schema 2 manifests and indexes whose every referenced blob or manifest already exists, with any
-layer media type (zstd and in-toto included). It refuses schema 1 (``manifest invalid``) unless
-configured for it, and manifests over 4 MiB. A manifest can never reference a blob whose bytes
-do not match its digest, since uploads are verified: serve such content through
-``tests/support/faultproxy.py`` instead.
+layer media type (zstd and in-toto included). It refuses schema 1 (``MANIFEST_INVALID``) and
+manifest bodies over 4 MiB (3 MiB still passes). A manifest can never reference a blob whose
+bytes do not match its digest, since uploads are verified: serve such content, schema 1,
+malformed JSON or oversized manifests through ``tests/support/faultproxy.py`` (``serve``)
+instead. Beware when pulling: for a Docker manifest list or schema 2 manifest requested with an
+``Accept`` header that lacks the Docker types, 2.8 answers with a down-converted *schema 1*
+manifest of the amd64 entry.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Test-only servers for the cross-distribution integration tests (token auth, fault injection)."""

@@ -1,0 +1,192 @@
+"""Run the ``ucore`` command as users do (a subprocess) against a private store, and check the
+store afterwards against the layout contract.
+
+Each test gets its own ``UCORE_DIR`` and ``HOME``: nothing from the developer's real Docker or
+ucore configuration (credentials, proxies) can leak into a test, and tests cannot see each
+other's stores.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import ucore
+
+#: Where the ``ucore`` package under test lives; the subprocess must import the same one.
+UCORE_SRC = str(Path(ucore.__file__).resolve().parents[1])
+
+#: Environment that would change how ucore or requests behave, removed for isolation.
+_SCRUB = re.compile(
+    r"^(UCORE_.*|DOCKER_.*|REGISTRY_AUTH_FILE|XDG_.*|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE"
+    r"|(?i:https?_proxy|all_proxy|no_proxy))$"
+)
+#: A loopback port nothing listens on (the discard service is never running in CI).
+DEAD_PROXY = "http://127.0.0.1:9"
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Ucore:
+    """``ucore`` as a subprocess with ``UCORE_DIR=store`` and ``HOME=home``."""
+
+    def __init__(self, base: Path) -> None:
+        self.store = base / "ucore"
+        self.home = base / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not _SCRUB.match(k)}
+        pythonpath = [UCORE_SRC, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env.update(
+            HOME=str(self.home),
+            UCORE_DIR=str(self.store),
+            PYTHONPATH=os.pathsep.join(pythonpath),
+            PYTHONDONTWRITEBYTECODE="1",
+            LC_ALL="C.UTF-8",
+            # A guard, not a feature: anything not on loopback goes to a closed port and fails
+            # at once, so a test can never reach Docker Hub even if a name resolves there.
+            HTTP_PROXY=DEAD_PROXY,
+            HTTPS_PROXY=DEAD_PROXY,
+            NO_PROXY="127.0.0.1,127.0.0.2,localhost",
+        )
+        self.env = env
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "ucore", *args]
+
+    def run(
+        self,
+        *args: str,
+        input: Optional[str] = None,
+        timeout: float = 120,
+        env: Optional[dict[str, str]] = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args),
+            check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str, env: Optional[dict[str, str]] = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**self.env, **(env or {})},
+        )
+
+    def ok(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run and insist on exit status 0, showing the output otherwise."""
+        result = self.run(*args, **kwargs)
+        assert result.returncode == 0, describe(result)
+        return result
+
+    def fails(self, code: int, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run and insist on exit status ``code`` and on the error contract: exactly one line
+        on stderr, starting with ``ucore: ``, and no traceback."""
+        result = self.run(*args, **kwargs)
+        assert result.returncode == code, describe(result)
+        assert_error_line(result)
+        return result
+
+    # --- the store ---------------------------------------------------------------------------
+
+    def blob_dir(self) -> Path:
+        return self.store / "blobs" / "sha256"
+
+    def blobs(self) -> set[str]:
+        """Digests (``sha256:...``) of the published blobs."""
+        if not self.blob_dir().is_dir():
+            return set()
+        return {"sha256:" + p.name for p in self.blob_dir().iterdir()}
+
+    def check_store(self) -> None:
+        check_store(self.store)
+
+    def refs(self) -> list[Path]:
+        refs = self.store / "refs"
+        return sorted(p for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    return (
+        f"command: {' '.join(map(str, result.args))}\nexit status: {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
+
+
+def assert_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, describe(result)
+    assert len(lines) == 1, f"expected exactly one line on stderr\n{describe(result)}"
+    assert lines[0].startswith("ucore: "), describe(result)
+    return lines[0]
+
+
+def check_store(store: Path) -> None:
+    """Every published blob hashes to its name and is read-only; store directories are 0700;
+    nothing but 64-hex names in ``blobs/sha256`` (no partial or temporary files)."""
+    for path in [store, *(store / d for d in ("blobs", "tmp", "locks", "refs"))]:
+        if path.exists():
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            assert path.is_dir() and mode == 0o700, f"{path}: mode {mode:o}, expected 700"
+    blob_dir = store / "blobs" / "sha256"
+    if not blob_dir.exists():
+        return
+    for path in blob_dir.iterdir():
+        assert HEX64.match(path.name), f"unexpected file in the blob store: {path}"
+        st = path.lstat()
+        assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file"
+        assert not st.st_mode & 0o222, f"{path} is writable (mode {stat.S_IMODE(st.st_mode):o})"
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        assert digest.hexdigest() == path.name, f"{path} does not hash to its name"
+
+
+def json_events(stderr: str) -> list[dict[str, Any]]:
+    """The JSON objects among stderr lines (``--log-format json``), ignoring anything else."""
+    events = []
+    for raw in stderr.splitlines():
+        line = raw.strip()
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                events.append(obj)
+    return events
+
+
+def kill(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
+    """Signal a ucore subprocess we started, by its pid, and reap it."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    proc.communicate(timeout=30)
+
+
+def write_docker_config(directory: Path, registry: str, username: str, password: str) -> Path:
+    """A Docker ``config.json`` with Basic credentials for ``registry`` (as ``docker login``
+    writes it), in ``directory`` (``~/.docker`` or ``$DOCKER_CONFIG``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.json"
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    path.chmod(0o600)
+    return path

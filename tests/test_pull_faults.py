@@ -1,0 +1,338 @@
+"""``ucore pull`` when the network, the registry or the content misbehaves, and when ucore
+itself is killed or raced: the store must never show anything unverified."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import pytest
+from support.cli import Ucore, assert_error_line, describe, json_events, kill, write_docker_config
+from support.faultproxy import MANIFEST_PATH, FaultProxy, Recorded
+from support.registries import AuthRegistry
+
+from ucore.testing import images as im
+from ucore.testing.images import TestImages
+
+
+def only(blob: im.Blob) -> str:
+    """A fault ``match`` for one blob's URL."""
+    return re.escape(f"/blobs/{blob.digest}")
+
+
+def blob_gets(proxy: FaultProxy, blob: im.Blob) -> list[Recorded]:
+    return [r for r in proxy.requests("GET") if r.digest == blob.digest and "/blobs/" in r.path]
+
+
+# --- interrupted and failing transfers -----------------------------------------------------
+
+
+def test_truncated_blob_resumes_with_range(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    layer = test_images.busybox.layers[0].blob
+    cut = 300_000
+    proxy.truncate(after=cut, match=only(layer))
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    ucore_cli.check_store()
+    assert layer.digest in ucore_cli.blobs()
+    gets = blob_gets(proxy, layer)
+    ranged = [r for r in gets if "range" in r.headers]
+    assert ranged, f"no Range request after the truncated body: {[r.headers for r in gets]}"
+    match = re.match(r"bytes=(\d+)-", ranged[0].headers["range"])
+    assert match is not None, ranged[0].headers["range"]
+    start = int(match.group(1))
+    assert 0 < start <= cut and ranged[0].status == 206
+    assert len([r for r in gets if "range" not in r.headers]) == 1, "restarted from zero"
+    ucore_cli.ok("verify", f"{proxy.address}/busybox:latest")
+
+
+@pytest.mark.parametrize("which", ["layer", "config"])
+def test_corrupt_blob_is_refused(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages, which: str
+) -> None:
+    image = test_images.busybox
+    blob = image.layers[0].blob if which == "layer" else image.config
+    proxy.corrupt(times=None, match=only(blob))
+    ucore_cli.fails(6, "pull", f"{proxy.address}/busybox:latest")
+    assert blob.digest not in ucore_cli.blobs()
+    ucore_cli.check_store()
+    assert not ucore_cli.refs(), "a tag points at an image with an unverified blob"
+
+
+def test_429_honours_retry_after(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    layer = test_images.busybox.layers[0].blob
+    proxy.fail(429, times=2, retry_after="1", match=only(layer), methods=("GET",))
+    result = ucore_cli.ok("--log-format=json", "pull", f"{proxy.address}/busybox:latest")
+    gets = blob_gets(proxy, layer)
+    assert [r.status for r in gets][:3] == [429, 429, 200]
+    for earlier, later in zip(gets, gets[1:3]):
+        assert earlier.finished is not None
+        assert later.started - earlier.finished >= 0.9, "Retry-After: 1 not honoured"
+    assert any(e.get("event") == "http.retry" for e in json_events(result.stderr))
+    ucore_cli.check_store()
+
+
+def test_503_then_success(ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages) -> None:
+    proxy.fail(503, times=2, match=MANIFEST_PATH)
+    ucore_cli.ok("pull", f"{proxy.address}/multilayer:latest")
+    statuses = [r.status for r in proxy.requests(match=MANIFEST_PATH)]
+    assert statuses[:2] == [503, 503] and 200 in statuses
+    assert {b.digest for b in test_images.multilayer.blobs} <= ucore_cli.blobs()
+
+
+def test_connection_reset_then_success(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    layer = test_images.busybox.layers[0].blob
+    fault = proxy.reset(times=2, match=only(layer))
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert fault.fired == 2
+    assert layer.digest in ucore_cli.blobs()
+    ucore_cli.check_store()
+
+
+def test_persistent_503_gives_up(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    proxy.fail(503, times=None, match=MANIFEST_PATH)
+    start = time.monotonic()
+    ucore_cli.fails(4, "pull", f"{proxy.address}/busybox:latest")
+    assert time.monotonic() - start < 60
+    assert 1 < len(proxy.requests(match=MANIFEST_PATH)) <= 10, "retries must be bounded"
+
+
+def test_content_encoding_does_not_change_the_hashed_bytes(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """Object stores often label a .tar.gz ``Content-Encoding: gzip``; an HTTP client that
+    decodes it hashes the tar instead of the blob."""
+    layer = test_images.busybox.layers[0].blob
+    proxy.inject_headers({"Content-Encoding": "gzip"}, match=only(layer))
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert layer.digest in ucore_cli.blobs()
+    ucore_cli.check_store()
+
+
+@pytest.mark.parametrize("mode", ["ignore", "shift"])
+def test_resume_when_server_mishandles_range(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages, mode: str
+) -> None:
+    """After a truncated body the server answers the resume with the whole blob (200), or with
+    a 206 that starts elsewhere: the client must notice and still end with the right bytes."""
+    layer = test_images.busybox.layers[0].blob
+    proxy.truncate(after=300_000, match=only(layer))
+    mangled = proxy.mangle_range(mode, by=1000, match=only(layer))
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert mangled.fired == 1, "the client never resumed with Range"
+    ucore_cli.check_store()
+    ucore_cli.ok("verify", f"{proxy.address}/busybox:latest")
+
+
+# --- tokens expiring and refused mid-pull --------------------------------------------------
+
+
+def test_token_expiring_mid_pull_is_refreshed(
+    ucore_cli: Ucore, token_registry: AuthRegistry, token_proxy: FaultProxy, test_images: TestImages
+) -> None:
+    tokens = token_registry.token_server
+    assert tokens is not None
+    layer = test_images.busybox.layers[0].blob
+    challenge = tokens.challenge("repository:busybox:pull", error="invalid_token")
+    token_proxy.fail(401, times=1, match=only(layer), headers={"WWW-Authenticate": challenge})
+    ucore_cli.ok("pull", f"{token_proxy.address}/busybox:latest")
+    assert 2 <= tokens.tokens_issued <= 4
+    assert layer.digest in ucore_cli.blobs()
+
+
+def test_401_after_fresh_token_does_not_loop(
+    ucore_cli: Ucore, token_registry: AuthRegistry, token_proxy: FaultProxy, test_images: TestImages
+) -> None:
+    tokens = token_registry.token_server
+    assert tokens is not None
+    layer = test_images.busybox.layers[0].blob
+    challenge = tokens.challenge("repository:busybox:pull", error="invalid_token")
+    token_proxy.fail(401, times=None, match=only(layer), headers={"WWW-Authenticate": challenge})
+    ucore_cli.fails(5, "pull", f"{token_proxy.address}/busybox:latest")
+    assert tokens.tokens_issued <= 4
+    assert len(blob_gets(token_proxy, layer)) <= 4
+    assert layer.digest not in ucore_cli.blobs()
+
+
+# --- redirects -----------------------------------------------------------------------------
+
+
+def test_redirect_to_other_host_drops_basic_credentials(
+    ucore_cli: Ucore,
+    basic_registry: AuthRegistry,
+    basic_proxy: FaultProxy,
+    blob_host: FaultProxy,
+    test_images: TestImages,
+) -> None:
+    write_docker_config(
+        ucore_cli.home / ".docker",
+        basic_proxy.address,
+        basic_registry.username,
+        basic_registry.password,
+    )
+    basic_proxy.redirect(blob_host.url)
+    ucore_cli.ok("pull", f"{basic_proxy.address}/busybox:latest")
+    assert any("authorization" in r.headers for r in basic_proxy.requests())
+    fetched = {r.digest for r in blob_host.requests("GET")}
+    assert {b.digest for b in test_images.busybox.blobs} <= fetched
+    leaked = [r.path for r in blob_host.requests() if "authorization" in r.headers]
+    assert not leaked, f"Authorization sent to another host: {leaked}"
+    ucore_cli.check_store()
+
+
+def test_redirect_to_other_host_drops_bearer_token(
+    ucore_cli: Ucore,
+    private_token_registry: AuthRegistry,
+    token_proxy: FaultProxy,
+    blob_host: FaultProxy,
+    test_images: TestImages,
+) -> None:
+    reg = private_token_registry
+    ucore_cli.ok(
+        "login",
+        "--username",
+        reg.username,
+        "--password-stdin",
+        token_proxy.address,
+        input=reg.password + "\n",
+    )
+    token_proxy.redirect(blob_host.url)
+    ucore_cli.ok("pull", f"{token_proxy.address}/multilayer:latest")
+    assert any(
+        r.headers.get("authorization", "").startswith("Bearer ") for r in token_proxy.requests()
+    )
+    assert {b.digest for b in test_images.multilayer.blobs} <= {
+        r.digest for r in blob_host.requests("GET")
+    }
+    leaked = [r.path for r in blob_host.requests() if "authorization" in r.headers]
+    assert not leaked, f"Authorization sent to another host: {leaked}"
+
+
+# --- hostile manifests ---------------------------------------------------------------------
+
+
+def serve_manifest(proxy: FaultProxy, repo: str, ref: str, body: bytes, media_type: str) -> str:
+    proxy.serve(
+        f"/v2/{repo}/manifests/{ref}",
+        body=body,
+        headers={"Content-Type": media_type, "Docker-Content-Digest": im.sha256_digest(body)},
+    )
+    return (
+        f"{proxy.address}/{repo}:{ref}"
+        if not ref.startswith("sha256:")
+        else f"{proxy.address}/{repo}@{ref}"
+    )
+
+
+def test_schema1_is_refused(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    ref = serve_manifest(
+        proxy, "busybox", "schema1", im.schema1_manifest(), im.DOCKER_SCHEMA1_SIGNED
+    )
+    line = ucore_cli.fails(4, "pull", ref).stderr
+    assert "schema" in line.lower()
+    assert not proxy.blob_downloads()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"schemaVersion": 2, "mediaType": "%s", "config": 42, "layers": []}'
+        % im.OCI_MANIFEST.encode(),
+        b"[]",
+    ],
+    ids=["not-json", "config-not-a-descriptor", "json-array"],
+)
+def test_malformed_manifest(ucore_cli: Ucore, proxy: FaultProxy, body: bytes) -> None:
+    ref = serve_manifest(proxy, "busybox", "malformed", body, im.OCI_MANIFEST)
+    ucore_cli.fails(6, "pull", ref)
+    assert not ucore_cli.blobs() and not ucore_cli.refs()
+
+
+def test_manifest_not_matching_requested_digest(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    wanted = test_images.busybox.digest
+    ref = serve_manifest(
+        proxy, "busybox", wanted, test_images.multilayer.manifest.data, im.OCI_MANIFEST
+    )
+    ucore_cli.fails(6, "pull", ref)
+    assert not proxy.blob_downloads(), "blobs fetched for an unverified manifest"
+    assert not ucore_cli.blobs() and not ucore_cli.refs()
+
+
+def test_layer_size_lie(ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages) -> None:
+    manifest = json.loads(test_images.busybox.manifest.data)
+    manifest["layers"][0]["size"] -= 1
+    ref = serve_manifest(proxy, "busybox", "sizelie", im.canonical_json(manifest), im.OCI_MANIFEST)
+    ucore_cli.fails(6, "pull", ref)
+    assert test_images.busybox.layers[0].blob.digest not in ucore_cli.blobs()
+    ucore_cli.check_store()
+
+
+def test_oversized_manifest(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    body = b'{"schemaVersion":2,"mediaType":"%s","pad":"' % im.OCI_MANIFEST.encode()
+    body += b"x" * (16 << 20) + b'"}'
+    ref = serve_manifest(proxy, "busybox", "huge", body, im.OCI_MANIFEST)
+    result = ucore_cli.run("pull", ref)
+    assert result.returncode in (4, 6), describe(result)
+    assert_error_line(result)
+
+
+# --- killed and concurrent pulls -----------------------------------------------------------
+
+
+def test_kill_9_mid_download_then_clean_repull(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    ref = f"{proxy.address}/busybox:latest"
+    layer = test_images.busybox.layers[0].blob
+    proxy.stall(after=layer.size // 2, match=only(layer))
+    proc = ucore_cli.popen("pull", ref)
+    try:
+        assert proxy.stalled.wait(60), "the download never reached the stall point"
+        time.sleep(0.3)  # let the client write what it has received
+    finally:
+        kill(proc, signal.SIGKILL)
+    proxy.release()
+    assert proc.returncode == -signal.SIGKILL
+    ucore_cli.check_store()
+    assert layer.digest not in ucore_cli.blobs(), "a half-downloaded blob was published"
+    tmp = ucore_cli.store / "tmp"
+    partial = {p for p in tmp.rglob("*") if p.is_file()} if tmp.exists() else set()
+
+    proxy.reset_state()
+    ucore_cli.ok("pull", ref)
+    ucore_cli.check_store()
+    ucore_cli.ok("verify", ref)
+    assert layer.digest in ucore_cli.blobs()
+    left = {p for p in partial if p.exists()}
+    assert not left, f"the killed pull's partial files were neither resumed nor removed: {left}"
+
+
+def test_concurrent_pulls_share_one_store(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """Batch jobs start together on a shared home: 16 pulls of one image into one store."""
+    ref = f"{proxy.address}/busybox:latest"
+    proxy.throttle(bytes_per_second=4 << 20)  # the pulls overlap instead of finishing in turn
+    procs = [ucore_cli.popen("pull", ref) for _ in range(16)]
+    results = [(p, *p.communicate(timeout=180)) for p in procs]
+    failures = [
+        f"exit {p.returncode}: {err[-800:]}" for p, _out, err in results if p.returncode != 0
+    ]
+    assert not failures, "\n".join(failures)
+    ucore_cli.check_store()
+    ucore_cli.ok("verify", ref)
+    counts = proxy.download_counts()
+    for blob in test_images.busybox.blobs:
+        assert 1 <= counts.get(blob.digest, 0) <= 2, (
+            f"{blob.digest} downloaded {counts.get(blob.digest)} times"
+        )
