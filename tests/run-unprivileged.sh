@@ -9,7 +9,7 @@ suite="$envdir/suite"
 rm -rf "$suite"
 mkdir -p "$suite"
 cd "$(dirname "$0")/.."
-tar -cf - pyproject.toml core/tests tests plugins/*/tests --exclude=__pycache__ | tar -xf - -C "$suite"
+tar --exclude=__pycache__ -cf - pyproject.toml core/tests tests plugins/*/tests | tar -xf - -C "$suite"
 chmod -R a+rX "$envdir"
 cmd=("$envdir/bin/python" -m pytest -p no:cacheprovider --rootdir "$suite" -c "$suite/pyproject.toml" "$@")
 cd "$suite"
