@@ -280,3 +280,65 @@ class Image:
     def id(self) -> str:
         """Docker's image id: the config digest."""
         return str(self.config_digest)
+
+
+@attrs.frozen
+class Mount:
+    """A host path made visible in the container (``-v``, sysdirs, GPU libraries).
+
+    ``target`` is absolute inside the container; engines translate it (``proot -b``, runc
+    mounts, ``singularity -B``) so device plugins never need to know the engine.
+    """
+
+    source: str
+    target: str
+    readonly: bool = False
+
+
+@attrs.frozen
+class DeviceNode:
+    """A host device the container needs (``/dev/nvidia0``, ``/dev/infiniband/uverbs0``)."""
+
+    path: str
+    target: Optional[str] = None
+
+
+@attrs.frozen
+class Container:
+    """A created container: an unpacked root filesystem plus what it was made from."""
+
+    id: str
+    dir: Any  # pathlib.Path; Any keeps attrs from importing pathlib eagerly for validation
+    image: str
+    manifest_digest: Optional[str] = None
+    names: tuple[str, ...] = ()
+    engine: Optional[str] = None
+    protected: bool = False
+    created: float = 0.0
+
+    @property
+    def root(self) -> Any:
+        """The root filesystem (``ROOT``, the name udocker uses)."""
+        return self.dir / "ROOT"
+
+
+@attrs.frozen
+class RunSpec:
+    """Everything an engine needs to start the container's process, engine-neutral.
+
+    Built by the core from the image config and the command line (Docker's rules), then
+    extended with what ``ucore_prepare`` implementations return (GPU libraries, devices).
+    """
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = "/"
+    #: ``None``: the engine's default, root emulation (as udocker and Docker do).
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+    mounts: tuple[Mount, ...] = ()
+    devices: tuple[DeviceNode, ...] = ()
+    terminal: bool = False
+    #: Kernel release to report (``--kernel``), where the engine can fake it.
+    kernel: Optional[str] = None
+    cpuset: Optional[str] = None
