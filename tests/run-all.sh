@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup-host.sh
-# pyenv's shims only answer for the active versions: make every installed 3.9-3.13 visible
-# to tox, the current default first (tox itself is installed there).
+# pyenv's shims answer only for the active version, and tox queries interpreters with a clean
+# environment: put every installed 3.9-3.13 on PATH itself, after what is already there.
 if command -v pyenv >/dev/null 2>&1; then
-  current=$(pyenv version-name 2>/dev/null | cut -d: -f1)
-  others=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(9|1[0-3])\.[0-9]+$' | grep -vx "$current" | paste -sd: -)
-  export PYENV_VERSION="${current}${others:+:$others}"
+  for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(9|1[0-3])\.[0-9]+$'); do
+    PATH="$PATH:$(pyenv root)/versions/$v/bin"
+  done
+  export PATH
 fi
 exec tox "$@"
