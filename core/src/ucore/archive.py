@@ -65,8 +65,7 @@ class _Contents:
         return self.small.get(self.resolve(posixpath.normpath(name.lstrip("/"))))
 
 
-def _read(store: Store, stream: IO[bytes]) -> _Contents:
-    contents = _Contents()
+def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - a stream: nothing to close
     except tarfile.TarError as exc:
@@ -116,7 +115,6 @@ def _read(store: Store, stream: IO[bytes]) -> _Contents:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise store_error(exc, "loading the archive") from exc
         raise IntegrityError(f"corrupt or truncated archive: {exc}") from None
-    return contents
 
 
 def _json(data: Optional[bytes], what: str) -> Any:
@@ -205,42 +203,52 @@ def _docker_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Di
 
 
 def load(store: Store, stream: IO[bytes], tag: Optional[str] = None) -> list[ImageRef]:
-    """Load every image in a docker-save or OCI-layout tarball; returns the names stored."""
+    """Load every image in a docker-save or OCI-layout tarball; returns the names stored.
+
+    Whatever happens, blobs the archive brought that no image references are removed again,
+    so a refused archive leaves the store as it was.
+    """
     store.ensure()
+    contents = _Contents()
     with store.shared_lock("gc"):
-        contents = _read(store, stream)
         try:
-            if contents.text("index.json") is not None and contents.text("oci-layout"):
-                found = _oci_images(store, contents)
-            else:
-                found = _docker_images(store, contents)
-        except UsageError:
-            if tag is None:
-                raise
-            found = []
-        if tag is not None:
-            digests = {d for _r, d in found} or _sole_manifest(store, contents)
-            if len(digests) != 1:
-                raise UsageError("--tag needs an archive that holds exactly one image")
-            found = [(ImageRef.parse(tag), digests.pop())]
-        loaded = []
-        for ref, manifest_digest in found:
-            image_platform = _platform_of(store, manifest_digest)
-            store.set_ref(
-                ref,
-                {
-                    "manifest": str(manifest_digest),
-                    "index": None,
-                    "platform": image_platform,
-                    "pulled": time.time(),
-                },
-            )
-            loaded.append(ref)
-        used: set[Digest] = set()
-        for image in images.all_images(store):
-            used |= images.blobs_of(image)
-        for digest in contents.new - used:
-            store.remove_blob(digest)
+            _read(store, stream, contents)
+            return _store_refs(store, contents, tag)
+        finally:
+            used: set[Digest] = set()
+            for image in images.all_images(store):
+                used |= images.blobs_of(image)
+            for digest in contents.new - used:
+                store.remove_blob(digest)
+
+
+def _store_refs(store: Store, contents: _Contents, tag: Optional[str]) -> list[ImageRef]:
+    try:
+        if contents.text("index.json") is not None and contents.text("oci-layout"):
+            found = _oci_images(store, contents)
+        else:
+            found = _docker_images(store, contents)
+    except UsageError:
+        if tag is None:
+            raise
+        found = []
+    if tag is not None:
+        digests = {d for _r, d in found} or _sole_manifest(store, contents)
+        if len(digests) != 1:
+            raise UsageError("--tag needs an archive that holds exactly one image")
+        found = [(ImageRef.parse(tag), digests.pop())]
+    if not found:
+        raise IntegrityError("the archive holds no image")
+    loaded = []
+    for ref, manifest_digest in found:
+        record = {
+            "manifest": str(manifest_digest),
+            "index": None,
+            "platform": _platform_of(store, manifest_digest),
+            "pulled": time.time(),
+        }
+        store.set_ref(ref, record)
+        loaded.append(ref)
     return loaded
 
 

@@ -1,0 +1,204 @@
+"""The image commands besides pull: tag, rmi (with shared blobs), save and load (checked with
+skopeo, an independent implementation), manifest inspect, and the terminal progress display."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from support.cli import Ucore
+
+from ucore.testing.images import TestImages
+from ucore.testing.registry import RegistryServer
+
+
+def test_tag_then_rmi_keeps_shared_blobs(
+    ucore_cli: Ucore, registry: RegistryServer, test_images: TestImages
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    before = ucore_cli.blobs()
+    ucore_cli.ok("tag", ref, "mine/copy:1")
+    ucore_cli.ok("rmi", ref)
+    assert ucore_cli.blobs() == before, "blobs still used by mine/copy:1 were removed"
+    ucore_cli.fails(3, "inspect", ref)
+    ucore_cli.ok("verify", "mine/copy:1")
+    out = ucore_cli.ok("rmi", "mine/copy:1").stdout
+    assert "3 blobs freed" in out
+    assert ucore_cli.blobs() == set()
+    ucore_cli.fails(3, "rmi", "mine/copy:1")
+    ucore_cli.ok("rmi", "-f", "mine/copy:1")
+
+
+def test_short_name_finds_an_image_pulled_with_registry_option(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ucore_cli.ok("pull", f"--registry=http://{registry.address}", "busybox")
+    assert json.loads(ucore_cli.ok("inspect", "busybox").stdout)["ref"] == (
+        f"{registry.address}/busybox:latest"
+    )
+
+
+def test_save_is_read_by_skopeo_and_load_round_trips(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    ref = f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", ref)
+    config = json.loads(ucore_cli.ok("inspect", ref).stdout)["config"]
+    archive = tmp_path / "saved.tar"
+    ucore_cli.ok("save", "-o", str(archive), ref)
+    info = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", f"docker-archive:{archive}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert info["Layers"] == config["rootfs"]["diff_ids"]  # uncompressed, checked layers
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path}/oci:x"],
+        check=True,
+        capture_output=True,
+    )
+    ucore_cli.ok("rmi", ref)
+    with open(archive, "rb") as f:  # from stdin, as in `ucore load < saved.tar`
+        proc = subprocess.run(
+            ucore_cli.argv("load"),
+            stdin=f,
+            capture_output=True,
+            text=True,
+            env=ucore_cli.env,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert f"loaded {registry.address}/multilayer:latest" in proc.stdout
+    ucore_cli.ok("verify", ref)
+    assert json.loads(ucore_cli.ok("inspect", ref).stdout)["config"] == config
+
+
+def test_load_reads_what_skopeo_writes(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    src = f"docker://{registry.address}/busybox:latest"
+    docker_archive = tmp_path / "docker.tar"
+    oci_archive = tmp_path / "oci.tar"
+    for dest in (
+        f"docker-archive:{docker_archive}:example.org/bb:v1",
+        f"oci-archive:{oci_archive}:v2",
+    ):
+        subprocess.run(
+            ["skopeo", "copy", "-q", "--src-tls-verify=false", src, dest],
+            check=True,
+            capture_output=True,
+        )
+    assert "loaded example.org/bb:v1" in ucore_cli.ok("load", "-i", str(docker_archive)).stdout
+    # An OCI layout names only a tag: ucore asks for a full name instead of guessing one.
+    ucore_cli.fails(2, "load", "-i", str(oci_archive))
+    assert (
+        "loaded example.org/bb:v2"
+        in ucore_cli.ok("load", "-i", str(oci_archive), "--tag", "example.org/bb:v2").stdout
+    )
+    ucore_cli.ok("verify", "example.org/bb:v1", "example.org/bb:v2")
+    ucore_cli.check_store()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("members", "code"),
+    [
+        ({"../../escape": b"x", "manifest.json": b"[]"}, 6),
+        ({"manifest.json": b'[{"Config": "missing.json", "RepoTags": ["a/b:c"]}]'}, 6),
+        ({"manifest.json": b"{not json"}, 6),
+        (
+            {
+                "x.json": b'{"rootfs": {"diff_ids": ["sha256:' + b"0" * 64 + b'"]}}',
+                "layer.tar": b"\0" * 1024,
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": ["a/b:c"],'
+                b' "Layers": ["layer.tar"]}]',
+            },
+            6,
+        ),
+        ({}, 6),
+    ],
+)
+def test_hostile_archives_are_refused_without_writing_outside_the_store(
+    ucore_cli: Ucore, tmp_path: Path, members: dict[str, bytes], code: int
+) -> None:
+    archive = tmp_path / "work" / "evil.tar"
+    archive.parent.mkdir()
+    archive.write_bytes(_tar(members) if members else b"not a tar at all")
+    before = sorted(p.name for p in tmp_path.iterdir() if p != ucore_cli.store)
+    ucore_cli.fails(code, "load", "-i", str(archive))
+    assert sorted(p.name for p in tmp_path.iterdir() if p != ucore_cli.store) == before
+    assert not (tmp_path / "escape").exists() and not (archive.parent.parent / "escape").exists()
+    assert ucore_cli.refs() == []
+    assert ucore_cli.blobs() == set(), "blobs of a refused archive were left behind"
+    ucore_cli.check_store()
+
+
+def test_manifest_inspect_prints_what_the_registry_serves(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    doc = json.loads(
+        ucore_cli.ok("manifest", "inspect", f"{registry.address}/multiplatform").stdout
+    )
+    assert doc["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert len(doc["manifests"]) >= 3
+    ucore_cli.fails(3, "manifest", "inspect", f"{registry.address}/nothing-here:latest")
+
+
+def test_batch_pull_is_silent_and_terminal_pull_draws_progress(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ref = f"{registry.address}/multilayer:latest"
+    quiet = ucore_cli.ok("pull", ref)
+    assert quiet.stdout == "" and quiet.stderr == ""
+    ucore_cli.ok("rmi", ref)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        ucore_cli.argv("pull", ref),
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env=ucore_cli.env,
+    )
+    os.close(secondary)
+    screen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(10)
+    os.close(primary)
+    assert proc.returncode == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    assert "\x1b[2K" in text and "[#" in text, text  # redrawn bars
+    assert f"pulled {ref}" in text
