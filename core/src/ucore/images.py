@@ -9,19 +9,20 @@ from typing import Any, Optional
 
 from ucore import manifest as mf
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
-from ucore.model import Descriptor, Digest, Image, ImageRef, Platform
+from ucore.model import (
+    Descriptor,
+    Digest,
+    Image,
+    ImageRef,
+    Platform,
+    names_registry,
+    split_registry,
+)
 from ucore.store import Store
 
 
 def parse_ref(text: str, default_registry: str) -> ImageRef:
-    from ucore.builtin.registry.client import split_registry
-
     return ImageRef.parse(text, default_registry=split_registry(default_registry)[1])
-
-
-def _has_explicit_registry(text: str) -> bool:
-    first, sep, _ = text.partition("/")
-    return bool(sep) and ("." in first or ":" in first or first == "localhost")
 
 
 def lookup(store: Store, text: str, default_registry: str) -> ImageRef:
@@ -31,7 +32,7 @@ def lookup(store: Store, text: str, default_registry: str) -> ImageRef:
     ref = parse_ref(text, default_registry)
     if store.get_ref(ref) is not None:
         return ref
-    if not _has_explicit_registry(text) and store.refs.is_dir():
+    if not names_registry(text) and store.refs.is_dir():
         short = {ref.repository, ref.repository.removeprefix("library/")}
         matches = [
             r

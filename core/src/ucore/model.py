@@ -73,6 +73,30 @@ def _check_domain(domain: str, text: str) -> None:
         raise UsageError(f"invalid reference {text!r}: bad registry host {domain!r}")
 
 
+def names_registry(text: str) -> bool:
+    """Whether a reference's first component is a registry host (Docker's rule: it holds a
+    dot or a colon, is ``localhost``, or has upper-case letters)."""
+    first, sep, _ = text.partition("/")
+    return bool(sep) and (
+        "." in first or ":" in first or first == "localhost" or first != first.lower()
+    )
+
+
+def split_registry(value: str) -> tuple[Optional[str], str]:
+    """``http://host:port/v2/`` → ("http", "host:port"); a bare host has no scheme. Docker
+    Hub's aliases become ``docker.io``."""
+    scheme = None
+    for prefix in ("https://", "http://"):
+        if value.startswith(prefix):
+            scheme, value = prefix[:-3], value[len(prefix) :]
+    host = value.strip().strip("/").split("/", 1)[0]
+    if not host:
+        raise UsageError(f"invalid registry {value!r}")
+    if host in ("index.docker.io", DOCKER_HUB_API):
+        host = DOCKER_HUB
+    return scheme, host
+
+
 @attrs.frozen
 class ImageRef:
     """A fully qualified image reference: ``registry/repository[:tag][@digest]``.
@@ -104,8 +128,8 @@ class ImageRef:
             name, tag = name[:colon], name[colon + 1 :]
             if not _TAG.fullmatch(tag):
                 raise UsageError(f"invalid reference {text!r}: bad tag {tag!r}")
-        first, sep, rest = name.partition("/")
-        if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        first, _, rest = name.partition("/")
+        if names_registry(name):
             _check_domain(first, text)
             registry, path = first, rest
         else:

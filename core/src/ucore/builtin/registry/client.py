@@ -26,7 +26,16 @@ from ucore.builtin.registry.transport import Transport, is_loopback, short_reaso
 from ucore.errors import IntegrityError, NotFoundError, RegistryError, UsageError
 from ucore.events import BlobFinished, BlobProgress, BlobStarted
 from ucore.log import get_logger
-from ucore.model import DOCKER_HUB, DOCKER_HUB_API, Descriptor, Digest, Image, ImageRef, Platform
+from ucore.model import (
+    DOCKER_HUB,
+    DOCKER_HUB_API,
+    Descriptor,
+    Digest,
+    Image,
+    ImageRef,
+    Platform,
+    split_registry,
+)
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -67,20 +76,6 @@ def _body(resp: requests.Response) -> Iterator[Union[bytes, memoryview]]:
 
 class Cancelled(Exception):
     """Another download of the same pull failed: stop this one, keep its partial file."""
-
-
-def split_registry(value: str) -> tuple[Optional[str], str]:
-    """``http://host:port/`` → ("http", "host:port"); a bare host has no scheme."""
-    scheme = None
-    for prefix in ("https://", "http://"):
-        if value.startswith(prefix):
-            scheme, value = prefix[:-3], value[len(prefix) :]
-    host = value.strip("/").split("/", 1)[0]
-    if not host:
-        raise UsageError(f"invalid registry {value!r}")
-    if host in ("index.docker.io", DOCKER_HUB_API):
-        host = DOCKER_HUB
-    return scheme, host
 
 
 class _GivenCredentials:

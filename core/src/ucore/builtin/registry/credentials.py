@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from ucore.errors import StoreError, UsageError
-from ucore.model import DOCKER_HUB, DOCKER_HUB_API
+from ucore.errors import StoreError
+from ucore.model import DOCKER_HUB, DOCKER_HUB_API, split_registry
 from ucore.store import Store
 
 #: Docker keeps Docker Hub's credentials under this historical key.
@@ -30,16 +30,7 @@ def server_key(host: str) -> str:
 
 def normalize_server(text: str) -> str:
     """``https://host:port/v2/`` or ``host:port`` → ``host:port`` (Docker Hub aliases merged)."""
-    host = text.strip()
-    for prefix in ("https://", "http://"):
-        if host.startswith(prefix):
-            host = host[len(prefix) :]
-    host = host.split("/", 1)[0]
-    if not host:
-        raise UsageError(f"invalid registry {text!r}")
-    if host in ("index.docker.io", DOCKER_HUB_API):
-        host = DOCKER_HUB
-    return host
+    return split_registry(text)[1]
 
 
 def _read(path: Path) -> dict[str, Any]:
