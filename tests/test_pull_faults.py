@@ -336,3 +336,28 @@ def test_concurrent_pulls_share_one_store(
         assert 1 <= counts.get(blob.digest, 0) <= 2, (
             f"{blob.digest} downloaded {counts.get(blob.digest)} times"
         )
+
+
+def test_sigterm_mid_download_exits_143_and_the_next_pull_resumes(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """A batch system's time limit (SIGTERM): one line, status 143, the partial blob kept
+    out of sight, and the next pull continues it with ``Range`` instead of starting over."""
+    ref = f"{proxy.address}/busybox:latest"
+    layer = test_images.busybox.layers[0].blob
+    proxy.stall(after=layer.size // 2, match=only(layer))
+    proc = ucore_cli.popen("pull", ref)
+    assert proxy.stalled.wait(60), "the download never reached the stall point"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proxy.release()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.splitlines() == ["ucore: terminated"]
+    ucore_cli.check_store()
+    assert layer.digest not in ucore_cli.blobs()
+    proxy.reset_state()
+    ucore_cli.ok("pull", ref)
+    resumed = [r for r in blob_gets(proxy, layer) if "range" in r.headers]
+    assert resumed and resumed[0].status == 206, [r.headers for r in blob_gets(proxy, layer)]
+    ucore_cli.ok("verify", ref)
