@@ -22,7 +22,10 @@ log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "ucore"
 #: name -> module of the plugins the core always registers (blockable like any other).
-BUILTIN = {"registry": "ucore.builtin.registry.plugin"}
+BUILTIN = {
+    "registry": "ucore.builtin.registry.plugin",
+    "unpack": "ucore.builtin.unpack.plugin",
+}
 
 
 class Plugins:

@@ -1,0 +1,25 @@
+"""Builtin plugin: the layer unpacker.
+
+Its ``ucore_unpack`` is ``trylast``, so a plugin that unpacks differently (a cache of unpacked
+layers, a squashfs builder) and returns a root first wins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from ucore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ucore.model import Image
+    from ucore.session import Session
+
+
+@hookimpl(trylast=True)
+def ucore_unpack(image: Image, dest: Path, session: Session) -> Optional[Path]:
+    from ucore.builtin.unpack.extract import unpack_image
+
+    unpack_image(session.store, image, dest, stage=session.stage)
+    return dest
