@@ -22,6 +22,7 @@ Handler = Callable[[Any, argparse.Namespace], int]
 COMMAND_MODULES = (
     "ucore.commands.images",
     "ucore.commands.archive",
+    "ucore.commands.containers",
     "ucore.commands.auth",
     "ucore.commands.info",
 )

@@ -24,7 +24,7 @@ import attrs
 
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 from ucore.model import Container, Image
-from ucore.store import _HOST, _pid_alive, store_error
+from ucore.store import _HOST, _STALE_FOREIGN, _pid_alive, store_error
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -96,30 +96,77 @@ def _name_owner(store: Store, name: str) -> tuple[Optional[str], str]:
 
 def reserve_name(store: Store, name: str, cid: str) -> None:
     """Claim a name for a container id, atomically; a reservation whose container never
-    appeared and whose process is gone is taken over."""
+    appeared and whose process is gone is taken over.
+
+    The name file is written in ``tmp/`` and then hard-linked into place: ``link`` fails if
+    the name exists (atomic, also on NFS), and the file is never visible empty, so a rival
+    cannot mistake a reservation still being written for an abandoned one and steal it.
+    """
     check_name(name)
     names = _names_dir(store)
-    names.mkdir(mode=0o700, exist_ok=True)
     path = names / name
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            owner, reserver = _name_owner(store, name)
-            if owner and (store.containers / owner).is_dir():
-                raise UsageError(f"container name {name!r} is already in use") from None
-            host, _, pid = reserver.partition(" ")
-            if host == _HOST and pid.isdigit() and _pid_alive(int(pid)):
-                raise UsageError(f"container name {name!r} is being created by pid {pid}") from None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            continue
-        except OSError as exc:
-            raise store_error(exc, f"reserving container name {name}") from exc
+    tmp = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        names.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{cid} {_HOST} {os.getpid()}\n")
-        return
+    except OSError as exc:
+        raise store_error(exc, f"reserving container name {name}") from exc
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                owner, reserver = _name_owner(store, name)
+                if owner and (store.containers / owner).is_dir():
+                    raise UsageError(f"container name {name!r} is already in use") from None
+                host, _, pid = reserver.partition(" ")
+                if host == _HOST and pid.isdigit() and _pid_alive(int(pid)):
+                    raise UsageError(
+                        f"container name {name!r} is being created by pid {pid}"
+                    ) from None
+                if host and host != _HOST and not _older_than(path, _STALE_FOREIGN):
+                    raise UsageError(
+                        f"container name {name!r} is reserved by a process on host {host}"
+                        " that has not finished ('ucore rmname' it if that job died)"
+                    ) from None
+                _take_over(store, name, owner, reserver)
+            except OSError as exc:
+                raise store_error(exc, f"reserving container name {name}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     raise UsageError(f"container name {name!r} is already in use")
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - os.lstat(path).st_mtime > seconds
+    except FileNotFoundError:
+        return True
+
+
+def _take_over(store: Store, name: str, owner: Optional[str], reserver: str) -> None:
+    """Remove an abandoned reservation, but only the one judged abandoned: it is renamed
+    aside and checked, and a fresh reservation grabbed by mistake (a rival took the stale one
+    over first) is put back."""
+    aside = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale"
+    try:
+        os.rename(_names_dir(store) / name, aside)
+    except FileNotFoundError:
+        return
+    try:
+        with open(aside) as f:
+            text = f.read(200).split()
+        still = (text[0] if text and _ID.fullmatch(text[0]) else None, " ".join(text[1:]))
+        if still != (owner, reserver):
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, _names_dir(store) / name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
 
 
 def release_name(store: Store, name: str, cid: Optional[str] = None) -> bool:
@@ -141,7 +188,8 @@ def create(session: Session, image: Image, name: Optional[str] = None) -> Contai
     try:
         staging.mkdir(mode=0o700)
         (staging / "ROOT").mkdir(mode=0o755)
-        with session.stage("create", image.ref.familiar):
+        # the shared gc lock keeps a concurrent rmi from deleting the layers mid-unpack
+        with store.shared_lock("gc"), session.stage("create", image.ref.familiar):
             root = session.hook.ucore_unpack(image=image, dest=staging / "ROOT", session=session)
         if root is None:
             raise IntegrityError("no plugin could unpack the image (is 'unpack' blocked?)")
@@ -205,8 +253,10 @@ def update(store: Store, container: Container, **changes: Any) -> Container:
 
 def remove(store: Store, container: Container, force: bool = False) -> None:
     if container.protected and not force:
-        raise UsageError(f"container {container.names[0] if container.names else container.id}"
-                         " is protected: 'ucore unprotect' it first")
+        raise UsageError(
+            f"container {container.names[0] if container.names else container.id}"
+            " is protected: 'ucore unprotect' it first"
+        )
     trash = store.containers / f".removing-{container.id}.{_HOST}.{os.getpid()}"
     try:
         os.rename(container.dir, trash)
@@ -220,31 +270,92 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that first gives the owner write and search permission where an image (or a
-    program in the container) took it away; never follows symlinks."""
+    """Remove a tree, never following a symlink, giving the owner back the permissions an
+    image or a program in the container took away (Go's module cache is read-only, for one).
 
-    def fix(func: Any, target: str, _exc: Any) -> None:
-        parent = os.path.dirname(target)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
-            if not os.path.islink(target) and os.path.isdir(target):
-                os.chmod(target, stat.S_IMODE(os.lstat(target).st_mode) | stat.S_IRWXU)
-        func(target)
-
-    if not os.path.lexists(path):
+    Not ``shutil.rmtree``: it recurses (an image can nest directories deeper than Python's
+    recursion limit), and its error callback cannot retry what failed.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return
     try:
-        shutil.rmtree(path, onerror=fix)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        _grant_owner(None, str(path))
+        _empty_tree(path)
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
     except OSError as exc:
         raise store_error(exc, f"removing {path}") from exc
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _grant_owner(dir_fd: Optional[int], name: str) -> None:
+    """Give the owner ``rwx`` on a directory it owns, through an ``O_PATH`` descriptor
+    checked to be a directory (never a symlink a rival swapped in)."""
+    pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(pfd)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o700 != 0o700:
+            os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(st.st_mode) | 0o700)
+    finally:
+        os.close(pfd)
+
+
+def _empty_tree(top: Path) -> None:
+    """Remove everything below ``top``, depth first, holding one descriptor (a tree can nest
+    deeper than the open-file limit); going up opens ``..``, safe because every directory on
+    the way was opened without following a symlink."""
+
+    def children(fd: int) -> list[tuple[str, bool]]:
+        with os.scandir(fd) as it:
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+
+    fd = os.open(top, _DIR_FLAGS)
+    try:
+        stack: list[tuple[str, list[tuple[str, bool]]]] = [("", children(fd))]
+        while stack:
+            here, pending = stack[-1]
+            if pending:
+                name, is_dir = pending.pop()
+                if not is_dir:
+                    os.unlink(name, dir_fd=fd)
+                    continue
+                _grant_owner(fd, name)
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                stack.append((name, children(fd)))
+                continue
+            stack.pop()
+            if stack:
+                parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(here, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def size_of(container: Container) -> int:
+    """Bytes allocated under the root; iterative (see :func:`remove_tree`), and what cannot
+    be read is not counted."""
     total = 0
-    for dirpath, _dirs, files in os.walk(container.root):
-        for fname in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, fname)).st_blocks * 512
+    pending = [str(container.root)]
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
     return total
 
 
@@ -256,7 +367,7 @@ def clone(session: Session, source: Container, name: Optional[str] = None) -> Co
         reserve_name(store, name, cid)
     staging = store.containers / f".staging-{cid}.{_HOST}.{os.getpid()}"
     try:
-        shutil.copytree(source.dir, staging, symlinks=True)
+        shutil.copytree(source.dir, staging, symlinks=True, copy_function=_copy_owned)
         meta = _read_meta(staging)
         meta.update({"created": time.time(), "protected": False, "cloned_from": source.id})
         with open(staging / META, "w") as f:
@@ -266,7 +377,41 @@ def clone(session: Session, source: Container, name: Optional[str] = None) -> Co
         remove_tree(staging)
         if name is not None:
             release_name(store, name, cid)
-        if isinstance(exc, (OSError, shutil.Error)):
-            raise StoreError(f"cloning container {source.id}: {exc}".splitlines()[0]) from None
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+            _src, _dst, why = exc.args[0][0]
+            raise StoreError(f"cloning container {source.id}: {why}".splitlines()[0]) from None
+        if isinstance(exc, OSError):
+            raise store_error(exc, f"cloning container {source.id}") from None
+        if isinstance(exc, RecursionError):
+            raise StoreError(f"container {source.id} nests too deep to clone") from None
         raise
     return _container(store, cid)
+
+
+def _copy_owned(src: str, dst: str) -> Any:
+    """``copy2`` that can also copy a file its owner may not read (an image's mode 0000
+    file, kept as it is by an unprivileged unpack): read permission is granted for the copy,
+    through a descriptor checked to be a regular file (never a symlink), and taken back."""
+    try:
+        return shutil.copy2(src, dst, follow_symlinks=False)
+    except PermissionError:
+        st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise
+    fd = os.open(src, getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise StoreError(f"{src} changed while it was being copied")
+        mode = stat.S_IMODE(now.st_mode)
+        os.chmod(f"/proc/self/fd/{fd}", mode | stat.S_IRUSR)
+        try:
+            with open(f"/proc/self/fd/{fd}", "rb") as fin, open(dst, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            shutil.copystat(src, dst, follow_symlinks=False)
+        finally:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        os.chmod(dst, mode)
+    finally:
+        os.close(fd)
+    return dst

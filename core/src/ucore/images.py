@@ -103,10 +103,15 @@ def tag(store: Store, source: ImageRef, target: ImageRef) -> None:
     store.set_ref(target, record)
 
 
-def remove(store: Store, ref: ImageRef) -> list[Digest]:
+def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
     """Drop the reference, then the blobs no other image uses. Blobs are left for a later
-    ``rmi`` when a pull is running (it may be about to reference them)."""
+    ``rmi`` when a pull or a create is running (it may be about to reference them). A
+    protected image is refused unless ``force``. The manifest and config of an image that
+    containers were made from stay: ``inspect`` and ``run`` read the config through them."""
     image = load(store, ref)
+    record = store.get_ref(ref)
+    if not force and record is not None and record.get("protected"):
+        raise UsageError(f"image {ref.familiar} is protected: 'ucore unprotect' it first")
     store.delete_ref(ref)
     unused = blobs_of(image)
     for other in all_images(store):
@@ -115,6 +120,13 @@ def remove(store: Store, ref: ImageRef) -> list[Digest]:
     with store.shared_lock("gc", exclusive=True) as got:
         if not got:
             return removed
+        from ucore import containers
+
+        if any(
+            c.manifest_digest == str(image.manifest_digest)
+            for c in containers.all_containers(store)
+        ):
+            unused -= {image.manifest_digest, image.config_digest}
         for digest in sorted(unused, key=str):
             store.remove_blob(digest)
             removed.append(digest)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ucore import images
 from ucore.config import positive_int
-from ucore.errors import IntegrityError
+from ucore.errors import IntegrityError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -47,14 +47,30 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     p.set_defaults(handler=cmd_images)
     parsers["images"] = p
 
-    p = sub.add_parser("inspect", parents=[common], help="show an image's config and manifest")
-    p.add_argument("--json", action="store_true", help="JSON on stdout (the default for images)")
-    p.add_argument("image", metavar="IMAGE")
+    p = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="show a container's record or an image's config and manifest (JSON)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON on stdout (the default)")
+    p.add_argument(
+        "-p",
+        "--path",
+        dest="print_path",
+        action="store_true",
+        help="print only the container's root directory (udocker's inspect -p)",
+    )
+    p.add_argument("image", metavar="CONTAINER|IMAGE")
     p.set_defaults(handler=cmd_inspect)
     parsers["inspect"] = p
 
     p = sub.add_parser("rmi", parents=[common], help="remove images (blobs only when unused)")
-    p.add_argument("-f", "--force", action="store_true", help="ignore images that do not exist")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="remove protected images too; ignore images that do not exist",
+    )
     p.add_argument("image", metavar="IMAGE", nargs="+")
     p.set_defaults(handler=cmd_rmi)
     parsers["rmi"] = p
@@ -182,8 +198,24 @@ def cmd_images(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(session: Session, args: argparse.Namespace) -> int:
+    """A container name or id first, then an image, as udocker resolves the argument."""
+    from ucore import containers
+    from ucore.commands.containers import describe
+
     store = session.store
+    try:
+        container = containers.lookup(store, args.image)
+    except NotFoundError:
+        container = None
+    if container is not None:
+        if args.print_path:
+            print(container.root)
+        else:
+            _print_json(describe(session, container))
+        return 0
     ref = images.lookup(store, args.image, session.config.registry)
+    if args.print_path:
+        raise UsageError(f"inspect -p: {args.image} is an image; -p needs a container")
     image = images.load(store, ref)
     _print_json(
         {
@@ -200,8 +232,6 @@ def cmd_inspect(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(session: Session, args: argparse.Namespace) -> int:
-    from ucore.errors import NotFoundError
-
     store = session.store
     for text in args.image:
         try:
@@ -210,7 +240,7 @@ def cmd_rmi(session: Session, args: argparse.Namespace) -> int:
             if args.force:
                 continue
             raise
-        removed = images.remove(store, ref)
+        removed = images.remove(store, ref, force=args.force)
         print(f"removed {ref.familiar} ({len(removed)} blobs freed)")
     return 0
 

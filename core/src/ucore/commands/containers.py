@@ -1,0 +1,491 @@
+"""Container commands, as udocker users type them: create, ps, rm, name, rmname, rename,
+clone, export, import, protect and unprotect (``inspect`` is in :mod:`ucore.commands.images`).
+
+udocker's ``ps`` lists created containers, not processes: a container here is a directory in
+the store, made once by ``create`` and run any number of times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import sys
+from typing import IO, TYPE_CHECKING, Any, Optional
+
+from ucore import containers, images
+from ucore.commands.images import add_registry_options
+from ucore.errors import NotFoundError, StoreError, UcoreError, UsageError
+from ucore.model import Container, Digest, Image, ImageRef
+
+if TYPE_CHECKING:
+    from ucore.session import Session
+    from ucore.store import Store
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    parsers: dict[str, argparse.ArgumentParser] = {}
+
+    p = sub.add_parser(
+        "create",
+        parents=[common],
+        help="flatten an image into a new container (pulling it if missing); prints its id",
+    )
+    p.add_argument("--name", metavar="NAME", help="name the container")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --name: take the name over from the container that has it (which stays)",
+    )
+    add_registry_options(p)
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(handler=cmd_create)
+    parsers["create"] = p
+
+    p = sub.add_parser("ps", parents=[common], help="list created containers (not processes)")
+    p.add_argument("-m", dest="show_engine", action="store_true", help="show the engine")
+    p.add_argument("-s", dest="show_size", action="store_true", help="show the size on disk")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(handler=cmd_ps)
+    parsers["ps"] = p
+
+    p = sub.add_parser("rm", parents=[common], help="remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="remove protected ones too")
+    p.add_argument("container", metavar="CONTAINER", nargs="+")
+    p.set_defaults(handler=cmd_rm)
+    parsers["rm"] = p
+
+    p = sub.add_parser("name", parents=[common], help="give a container a(nother) name")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_name)
+    parsers["name"] = p
+
+    p = sub.add_parser("rmname", parents=[common], help="remove a container's name")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_rmname)
+    parsers["rmname"] = p
+
+    p = sub.add_parser("rename", parents=[common], help="change a container's name")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("new_name", metavar="NEWNAME")
+    p.set_defaults(handler=cmd_rename)
+    parsers["rename"] = p
+
+    p = sub.add_parser("clone", parents=[common], help="copy a container; prints the new id")
+    p.add_argument("--name", metavar="NAME", help="name the copy")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(handler=cmd_clone)
+    parsers["clone"] = p
+
+    p = sub.add_parser(
+        "export", parents=[common], help="write a container's root filesystem as a tarball"
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="tarball to write ('-' or absent: stdout)"
+    )
+    p.add_argument("--clone", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "container",
+        metavar="[-] CONTAINER",
+        nargs="+",
+        help="the container ('export - CONTAINER' writes to stdout, as in udocker)",
+    )
+    p.set_defaults(handler=cmd_export)
+    parsers["export"] = p
+
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="a root filesystem tarball (plain, gzip or zstd) to an image or a container",
+    )
+    p.add_argument(
+        "--tocontainer",
+        action="store_true",
+        help="make a container from it (prints its id); no image is kept",
+    )
+    p.add_argument("--name", metavar="NAME", help="with --tocontainer: name the container")
+    p.add_argument("--clone", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mv", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("file", metavar="FILE", help="the tarball ('-': stdin)")
+    p.add_argument(
+        "image",
+        metavar="NAME:TAG",
+        nargs="?",
+        help="the image to make (with --tocontainer: only recorded as the container's image)",
+    )
+    p.set_defaults(handler=cmd_import)
+    parsers["import"] = p
+
+    for command, verb in (("protect", "against removal"), ("unprotect", "from protection")):
+        p = sub.add_parser(
+            command, parents=[common], help=f"{command} a container or an image {verb}"
+        )
+        p.add_argument("target", metavar="CONTAINER|IMAGE")
+        p.set_defaults(handler=cmd_protect, protect=command == "protect")
+        parsers[command] = p
+    return parsers
+
+
+def _print_json(data: Any) -> None:
+    import json
+
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+# --- create ---------------------------------------------------------------------------------
+
+
+def find_image(session: Session, text: str) -> Image:
+    """The stored image ``text`` names, pulled first when it is not stored (``--pull=missing``)."""
+    store = session.store
+    try:
+        ref = images.lookup(store, text, session.config.registry)
+    except NotFoundError:
+        return session.pull(images.parse_ref(text, session.config.registry))
+    return images.load(store, ref)
+
+
+def cmd_create(session: Session, args: argparse.Namespace) -> int:
+    if args.force and args.name is None:
+        raise UsageError("create: --force only applies with --name")
+    if args.name is not None:
+        containers.check_name(args.name)
+    image = find_image(session, args.image)
+    if not args.force:
+        container = containers.create(session, image, args.name)
+    else:
+        container = containers.create(session, image, None)
+        try:
+            _take_name(session, args.name, container)
+        except BaseException:
+            with contextlib.suppress(UcoreError):
+                containers.remove(session.store, container, force=True)
+            raise
+    print(container.id)
+    return 0
+
+
+def _take_name(session: Session, name: str, container: Container) -> None:
+    """Give ``name`` to ``container``, taking it from the container that has it unless that
+    one is protected; a name still being reserved by a running ``create`` is not taken."""
+    store = session.store
+    for _ in range(3):
+        try:
+            containers.reserve_name(store, name, container.id)
+            return
+        except UsageError:
+            try:
+                holder = containers.lookup(store, name)
+            except NotFoundError:
+                raise UsageError(
+                    f"container name {name!r} is being reserved by another create"
+                ) from None
+            if holder.id == container.id:
+                return
+            if holder.protected:
+                raise UsageError(
+                    f"container name {name!r} belongs to protected container {holder.id}"
+                ) from None
+            containers.release_name(store, name, holder.id)
+    raise UsageError(f"container name {name!r} is contested by other jobs; try again")
+
+
+# --- ps -------------------------------------------------------------------------------------
+
+
+def _row(container: Container, size: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": container.id,
+        "names": list(container.names),
+        "image": container.image,
+        "manifest": container.manifest_digest,
+        "protected": container.protected,
+        "engine": container.engine,
+        "created": container.created,
+        "root": str(container.root),
+    }
+    if size:
+        row["size"] = containers.size_of(container)
+    return row
+
+
+def cmd_ps(session: Session, args: argparse.Namespace) -> int:
+    store = session.store
+    rows = [_row(c, args.show_size) for c in containers.all_containers(store)]
+    if args.json:
+        _print_json(rows)
+        return 0
+    from ucore.builtin.progress import human
+
+    header = f"{'CONTAINER ID':<32} P {'NAMES':<20} {'CREATED':<16}"
+    header += f" {'ENGINE':<12}" if args.show_engine else ""
+    header += f" {'SIZE':>9}" if args.show_size else ""
+    print(f"{header} IMAGE")
+    for row in rows:
+        created = datetime.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
+        line = f"{row['id']:<32} {'P' if row['protected'] else '.'}"
+        line += f" {','.join(row['names']) or '-':<20} {created:<16}"
+        if args.show_engine:
+            line += f" {row['engine'] or '-':<12}"
+        if args.show_size:
+            line += f" {human(row['size']):>9}"
+        print(f"{line} {_familiar(row['image'])}")
+    return 0
+
+
+def _familiar(image: str) -> str:
+    try:
+        return ImageRef.parse(image).familiar
+    except UcoreError:
+        return image
+
+
+# --- rm, names, clone -------------------------------------------------------------------------
+
+
+def cmd_rm(session: Session, args: argparse.Namespace) -> int:
+    """Remove each container given; go on past failures (as udocker does) and report the
+    first, with a count of the others, as the one error line."""
+    store = session.store
+    failures: list[UcoreError] = []
+    manifests: set[str] = set()
+    for text in args.container:
+        try:
+            container = containers.lookup(store, text)
+            containers.remove(store, container, force=args.force)
+        except UcoreError as exc:
+            failures.append(exc)
+            continue
+        if container.manifest_digest:
+            manifests.add(container.manifest_digest)
+        print(text)
+    _drop_orphans(store, manifests)
+    if failures:
+        first = failures[0]
+        if len(failures) > 1:
+            raise type(first)(f"{first} (and {len(failures) - 1} more not removed)")
+        raise first
+    return 0
+
+
+def _manifest_config(store: Store, text: str) -> Optional[Digest]:
+    from ucore import manifest as mf
+
+    with contextlib.suppress(UcoreError):
+        doc = mf.parse(store.read_blob(Digest.parse(text), mf.MAX_MANIFEST))
+        if isinstance(doc, mf.Manifest):
+            return doc.config.digest
+    return None
+
+
+def _drop_orphans(store: Store, manifests: set[str]) -> None:
+    """``rmi`` keeps the manifest and config of an image containers were made from (and
+    ``import --tocontainer`` keeps them without an image): once the last such container goes
+    and no image uses them, they go too. Skipped while a pull or create runs, as in ``rmi``."""
+    if not manifests:
+        return
+    with store.shared_lock("gc", exclusive=True) as got:
+        if not got:
+            return
+        used: set[Digest] = set()
+        for image in images.all_images(store):
+            used |= images.blobs_of(image)
+        for container in containers.all_containers(store):
+            if container.manifest_digest:
+                with contextlib.suppress(UcoreError):
+                    used.add(Digest.parse(container.manifest_digest))
+                config = _manifest_config(store, container.manifest_digest)
+                if config is not None:
+                    used.add(config)
+        for text in manifests:
+            config = _manifest_config(store, text)
+            with contextlib.suppress(UcoreError):
+                for digest in (Digest.parse(text), config):
+                    if digest is not None and digest not in used:
+                        store.remove_blob(digest)
+
+
+def cmd_name(session: Session, args: argparse.Namespace) -> int:
+    store = session.store.ensure()
+    container = containers.lookup(store, args.container)
+    containers.reserve_name(store, args.name, container.id)
+    return 0
+
+
+def cmd_rmname(session: Session, args: argparse.Namespace) -> int:
+    containers.check_name(args.name)
+    if not containers.release_name(session.store, args.name):
+        raise NotFoundError(f"no container named {args.name!r} (see 'ucore ps')")
+    return 0
+
+
+def cmd_rename(session: Session, args: argparse.Namespace) -> int:
+    """The new name is claimed before the old one is let go, so the container is never
+    without a name and a rival cannot take the new one half way."""
+    store = session.store.ensure()
+    containers.check_name(args.name)
+    container = containers.lookup(store, args.name)
+    if args.name not in container.names:
+        raise NotFoundError(f"no container named {args.name!r} (see 'ucore ps')")
+    containers.reserve_name(store, args.new_name, container.id)
+    containers.release_name(store, args.name, container.id)
+    return 0
+
+
+def cmd_clone(session: Session, args: argparse.Namespace) -> int:
+    store = session.store.ensure()
+    if args.name is not None:
+        containers.check_name(args.name)
+    source = containers.lookup(store, args.container)
+    print(containers.clone(session, source, args.name).id)
+    return 0
+
+
+# --- protect --------------------------------------------------------------------------------
+
+
+def cmd_protect(session: Session, args: argparse.Namespace) -> int:
+    """A container first, then an image, as udocker resolves the argument."""
+    store = session.store
+    try:
+        container = containers.lookup(store, args.target)
+    except NotFoundError:
+        container = None
+    if container is not None:
+        containers.update(store, container, protected=args.protect)
+        return 0
+    try:
+        ref = images.lookup(store, args.target, session.config.registry)
+    except NotFoundError:
+        raise NotFoundError(
+            f"image {args.target} not found locally, nor a container of that name or id"
+            " (see 'ucore images' and 'ucore ps')"
+        ) from None
+    _protect_image(store, ref, args.protect)
+    return 0
+
+
+def _protect_image(store: Store, ref: ImageRef, protected: bool) -> None:
+    """Protection lives in the reference record of this name of the image, which ``rmi``
+    checks (``tag`` copies the record, so a tag made afterwards is protected too)."""
+    record = store.get_ref(ref)
+    if record is None:
+        raise NotFoundError(f"image {ref.familiar} not found locally")
+    record = {k: v for k, v in record.items() if k not in ("ref", "protected")}
+    if protected:
+        record["protected"] = True
+    store.set_ref(ref, record)
+
+
+# --- export and import ----------------------------------------------------------------------
+
+
+def cmd_export(session: Session, args: argparse.Namespace) -> int:
+    from ucore.rootfs_archive import export
+
+    if args.clone:
+        raise UsageError(
+            "export --clone (udocker's container format) is not supported: export the root"
+            " filesystem and 'ucore import --tocontainer' it"
+        )
+    output = args.output or "-"
+    if len(args.container) == 2 and args.container[0] == "-" and args.output in (None, "-"):
+        args.container = args.container[1:]
+    if len(args.container) != 1:
+        raise UsageError("export: give one CONTAINER (and -o FILE, or '-' for stdout)")
+    container = containers.lookup(session.store, args.container[0])
+    if output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("export: refusing to write a tarball to a terminal; use -o FILE")
+        sys.stdout.flush()
+        export(container, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+    _write_atomically(output, lambda out: export(container, out))
+    return 0
+
+
+def _write_atomically(path: str, write: Any) -> None:
+    """Write next to ``path`` and rename into place: a failed export leaves no partial file
+    that looks like a tarball, and an existing file is replaced only by a complete one."""
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise StoreError(f"export: cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"export: cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _input(path: str) -> Any:
+    if path == "-":
+        if sys.stdin.isatty():
+            raise UsageError("import: give a FILE or pipe a tarball into stdin ('-')")
+        yield sys.stdin.buffer
+        return
+    try:
+        f: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"import: cannot read {path}: {exc.strerror}") from None
+    with f:
+        yield f
+
+
+def cmd_import(session: Session, args: argparse.Namespace) -> int:
+    from ucore.rootfs_archive import import_container, import_image
+
+    if args.clone:
+        raise UsageError(
+            "import --clone (udocker's container format) is not supported: use"
+            " 'ucore import --tocontainer' with a root filesystem tarball"
+        )
+    if args.name is not None and not args.tocontainer:
+        raise UsageError("import: --name applies only with --tocontainer")
+    source = "stdin" if args.file == "-" else os.path.basename(args.file)
+    if args.tocontainer:
+        if args.name is not None:
+            containers.check_name(args.name)
+        ref = (
+            images.parse_ref(args.image, session.config.registry)
+            if args.image
+            else ImageRef("localhost", "imported", "unknown")
+        )
+        with _input(args.file) as stream, session.stage("import", source):
+            container = import_container(session, stream, ref, source, args.name)
+        print(container.id)
+        return 0
+    if not args.image:
+        raise UsageError("import: give the image a NAME:TAG (or use --tocontainer)")
+    ref = images.parse_ref(args.image, session.config.registry)
+    with _input(args.file) as stream, session.stage("import", source):
+        image = import_image(session.store, stream, ref, source)
+    print(image.id)
+    return 0
+
+
+def describe(session: Session, container: Container) -> dict[str, Any]:
+    """What ``inspect CONTAINER`` shows: the container's record, and the config of the image
+    it was made from when that is still in the store."""
+    config: Optional[dict[str, Any]] = None
+    if container.manifest_digest:
+        with contextlib.suppress(UcoreError, ValueError):
+            from ucore import manifest as mf
+
+            store = session.store
+            digest = Digest.parse(container.manifest_digest)
+            doc = mf.parse(store.read_blob(digest, mf.MAX_MANIFEST))
+            if isinstance(doc, mf.Manifest):
+                config = mf.parse_config(store.read_blob(doc.config.digest, mf.MAX_CONFIG))
+    return {**_row(container, size=False), "dir": str(container.dir), "image_config": config}

@@ -1,0 +1,500 @@
+"""``export`` and ``import``: a container's root filesystem to a tarball, a tarball to an image.
+
+Export walks the root with directory descriptors and never follows a symlink: symlinks are
+stored as links, hardlinks as hardlinks, and a program in the container that planted a link to
+``/etc/shadow`` gets a link in the tarball, never the host file. The tarball says what the
+image said, not what an unprivileged unpack had to do: directories the unpacker opened up get
+back their recorded modes (a ``0000`` directory is ``0000`` in the tarball), and, when the
+exporter is not root, files it owns are written as owned by root (uid/gid 0), as they appear
+inside the container under root emulation. As root the owners on disk are kept: a privileged
+unpack kept the image's owners. Something the exporter cannot read because a program in the
+container took the permission away is opened up for the moment of reading, through a
+descriptor (never a path a rival could swap), and closed again.
+
+Import streams the tarball once (a file or stdin): its bytes go into a blob as they arrive
+(gzip and zstd kept as they are, so nothing is compressed twice), the tar is parsed as it
+passes to prove it is one, and the uncompressed bytes are hashed for the ``diff_id``. A small
+config and manifest make it a one-layer image; ``--tocontainer`` hands that image to the same
+unpacker ``create`` uses, so an imported tarball gets every safety rule a pulled layer gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import gzip
+import hashlib
+import json
+import os
+import stat
+import tarfile
+import time
+import zlib
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Optional, cast
+
+import attrs
+
+from ucore import images
+from ucore import manifest as mf
+from ucore.archive import LAYER_TYPES
+from ucore.errors import IntegrityError, StoreError, UcoreError, UsageError
+from ucore.layers import compression
+from ucore.model import Container, Descriptor, Digest, Image, ImageRef, Platform
+from ucore.store import Store, store_error
+
+if TYPE_CHECKING:
+    from ucore.session import Session
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+_O_PATH = getattr(os, "O_PATH", 0)
+_SETID = stat.S_ISUID | stat.S_ISGID
+_CHUNK = 1 << 20
+#: The environment an imported image gets; a rootfs tarball carries no config of its own.
+IMPORT_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+IMPORT_CMD = ("/bin/sh",)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Recorded:
+    """What an unprivileged unpack could not reproduce, as the unpacker recorded it beside
+    ``ROOT``: the image's modes (relative path -> mode) and its device nodes (path ->
+    ``{"type": "char"|"block", "major", "minor", "mode"}``), now empty placeholder files."""
+
+    modes: dict[str, int] = attrs.field(factory=dict)
+    devices: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+
+def recorded(container: Container) -> Recorded:
+    from ucore.builtin.unpack.extract import modes_path
+
+    path = modes_path(Path(container.root))
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return Recorded()  # unpacked by another plugin, or as root: the disk says it all
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"unreadable {path.name} of container {container.id}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"unreadable {path.name} of container {container.id}")
+    modes: dict[str, int] = {}
+    for key, value in (data.get("modes") or {}).items():
+        with contextlib.suppress(TypeError, ValueError):
+            modes[str(key)] = int(value, 8) & 0o7777
+    devices = {
+        str(k): v
+        for k, v in (data.get("devices") or {}).items()
+        if isinstance(v, dict) and v.get("type") in ("char", "block")
+    }
+    return Recorded(modes, devices)
+
+
+class _Opened:
+    """Permission granted for a moment, and the O_PATH descriptor to take it back through."""
+
+    def __init__(self, path_fd: int, mode: int) -> None:
+        self.path_fd = path_fd
+        self.mode = mode
+
+    def restore(self) -> None:
+        try:
+            os.chmod(f"/proc/self/fd/{self.path_fd}", self.mode)
+        finally:
+            os.close(self.path_fd)
+
+
+class _Exporter:
+    def __init__(self, tar: tarfile.TarFile, record: Recorded) -> None:
+        self.tar = tar
+        self.record = record
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+        self.links: dict[tuple[int, int], str] = {}
+        #: Directories on the current path that were opened up, by their path.
+        self.opened: dict[str, _Opened] = {}
+
+    def owner(self, st: os.stat_result) -> tuple[int, int]:
+        if self.euid == 0:
+            return st.st_uid, st.st_gid
+        uid = 0 if st.st_uid == self.euid else st.st_uid
+        gid = 0 if st.st_gid == self.egid else st.st_gid
+        return uid, gid
+
+    def info(self, path: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(path)
+        info.type = kind
+        info.mode = self.mode(path, st)
+        info.uid, info.gid = self.owner(st)
+        info.uname = info.gname = ""
+        info.mtime = int(st.st_mtime)
+        return info
+
+    def mode(self, path: str, st: os.stat_result) -> int:
+        """The image's mode where the unpacker had to change it, unless a program in the
+        container has changed it since (then the disk is the truth)."""
+        now = stat.S_IMODE(st.st_mode)
+        image = self.record.modes.get(path)
+        if image is None:
+            return now
+        from ucore.builtin.unpack.extract import rootless_mode
+
+        return image if now == rootless_mode(image, stat.S_ISDIR(st.st_mode)) else now
+
+    def _open(
+        self, dir_fd: int, name: str, st: os.stat_result, flags: int, bits: int
+    ) -> tuple[int, Optional[_Opened]]:
+        """Open an entry we stat'ed; if the owner lacks ``bits`` (and we are the owner), grant
+        them first through an O_PATH descriptor checked to be that entry, so a rival swapping
+        the name for a symlink cannot redirect the chmod, and open that same inode."""
+        opened = None
+        target: str = name
+        at: Optional[int] = dir_fd
+        if self.euid != 0 and st.st_uid == self.euid and (st.st_mode & bits) != bits:
+            pfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            opened = _Opened(pfd, stat.S_IMODE(st.st_mode))
+            try:
+                _same(os.fstat(pfd), st, name)
+                os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(st.st_mode) | bits)
+            except BaseException:
+                opened.restore()
+                raise
+            target, at, flags = f"/proc/self/fd/{pfd}", None, flags & ~os.O_NOFOLLOW
+        try:
+            fd = os.open(target, flags, dir_fd=at)
+            try:
+                _same(os.fstat(fd), st, name)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            if opened is not None:
+                opened.restore()
+            raise
+        return fd, opened
+
+    def file(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> None:
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self.links:
+            info = self.info(path, st, tarfile.LNKTYPE)
+            info.linkname = self.links[key]
+            self.tar.addfile(info)
+            return
+        fd, opened = self._open(dir_fd, name, st, FILE_FLAGS, stat.S_IRUSR)
+        if opened is not None:
+            opened.restore()  # reading an open descriptor needs no permission
+        with os.fdopen(fd, "rb") as f:
+            info = self.info(path, st, tarfile.REGTYPE)
+            info.size = st.st_size
+            self.tar.addfile(info, f)
+        if st.st_nlink > 1:
+            self.links[key] = path
+
+    def entry(self, dir_fd: int, name: str, path: str) -> Optional[int]:
+        """Write one entry; for a directory, return its descriptor to walk into."""
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self.tar.addfile(self.info(path, st, tarfile.DIRTYPE))
+            fd, opened = self._open(dir_fd, name, st, DIR_FLAGS, stat.S_IRUSR | stat.S_IXUSR)
+            if opened is not None:
+                self.opened[path] = opened  # taken back when the walk leaves it
+            return fd
+        if stat.S_ISREG(mode) and st.st_size == 0 and path in self.record.devices:
+            device = self.record.devices[path]
+            info = self.info(
+                path, st, tarfile.CHRTYPE if device["type"] == "char" else tarfile.BLKTYPE
+            )
+            with contextlib.suppress(TypeError, ValueError):
+                info.mode = int(device.get("mode", "0600"), 8) & 0o7777
+                info.devmajor, info.devminor = int(device["major"]), int(device["minor"])
+            self.tar.addfile(info)
+        elif stat.S_ISREG(mode):
+            self.file(dir_fd, name, path, st)
+        elif stat.S_ISLNK(mode):
+            info = self.info(path, st, tarfile.SYMTYPE)
+            info.mode = 0o777
+            info.linkname = os.readlink(name, dir_fd=dir_fd)
+            self.tar.addfile(info)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            info = self.info(path, st, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE)
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            self.tar.addfile(info)
+        elif stat.S_ISFIFO(mode):
+            self.tar.addfile(self.info(path, st, tarfile.FIFOTYPE))
+        # sockets are not archived (as tar and docker export do)
+        return None
+
+    def _leave(self, path: str) -> None:
+        opened = self.opened.pop(path, None)
+        if opened is not None:
+            opened.restore()
+
+    def walk(self, root: Path) -> None:
+        """Depth first, sorted, holding one directory descriptor at a time (an image can nest
+        deeper than the open-file limit); going up opens ``..``, safe because every directory
+        on the way was opened below the root without following a symlink."""
+        fd = os.open(root, DIR_FLAGS)
+        stack: list[tuple[str, list[str]]] = [("", sorted(os.listdir(fd), reverse=True))]
+        try:
+            while stack:
+                dpath, pending = stack[-1]
+                if pending:
+                    name = pending.pop()
+                    path = f"{dpath}/{name}" if dpath else name
+                    child = self.entry(fd, name, path)
+                    if child is not None:
+                        os.close(fd)
+                        fd = child
+                        stack.append((path, sorted(os.listdir(fd), reverse=True)))
+                    continue
+                stack.pop()
+                if stack:
+                    parent = os.open("..", DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = parent
+                    self._leave(dpath)
+        finally:
+            os.close(fd)
+            for path in sorted(self.opened, reverse=True):
+                self._leave(path)
+
+
+def _same(now: os.stat_result, then: os.stat_result, name: str) -> None:
+    if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino) or stat.S_IFMT(
+        now.st_mode
+    ) != stat.S_IFMT(then.st_mode):
+        raise StoreError(f"export: {name!r} changed while it was being exported")
+
+
+def export(container: Container, out: IO[bytes]) -> None:
+    """Write the container's root filesystem to ``out`` as a PAX tarball."""
+    record = recorded(container)
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _Exporter(tar, record).walk(Path(container.root))
+    except OSError as exc:
+        if exc.errno in (errno.EPIPE,):
+            raise
+        what = f"reading {exc.filename}" if exc.filename else f"exporting {container.id}"
+        raise store_error(exc, what) from exc
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+class _Tee:
+    """Reads the input and writes every byte read into the blob being stored."""
+
+    def __init__(self, head: bytes, src: IO[bytes], writer: Any) -> None:
+        self.head = head
+        self.src = src
+        self.writer = writer
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            cut = len(self.head) if n < 0 else n
+            data, self.head = self.head[:cut], self.head[cut:]
+        else:
+            data = self.src.read(n if n >= 0 else _CHUNK)
+        if data:
+            self.writer.write(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Hashing:
+    """The uncompressed stream, hashed as tarfile reads it: the sha256 is the diff_id."""
+
+    def __init__(self, src: Any) -> None:
+        self.src = src
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.src.read(n if n >= 0 else _CHUNK)
+        self.hasher.update(data)
+        self.size += len(data)
+        return data
+
+
+@attrs.frozen
+class Layer:
+    """A layer blob stored by import, and the uncompressed digest its config must list."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+    new: bool
+
+
+def store_layer(store: Store, stream: IO[bytes]) -> Layer:
+    """Store a (possibly gzip or zstd compressed) tarball as a layer blob, proving it is a tar."""
+    store.ensure()
+    try:
+        head = stream.read(4)
+    except OSError as exc:
+        raise StoreError(f"import: cannot read the input: {exc.strerror or exc}") from None
+    if not head:
+        raise IntegrityError("import: the input is empty, not a tar archive")
+    kind = compression(head)
+    writer = store.writer(None, None).open()
+    try:
+        tee = cast(IO[bytes], _Tee(head, stream, writer))
+        inner: Any
+        if kind == "gzip":
+            inner = gzip.GzipFile(fileobj=tee, mode="rb")
+        elif kind == "zstd":
+            import zstandard
+
+            inner = zstandard.ZstdDecompressor().stream_reader(tee, read_across_frames=True)
+        else:
+            inner = tee
+        hashing = _Hashing(inner)
+        members = 0
+        with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
+            for _member in tar:
+                members += 1
+        while hashing.read(_CHUNK):
+            pass
+        while tee.read(_CHUNK):
+            pass
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        writer.discard()
+        raise IntegrityError(f"import: not a valid tar archive: {exc}".splitlines()[0]) from None
+    except BaseException as exc:
+        writer.discard()
+        if type(exc).__name__ == "ZstdError":
+            raise IntegrityError(f"import: corrupt zstd data: {exc}") from None
+        if isinstance(exc, OSError) and not isinstance(exc, UcoreError):
+            raise store_error(exc, "importing the tarball") from exc
+        raise
+    if members == 0:
+        writer.discard()
+        raise IntegrityError("import: the tar archive is empty")
+    existed = store.has_blob(Digest(writer.hasher.hexdigest()))
+    digest = writer.publish()
+    return Layer(
+        descriptor=Descriptor(LAYER_TYPES[kind], digest, writer.written),
+        diff_id=Digest(hashing.hasher.hexdigest()),
+        new=not existed,
+    )
+
+
+def _config(layer: Layer, platform: Platform, source: str) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config: dict[str, Any] = {
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "created": now,
+        "config": {"Env": [IMPORT_ENV], "Cmd": list(IMPORT_CMD)},
+        "rootfs": {"type": "layers", "diff_ids": [str(layer.diff_id)]},
+        "history": [{"created": now, "created_by": f"ucore import {source}"}],
+    }
+    if platform.variant:
+        config["variant"] = platform.variant
+    return config
+
+
+def build_image(
+    store: Store, layer: Layer, ref: ImageRef, source: str
+) -> tuple[Image, set[Digest]]:
+    """Write the config and manifest of a one-layer image; returns it and the blobs that are
+    new in the store (for the caller to drop should it not keep the image)."""
+    platform = Platform.host()
+    new: set[Digest] = {layer.descriptor.digest} if layer.new else set()
+    config_raw = json.dumps(_config(layer, platform, source), sort_keys=True).encode()
+    config_digest = Digest(hashlib.sha256(config_raw).hexdigest())
+    if not store.has_blob(config_digest):
+        new.add(config_digest)
+    store.put_bytes(config_raw)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mf.OCI_MANIFEST,
+        "config": {
+            "mediaType": mf.OCI_CONFIG,
+            "digest": str(config_digest),
+            "size": len(config_raw),
+        },
+        "layers": [layer.descriptor.to_json()],
+    }
+    manifest_raw = json.dumps(manifest, separators=(",", ":")).encode()
+    manifest_digest = Digest(hashlib.sha256(manifest_raw).hexdigest())
+    if not store.has_blob(manifest_digest):
+        new.add(manifest_digest)
+    store.put_bytes(manifest_raw)
+    image = Image(
+        ref=ref,
+        manifest_digest=manifest_digest,
+        config_digest=config_digest,
+        layers=(layer.descriptor,),
+        platform=platform,
+    )
+    return image, new
+
+
+def _drop_unused(store: Store, new: set[Digest], keep: Optional[set[Digest]] = None) -> None:
+    """Remove blobs this import added that no image (nor ``keep``) uses."""
+    used: set[Digest] = set(keep or ())
+    for image in images.all_images(store):
+        used |= images.blobs_of(image)
+    for digest in new - used:
+        store.remove_blob(digest)
+
+
+def import_image(store: Store, stream: IO[bytes], ref: ImageRef, source: str) -> Image:
+    """A rootfs tarball into the store as the one-layer image ``ref`` (replacing what the
+    name pointed at, as ``docker import`` does, unless that is protected)."""
+    store.ensure()
+    record = store.get_ref(ref)
+    if record is not None and record.get("protected"):
+        raise UsageError(f"image {ref.familiar} is protected: 'ucore unprotect' it first")
+    with store.shared_lock("gc"):
+        layer = store_layer(store, stream)
+        new: set[Digest] = {layer.descriptor.digest} if layer.new else set()
+        try:
+            image, new = build_image(store, layer, ref, source)
+            store.set_ref(
+                ref,
+                {
+                    "manifest": str(image.manifest_digest),
+                    "index": None,
+                    "platform": str(image.platform),
+                    "pulled": time.time(),
+                    "imported": source,
+                },
+            )
+        except BaseException:
+            _drop_unused(store, new)
+            raise
+    return image
+
+
+def import_container(
+    session: Session, stream: IO[bytes], ref: ImageRef, source: str, name: Optional[str]
+) -> Container:
+    """A rootfs tarball straight into a new container, through the unpacker; no image is kept.
+
+    The config and manifest blobs stay (the container names its manifest, and ``inspect`` and
+    ``run`` read the config through it); the layer blob goes unless an image uses it.
+    """
+    from ucore import containers
+
+    store = session.store.ensure()
+    with store.shared_lock("gc"):
+        layer = store_layer(store, stream)
+        new: set[Digest] = {layer.descriptor.digest} if layer.new else set()
+        keep: set[Digest] = set()
+        try:
+            image, new = build_image(store, layer, ref, source)
+            container = containers.create(session, image, name)
+            keep = {image.manifest_digest, image.config_digest}
+        finally:
+            _drop_unused(store, new, keep)
+    return container

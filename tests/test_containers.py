@@ -1,0 +1,465 @@
+"""The container commands as udocker users type them: create, ps, rm, inspect, name, rmname,
+rename, clone, export, import and protect, against a real registry and a real store.
+
+Run as root and as an unprivileged user: unprivileged, the unpacker opens up directories such
+as the multilayer image's ``locked`` (mode 0000), and export must give the image's modes back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Optional
+
+from support.cli import Ucore, assert_error_line
+
+from ucore.testing import images as im
+from ucore.testing.registry import RegistryServer
+
+ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def create(ucore_cli: Ucore, *args: str) -> str:
+    out = ucore_cli.ok("create", *args).stdout.strip()
+    assert ID.match(out), out
+    return out
+
+
+def ps(ucore_cli: Ucore, *args: str) -> list[dict[str, object]]:
+    rows = json.loads(ucore_cli.ok("ps", "--json", *args).stdout)
+    assert isinstance(rows, list)
+    return rows
+
+
+def root_of(ucore_cli: Ucore, container: str) -> Path:
+    root = Path(ucore_cli.ok("inspect", "-p", container).stdout.strip())
+    assert root.is_dir()
+    return root
+
+
+def members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        return {m.name.rstrip("/"): m for m in tar.getmembers()}
+
+
+def content(data: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        f = tar.extractfile(name)
+        assert f is not None
+        return f.read()
+
+
+def run_binary(
+    ucore_cli: Ucore, *args: str, stdin: Optional[bytes] = None
+) -> subprocess.CompletedProcess[bytes]:
+    """The command with bytes on stdin and stdout (tarballs through pipes)."""
+    return subprocess.run(
+        ucore_cli.argv(*args),
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        timeout=120,
+        env=ucore_cli.env,
+        check=False,
+    )
+
+
+def no_leftovers(ucore_cli: Ucore) -> None:
+    """No staging, trash or temporary files left in the store's container directory."""
+    cdir = ucore_cli.store / "containers"
+    if cdir.exists():
+        odd = [p.name for p in cdir.iterdir() if not ID.match(p.name) and p.name != ".names"]
+        assert not odd, odd
+
+
+# --- create, ps, inspect -----------------------------------------------------------------------
+
+
+def test_create_ps_inspect(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    cid = create(ucore_cli, "--name=bb", ref)
+    rows = ps(ucore_cli)
+    assert [(r["id"], r["names"], r["protected"]) for r in rows] == [(cid, ["bb"], False)]
+    assert str(rows[0]["image"]).endswith("/busybox:latest")
+    listing = ucore_cli.ok("ps", "-m", "-s").stdout
+    assert cid in listing and "bb" in listing and "busybox:latest" in listing
+    assert "ENGINE" in listing and "SIZE" in listing
+    sized = ps(ucore_cli, "-s")
+    assert int(str(sized[0]["size"])) > 500_000  # the static busybox
+
+    info = json.loads(ucore_cli.ok("inspect", "bb").stdout)
+    assert info["id"] == cid and info["names"] == ["bb"]
+    assert info["image_config"]["config"]["Cmd"] == ["sh"]
+    root = root_of(ucore_cli, "bb")
+    assert root == ucore_cli.store / "containers" / cid / "ROOT"
+    assert (root / "bin" / "busybox").is_file()
+    assert os.readlink(root / "bin" / "sh") == "busybox"
+    assert root_of(ucore_cli, cid[:8]) == root  # an id prefix works too
+    ucore_cli.fails(2, "inspect", "-p", ref)  # -p needs a container
+    assert json.loads(ucore_cli.ok("inspect", ref).stdout)["config"]  # images still inspect
+    ucore_cli.fails(3, "inspect", "no-such-thing")
+    ucore_cli.check_store()
+    assert stat.S_IMODE((ucore_cli.store / "containers" / cid).stat().st_mode) == 0o700
+
+
+def test_create_pulls_a_missing_image(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/multilayer:latest"
+    cid = create(ucore_cli, ref)
+    assert "multilayer" in ucore_cli.ok("images").stdout
+    root = root_of(ucore_cli, cid)
+    assert (root / "etc" / "hostname").read_bytes() == b"layer3\n"
+    ucore_cli.fails(3, "create", f"{registry.address}/no-such-image:latest")
+    ucore_cli.check_store()
+
+
+def test_create_uses_the_local_image_without_a_registry(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ucore_cli.ok("pull", f"{registry.address}/busybox:latest")
+    ucore_cli.ok("tag", f"{registry.address}/busybox:latest", "localonly:1")
+    # localonly:1 means docker.io, which the tests' dead proxy makes unreachable: a pull fails
+    cid = create(ucore_cli, "--name", "local", "localonly:1")
+    assert ps(ucore_cli)[0]["id"] == cid
+
+
+def test_create_name_errors(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    first = create(ucore_cli, "--name", "same", ref)
+    err = assert_error_line(ucore_cli.fails(2, "create", "--name", "same", ref))
+    assert "already in use" in err
+    ucore_cli.fails(2, "create", "--name", "bad/name", ref)
+    ucore_cli.fails(2, "create", "--name", "0123456789abcdef0123456789abcdef", ref)
+    ucore_cli.fails(2, "create", "--force", ref)  # --force needs --name
+    assert [r["id"] for r in ps(ucore_cli)] == [first]
+    no_leftovers(ucore_cli)
+
+
+def test_create_force_takes_the_name_over(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    old = create(ucore_cli, "--name", "job", ref)
+    new = create(ucore_cli, "--name", "job", "--force", ref)
+    names = {r["id"]: r["names"] for r in ps(ucore_cli)}
+    assert names == {old: [], new: ["job"]}
+    ucore_cli.ok("protect", "job")
+    ucore_cli.fails(2, "create", "--name=job", "--force", ref)
+    assert len(ps(ucore_cli)) == 2, "the refused create left a container behind"
+
+
+def test_concurrent_creates_with_one_name(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    """Eight batch jobs create the same name at once: exactly one wins, the others fail at
+    once with one clear line (status 2), and nothing half-made is left."""
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    procs = [ucore_cli.popen("create", "--name", "same", ref) for _ in range(8)]
+    results = [(p.returncode, out, err) for p in procs for out, err in [p.communicate(timeout=120)]]
+    winners = [out.strip() for code, out, _err in results if code == 0]
+    assert len(winners) == 1, results
+    for code, _out, err in results:
+        if code != 0:
+            assert code == 2, results
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("ucore: "), err
+            assert "same" in lines[0]
+    rows = ps(ucore_cli)
+    assert [(r["id"], r["names"]) for r in rows] == [(winners[0], ["same"])]
+    no_leftovers(ucore_cli)
+    ucore_cli.check_store()
+
+
+# --- rm, names, clone, protect --------------------------------------------------------------
+
+
+def test_rm(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    a = create(ucore_cli, "--name", "a", ref)
+    b = create(ucore_cli, ref)
+    c = create(ucore_cli, "--name", "c", ref)
+    ucore_cli.ok("protect", "c")
+    assert {r["id"]: r["protected"] for r in ps(ucore_cli)} == {a: False, b: False, c: True}
+    assert "P" in ucore_cli.ok("ps").stdout.split(c)[1].split()[0]
+    err = assert_error_line(ucore_cli.fails(2, "rm", "c"))
+    assert "protected" in err
+    # several at once: the missing one is reported, the others still go
+    result = ucore_cli.fails(3, "rm", "a", "nope", b[:6])
+    assert "nope" in result.stderr
+    assert [r["id"] for r in ps(ucore_cli)] == [c]
+    assert not (ucore_cli.store / "containers" / a).exists()
+    ucore_cli.ok("rm", "-f", "c")
+    assert ps(ucore_cli) == []
+    assert not list((ucore_cli.store / "containers" / ".names").iterdir())
+    ucore_cli.ok("create", "--name", "a", ref)  # the name is free again
+    no_leftovers(ucore_cli)
+
+
+def nest(root: Path, depth: int) -> None:
+    """``d/d/d/…`` below ``root``, deeper than Python's recursion limit and PATH_MAX."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+def test_what_the_container_locked_is_exported_and_removed(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """A program in the container made directories unreadable and read-only (as Go's module
+    cache does) and nested directories deeper than Python's recursion limit: export, ps -s and
+    rm still work, and export changes nothing in the container."""
+    create(ucore_cli, "--name", "locked", f"{registry.address}/busybox:latest")
+    root = root_of(ucore_cli, "locked")
+    (root / "x" / "y" / "z").mkdir(parents=True)
+    (root / "x" / "y" / "z" / "f").write_text("hi\n")
+    for path, mode in (("x/y/z/f", 0o000), ("x/y/z", 0o500), ("x/y", 0o000), ("x", 0o100)):
+        os.chmod(root / path, mode)
+    os.chmod(root / "etc", 0o555)
+    nest(root, 1200)
+    data = export_bytes(ucore_cli, "locked")
+    found = members(data)
+    assert found["x"].mode == 0o100 and found["x/y"].mode == 0o000
+    assert content(data, "x/y/z/f") == b"hi\n"
+    assert "/".join(["d"] * 1200) in found
+    assert stat.S_IMODE((root / "x").lstat().st_mode) == 0o100
+    assert ps(ucore_cli, "-s")[0]["size"]
+    ucore_cli.ok("rm", "locked")
+    assert ps(ucore_cli) == []
+    assert list((ucore_cli.store / "containers").iterdir()) == [
+        ucore_cli.store / "containers" / ".names"
+    ]
+
+
+def test_name_rmname_rename(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    cid = create(ucore_cli, ref)
+    other = create(ucore_cli, "--name", "taken", ref)
+    ucore_cli.ok("name", cid, "first")
+    ucore_cli.ok("name", "first", "second")
+    assert {r["id"]: r["names"] for r in ps(ucore_cli)}[cid] == ["first", "second"]
+    ucore_cli.fails(2, "name", cid, "taken")
+    ucore_cli.fails(2, "name", cid, "-bad")
+    ucore_cli.fails(3, "name", "nope", "x")
+    ucore_cli.ok("rename", "first", "third")
+    ucore_cli.fails(2, "rename", "second", "taken")
+    ucore_cli.fails(3, "rename", "first", "fourth")
+    assert {r["id"]: r["names"] for r in ps(ucore_cli)} == {
+        cid: ["second", "third"],
+        other: ["taken"],
+    }
+    ucore_cli.ok("rmname", "second")
+    ucore_cli.fails(3, "rmname", "second")
+    ucore_cli.fails(3, "inspect", "second")
+    assert root_of(ucore_cli, "third").parent.name == cid
+
+
+def test_clone(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/multilayer:latest"
+    src = create(ucore_cli, "--name", "src", ref)
+    copy = ucore_cli.ok("clone", "--name=copy", "src").stdout.strip()
+    assert ID.match(copy) and copy != src
+    a, b = root_of(ucore_cli, "src"), root_of(ucore_cli, "copy")
+    assert (b / "etc" / "hostname").read_bytes() == b"layer3\n"
+    assert os.readlink(b / "usr" / "bin" / "tool-abs") == "/usr/bin/tool"
+    assert stat.S_IMODE((b / "data" / "secret").lstat().st_mode) == stat.S_IMODE(
+        (a / "data" / "secret").lstat().st_mode
+    )
+    (b / "etc" / "hostname").write_text("changed\n")
+    assert (a / "etc" / "hostname").read_bytes() == b"layer3\n"
+    # the copy exports the image's modes as the original does
+    assert members(export_bytes(ucore_cli, "copy"))["locked"].mode == 0o000
+    ucore_cli.fails(2, "clone", "--name", "src", "copy")
+    ucore_cli.fails(3, "clone", "nope")
+    assert len(ps(ucore_cli)) == 2
+
+
+def test_protect_image_refuses_rmi(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    ucore_cli.ok("protect", ref)
+    err = assert_error_line(ucore_cli.fails(2, "rmi", ref))
+    assert "protected" in err
+    ucore_cli.ok("unprotect", ref)
+    ucore_cli.ok("protect", ref)
+    ucore_cli.ok("rmi", "-f", ref)  # -f overrides the protection, as for rm
+    assert ucore_cli.blobs() == set()
+    ucore_cli.ok("pull", ref)
+    ucore_cli.ok("protect", ref)
+    ucore_cli.ok("unprotect", ref)
+    ucore_cli.ok("rmi", ref)
+    ucore_cli.fails(3, "protect", "nothing-by-this-name")
+
+
+def test_rmi_keeps_the_config_containers_use(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    """A container outlives its image: rmi frees the layers but keeps the manifest and
+    config (inspect and run read the image config through them) until the container goes."""
+    ref = f"{registry.address}/busybox:latest"
+    create(ucore_cli, "--name", "bb", ref)
+    ucore_cli.ok("rmi", ref)
+    assert len(ucore_cli.blobs()) == 2
+    info = json.loads(ucore_cli.ok("inspect", "bb").stdout)
+    assert info["image_config"]["config"]["Cmd"] == ["sh"]
+    ucore_cli.ok("rm", "bb")
+    assert ucore_cli.blobs() == set()
+    ucore_cli.check_store()
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def export_bytes(ucore_cli: Ucore, container: str) -> bytes:
+    result = run_binary(ucore_cli, "export", container)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
+
+
+def test_export_gives_back_the_image(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """The image's modes (a 0000 directory too), links as links, root-owned entries."""
+    ref = f"{registry.address}/multilayer:latest"
+    create(ucore_cli, "--name", "ml", ref)
+    root = root_of(ucore_cli, "ml")
+    # a program in the container planted a link to a host file: it must stay a link
+    (root / "etc" / "host-shadow").symlink_to("/etc/shadow")
+    out = tmp_path / "out"
+    out.mkdir()
+    ucore_cli.ok("export", "-o", str(out / "ml.tar"), "ml")
+    assert [p.name for p in out.iterdir()] == ["ml.tar"]
+    data = (out / "ml.tar").read_bytes()
+    assert data == export_bytes(ucore_cli, "ml"), "stdout and -o differ"
+    assert data == run_binary(ucore_cli, "export", "-", "ml").stdout  # udocker's form
+    found = members(data)
+    for path, expected in im.MULTILAYER_EXPECTED.items():
+        if expected is None:
+            assert path not in found, path
+            continue
+        member = found[path]
+        if expected[0] == "file":
+            assert member.isfile() or member.islnk(), path
+            assert member.mode == expected[2], (path, oct(member.mode))
+            name = member.linkname if member.islnk() else path
+            assert content(data, name) == expected[1], path
+        elif expected[0] == "dir":
+            assert member.isdir() and member.mode == expected[1], (path, oct(member.mode))
+        else:
+            assert member.issym() and member.linkname == expected[1], path
+    for a, b in im.MULTILAYER_HARDLINKS:
+        pair = sorted([a, b])
+        assert found[pair[1]].islnk() and found[pair[1]].linkname == pair[0], pair
+    assert found["etc/host-shadow"].issym()
+    assert found["etc/host-shadow"].linkname == "/etc/shadow"
+    assert found["etc/host-shadow"].size == 0
+    assert all(m.uid == 0 and m.gid == 0 for m in found.values())
+    # the export changed nothing in the container (unpacked rootless: owner rw added)
+    secret_mode = 0o000 if os.geteuid() == 0 else 0o600
+    assert stat.S_IMODE((root / "data" / "secret").lstat().st_mode) == secret_mode
+    ucore_cli.check_store()
+
+
+def test_export_errors(ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    ucore_cli.fails(3, "export", "-o", str(out / "x.tar"), "nope")
+    create(ucore_cli, "--name", "bb", f"{registry.address}/busybox:latest")
+    ucore_cli.fails(7, "export", "-o", str(out / "missing-dir" / "x.tar"), "bb")
+    ucore_cli.fails(2, "export", "--clone", "bb")
+    assert list(out.iterdir()) == [], "a failed export left a file behind"
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+def test_export_import_round_trip(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    create(ucore_cli, "--name", "ml", f"{registry.address}/multilayer:latest")
+    tarball = tmp_path / "ml.tar"
+    ucore_cli.ok("export", "-o", str(tarball), "ml")
+    image_id = ucore_cli.ok("import", str(tarball), "imported/ml:1").stdout.strip()
+    assert image_id.startswith("sha256:")
+    config = json.loads(ucore_cli.ok("inspect", "imported/ml:1").stdout)["config"]
+    host = im.host_platform()
+    assert (config["os"], config["architecture"]) == host[:2]
+    assert config["config"]["Cmd"] == ["/bin/sh"]
+    assert len(config["rootfs"]["diff_ids"]) == 1
+    ucore_cli.ok("verify", "imported/ml:1")
+    ucore_cli.ok("protect", "imported/ml:1")
+    ucore_cli.fails(2, "import", str(tarball), "imported/ml:1")  # would replace it
+    create(ucore_cli, "--name", "again", "imported/ml:1")
+    again = run_binary(ucore_cli, "export", "again").stdout
+    first, second = members(tarball.read_bytes()), members(again)
+    assert sorted(first) == sorted(second)
+    for name, member in first.items():
+        other = second[name]
+        assert (member.type, member.mode, member.linkname, member.size) == (
+            other.type,
+            other.mode,
+            other.linkname,
+            other.size,
+        ), name
+    ucore_cli.check_store()
+
+
+def test_import_compressed_from_stdin(ucore_cli: Ucore) -> None:
+    layer = im.busybox_layer_tar()
+    result = run_binary(ucore_cli, "import", "-", "fromstdin:gz", stdin=gzip.compress(layer))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(ucore_cli.ok("inspect", "fromstdin:gz").stdout)["manifest"]
+    assert manifest["layers"][0]["mediaType"].endswith("tar+gzip")
+    config = json.loads(ucore_cli.ok("inspect", "fromstdin:gz").stdout)["config"]
+    assert config["rootfs"]["diff_ids"] == [im.sha256_digest(layer)]
+    ucore_cli.ok("verify", "fromstdin:gz")
+    ucore_cli.check_store()
+
+
+def test_import_tocontainer(ucore_cli: Ucore, tmp_path: Path) -> None:
+    layer = im.busybox_layer_tar()
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(layer)
+    cid = ucore_cli.ok("import", "--tocontainer", "--name", "direct", str(tarball)).stdout.strip()
+    assert ID.match(cid)
+    rows = ps(ucore_cli)
+    assert [(r["id"], r["names"]) for r in rows] == [(cid, ["direct"])]
+    assert (root_of(ucore_cli, "direct") / "bin" / "busybox").is_file()
+    assert json.loads(ucore_cli.ok("images", "--json").stdout) == [], "an image was kept"
+    assert im.sha256_digest(layer) not in ucore_cli.blobs(), "the layer blob was kept"
+    info = json.loads(ucore_cli.ok("inspect", "direct").stdout)
+    assert info["image_config"]["config"]["Cmd"] == ["/bin/sh"]
+    ucore_cli.fails(2, "import", "--tocontainer", "--name", "direct", str(tarball))
+    ucore_cli.check_store()
+    no_leftovers(ucore_cli)
+    ucore_cli.ok("rm", "direct")
+    assert ucore_cli.blobs() == set(), "the container's config outlived it"
+
+
+def test_import_refuses_what_is_not_a_tarball(ucore_cli: Ucore, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"this is not a tar archive at all" * 100)
+    ucore_cli.fails(6, "import", str(junk), "junk:1")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(gzip.compress(im.busybox_layer_tar())[:5000])
+    ucore_cli.fails(6, "import", str(truncated), "junk:1")
+    ucore_cli.fails(6, "import", "--tocontainer", str(truncated))
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    ucore_cli.fails(6, "import", str(empty), "junk:1")
+    ucore_cli.fails(2, "import", str(tmp_path / "missing.tar"), "junk:1")
+    ucore_cli.fails(2, "import", str(junk))  # no NAME:TAG
+    ucore_cli.fails(2, "import", "--name", "x", str(junk), "junk:1")  # --name needs --tocontainer
+    ucore_cli.fails(2, "import", str(junk), "Bad Name")
+    assert ucore_cli.blobs() == set(), "a refused import left blobs behind"
+    assert ps(ucore_cli) == []
+    ucore_cli.check_store()
+
+    err = assert_error_line(ucore_cli.fails(2, "import", "--clone", str(junk)))
+    assert "--clone" in err
