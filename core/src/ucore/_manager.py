@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "ucore"
 BUILTIN = {
     "registry": "ucore.builtin.registry.plugin",
     "unpack": "ucore.builtin.unpack.plugin",
+    "execute": "ucore.builtin.execute",
 }
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ucore.commands.images",
     "ucore.commands.archive",
     "ucore.commands.containers",
+    "ucore.commands.run",
     "ucore.commands.auth",
     "ucore.commands.info",
 )

@@ -58,6 +58,20 @@ class PluginError(UcoreError):
     exit_code = 8
 
 
+class CommandNotExecutableError(UcoreError):
+    """The container's command exists but cannot be run (a directory, no execute bit), as a
+    shell and Docker report it."""
+
+    exit_code = 126
+
+
+class CommandNotFoundError(UcoreError):
+    """The container's command is not in the container (nor in a volume), as a shell and
+    Docker report it."""
+
+    exit_code = 127
+
+
 #: Exit statuses, documented in README.md and ``ucore --help``.
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -68,7 +82,9 @@ EXIT_CODES: dict[int, str] = {
     AuthError.exit_code: "authentication or authorization failed",
     IntegrityError.exit_code: "content failed verification or is malformed",
     StoreError.exit_code: "local store error (disk full, quota, permissions)",
-    PluginError.exit_code: "plugin configuration error",
+    PluginError.exit_code: "plugin configuration error, or no usable execution engine",
+    CommandNotExecutableError.exit_code: "the container's command cannot be executed",
+    CommandNotFoundError.exit_code: "the container's command was not found in the container",
     130: "interrupted (SIGINT)",
     143: "terminated (SIGTERM)",
 }

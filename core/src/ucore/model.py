@@ -339,11 +339,13 @@ class Container:
     engine: Optional[str] = None
     protected: bool = False
     created: float = 0.0
+    #: A root directory outside the store (``run --location DIR``); ``dir`` is then scratch.
+    location: Any = None
 
     @property
     def root(self) -> Any:
         """The root filesystem (``ROOT``, the name udocker uses)."""
-        return self.dir / "ROOT"
+        return self.location if self.location is not None else self.dir / "ROOT"
 
 
 @attrs.frozen

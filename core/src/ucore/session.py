@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 from ucore._manager import Plugins
 from ucore.config import Config
-from ucore.errors import RegistryError
+from ucore.errors import PluginError, RegistryError
 from ucore.events import Event, StageFinished, StageStarted
-from ucore.model import Image, ImageRef
+from ucore.model import Container, Image, ImageRef, RunSpec
 from ucore.registration import Registry
 from ucore.store import Store
 
@@ -82,3 +82,17 @@ class Session:
         if image is None:
             raise RegistryError(f"no plugin could fetch {ref} (is the registry plugin blocked?)")
         return image  # type: ignore[no-any-return]
+
+    # --- running ----------------------------------------------------------------------------
+
+    def prepare(self, container: Container, spec: RunSpec) -> list[dict[str, Any]]:
+        """What plugins add to a run (mounts, env, devices), one mapping per plugin."""
+        results = self.hook.ucore_prepare(container=container, spec=spec, session=self)
+        return [r for r in results if r]
+
+    def execute(self, container: Container, spec: RunSpec) -> int:
+        """Run the container's command; its exit status."""
+        status = self.hook.ucore_execute(container=container, spec=spec, session=self)
+        if status is None:
+            raise PluginError("no plugin could run the container (is 'execute' blocked?)")
+        return int(status)

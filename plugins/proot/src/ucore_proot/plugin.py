@@ -1,5 +1,21 @@
 """Hook implementations of ucore-proot, loaded through the ``ucore`` entry-point group.
 
-It will register the PRoot engine (P1/P2); until then it only
-proves that the distribution installs and that ucore discovers it (``ucore plugins``).
+Registers the PRoot engines: ``proot`` (udocker's P1) and ``proot-noseccomp`` (P2).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ucore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ucore.registration import Registry
+
+
+@hookimpl
+def ucore_register_engines(register: Registry) -> None:
+    from ucore_proot.engine import ProotEngine, ProotNoSeccompEngine
+
+    register(ProotEngine.name, ProotEngine)
+    register(ProotNoSeccompEngine.name, ProotNoSeccompEngine)

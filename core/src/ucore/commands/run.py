@@ -1,0 +1,371 @@
+"""Running containers: ``run``, ``setup`` (which engine a container uses) and ``info`` (which
+engines this host can use, and why not).
+
+``run`` keeps start-up lean: nothing on its path imports the registry client or structlog
+unless it has to pull an image or log something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ucore import containers, images
+from ucore.errors import NotFoundError, UcoreError, UsageError
+from ucore.log import get_logger
+from ucore.model import Container, Image
+
+if TYPE_CHECKING:
+    from ucore.session import Session
+
+log = get_logger(__name__)
+
+PULL_POLICIES = ("missing", "never", "always", "reuse")
+#: Docker flags accepted for compatibility, and why they change nothing here.
+IGNORED = {
+    "interactive": ("-i", "stdin is always passed through"),
+    "tty": ("-t", "the container uses ucore's own terminal, if it has one"),
+    "attach": ("-a", "stdout and stderr are always attached"),
+    "dns": ("--dns", "the container uses the host's resolv.conf"),
+    "dns_search": ("--dns-search", "the container uses the host's resolv.conf"),
+    "nobanner": ("--nobanner", "ucore prints no banner"),
+}
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    from ucore.commands.images import add_registry_options
+
+    # ``-v`` is a volume here, as in Docker and udocker; ``ucore -v run`` or ``--verbose``
+    # raise the log level.
+    p = sub.add_parser(
+        "run",
+        parents=[_run_common()],
+        help="run a command in a container (an image is pulled and a container created)",
+        description="Run CMD in CONTAINER, or in a new container made from IMAGE.",
+        epilog="The exit status is the command's (128+N when signal N killed it); ucore's own"
+        " failures exit with the statuses 'ucore --help' lists (127: command not found).",
+    )
+    p.add_argument("--rm", action="store_true", help="remove the container afterwards")
+    p.add_argument("--name", metavar="NAME", help="name the container created from an image")
+    p.add_argument(
+        "--pull",
+        choices=PULL_POLICIES,
+        default="missing",
+        help="when to pull an image (reuse: run the container --name names, if it exists)",
+    )
+    add_registry_options(p)
+    p.add_argument("--entrypoint", metavar="CMD", help="replace the image's Entrypoint and Cmd")
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="set a variable (NAME alone: the host's value)",
+    )
+    p.add_argument(
+        "--env-file", action="append", default=[], metavar="FILE", help="NAME=VALUE lines"
+    )
+    p.add_argument("--hostenv", action="store_true", help="pass the host environment")
+    p.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST[:CONT][:ro|:rw]",
+        help="bind a host path (repeatable)",
+    )
+    p.add_argument(
+        "--novol", action="append", default=[], metavar="PATH", help="leave out a default bind"
+    )
+    p.add_argument("--device", action="append", default=[], metavar="HOST[:CONT]", help="a device")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory (made if missing)")
+    p.add_argument("-u", "--user", metavar="NAME|UID[:GROUP|GID]", help="the user to run as")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--hostauth",
+        dest="hostauth",
+        action="store_true",
+        default=True,
+        help="add the invoking user to the container's passwd and group (default)",
+    )
+    auth.add_argument(
+        "--containerauth",
+        dest="hostauth",
+        action="store_false",
+        help="use the container's passwd and group as they are",
+    )
+    p.add_argument("--bindhome", action="store_true", help="bind the home directory")
+    p.add_argument(
+        "--nosysdirs", action="store_true", help="no default host binds (/dev /proc /sys ...)"
+    )
+    p.add_argument("--nometa", action="store_true", help="ignore the image config")
+    p.add_argument("--cpuset-cpus", dest="cpuset", metavar="LIST", help="CPUs to run on (0-3,6)")
+    p.add_argument("--kernel", metavar="RELEASE", help="kernel release to report (PRoot)")
+    p.add_argument("--location", metavar="DIR", help="run a root directory outside the store")
+    p.add_argument("-i", "--interactive", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-a", "--attach", action="append", help=argparse.SUPPRESS)
+    p.add_argument("--dns", action="append", help=argparse.SUPPRESS)
+    p.add_argument("--dns-search", action="append", help=argparse.SUPPRESS)
+    p.add_argument("--nobanner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="CONTAINER|IMAGE [CMD ...]")
+    p.set_defaults(handler=cmd_run)
+    parsers = {"run": p}
+
+    q = sub.add_parser("setup", parents=[common], help="choose the engine a container runs with")
+    mode = q.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--engine", "--execmode", dest="engine", metavar="NAME", help="engine or udocker mode"
+    )
+    q.add_argument("--force", action="store_true", help="record it even if it cannot run here")
+    q.add_argument("--purge", action="store_true", help="remove files ucore made for runs")
+    q.add_argument("container", metavar="CONTAINER")
+    q.set_defaults(handler=cmd_setup)
+    parsers["setup"] = q
+
+    r = sub.add_parser("info", parents=[common], help="engines installed, and which work here")
+    r.add_argument("--json", action="store_true", help="JSON on stdout")
+    r.set_defaults(handler=cmd_info)
+    parsers["info"] = r
+    return parsers
+
+
+def _run_common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
+    )
+    common.add_argument("--log-format", choices=("console", "json"), default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    return common
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def cmd_run(session: Session, args: argparse.Namespace) -> int:
+    from ucore import runspec
+
+    rest = list(args.args)
+    if rest and rest[0] == "--":
+        rest.pop(0)
+    for dest, (flag, why) in IGNORED.items():
+        if getattr(args, dest):
+            log.info(f"{flag} is accepted and ignored: {why}")
+    if args.location:
+        container = _location(args.location)
+        command = rest
+    else:
+        if not rest:
+            raise UsageError("run: give a CONTAINER or an IMAGE (or --location DIR)")
+        container = _container(session, rest[0], args)
+        command = rest[1:]
+    if command and command[0] == "--":
+        command.pop(0)
+    opts = runspec.RunOptions(
+        command=tuple(command),
+        entrypoint=args.entrypoint,
+        env=tuple(args.env),
+        env_files=tuple(args.env_file),
+        hostenv=args.hostenv,
+        workdir=args.workdir,
+        user=args.user,
+        volumes=tuple(args.volume),
+        novol=tuple(args.novol),
+        devices=tuple(args.device),
+        hostauth=args.hostauth,
+        sysdirs=not args.nosysdirs,
+        meta=not args.nometa,
+        bindhome=args.bindhome,
+        cpuset=args.cpuset,
+        kernel=args.kernel,
+    )
+    try:
+        config = {} if args.nometa else _image_config(session, container)
+        spec = runspec.build(session, container, config, opts)
+        return session.execute(container, spec)
+    finally:
+        if container.location is not None:
+            shutil.rmtree(container.dir, ignore_errors=True)
+        elif args.rm:
+            _remove(session, container)
+
+
+def _location(text: str) -> Container:
+    root = Path(text).expanduser().resolve()
+    if not root.is_dir():
+        raise UsageError(f"--location {text}: not a directory")
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="ucore-run-"))
+    return Container(id="location", dir=scratch, image="", location=root)
+
+
+def _container(session: Session, text: str, args: argparse.Namespace) -> Container:
+    store = session.store
+    if args.pull == "reuse" and args.name:
+        with contextlib.suppress(NotFoundError):
+            return containers.lookup(store, args.name)
+    try:
+        found = containers.lookup(store, text)
+    except NotFoundError:
+        pass
+    else:
+        if args.name and args.name not in found.names:
+            raise UsageError(
+                f"run: --name names a container made from an image; {text} exists already"
+                " ('ucore name' gives it another name)"
+            )
+        return found
+    return containers.create(session, _image(session, text, args.pull), args.name)
+
+
+def _image(session: Session, text: str, policy: str) -> Image:
+    store = session.store
+    registry = session.config.registry
+    try:
+        ref = images.parse_ref(text, registry)
+    except UsageError:
+        raise NotFoundError(
+            f"no container named {text!r} (see 'ucore ps'), and it is not an image name"
+        ) from None
+    if policy != "always":
+        try:
+            return images.load(store, images.lookup(store, text, registry))
+        except NotFoundError:
+            if policy == "never":
+                raise NotFoundError(
+                    f"no container or image named {text} in the store, and --pull=never"
+                ) from None
+    return session.pull(ref)
+
+
+def _image_config(session: Session, container: Container) -> dict[str, Any]:
+    """The config of the image the container was made from (Env, Cmd, User, ...)."""
+    if not container.manifest_digest:
+        return {}
+    from ucore import manifest as mf
+    from ucore.model import Digest
+
+    store = session.store
+    try:
+        doc = mf.parse(store.read_blob(Digest.parse(container.manifest_digest), mf.MAX_MANIFEST))
+        if isinstance(doc, mf.Manifest):
+            return mf.parse_config(store.read_blob(doc.config.digest, mf.MAX_CONFIG))
+    except UcoreError:
+        pass
+    log.warning(
+        "the image of this container is no longer in the store: running without its config"
+        " (Entrypoint, Cmd, Env, WorkingDir, User)",
+        container=container.id,
+        image=container.image,
+    )
+    return {}
+
+
+def _remove(session: Session, container: Container) -> None:
+    if container.protected:
+        log.warning("--rm: the container is protected and was kept", container=container.id)
+        return
+    with contextlib.suppress(NotFoundError):
+        containers.remove(session.store, container)
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+
+def cmd_setup(session: Session, args: argparse.Namespace) -> int:
+    from ucore.builtin.execute import AUTO, engines
+
+    store = session.store
+    container = containers.lookup(store, args.container)
+    if args.purge:
+        shutil.rmtree(Path(container.dir) / "hostauth", ignore_errors=True)
+    if args.engine is None:
+        if not args.purge:
+            print(container.engine or f"{AUTO} (chosen at the next run)")
+        return 0
+    if args.engine == AUTO:
+        containers.update(store, container, engine=None)
+        return 0
+    known = engines(session)
+    name = known.canonical(args.engine)
+    why = known.probe(name)
+    if why is not None and not args.force:
+        from ucore.errors import PluginError
+
+        raise PluginError(f"engine {name} cannot run here: {why} (--force records it anyway)")
+    containers.update(store, container, engine=name)
+    return 0
+
+
+# --- info -----------------------------------------------------------------------------------
+
+
+def cmd_info(session: Session, args: argparse.Namespace) -> int:
+    from ucore import __version__
+    from ucore.builtin.execute import PROVIDERS, engines
+
+    known = engines(session)
+    rows: list[dict[str, Any]] = []
+    for name in known.names():
+        cls = known.registry[name]
+        plugin = known.registry.owner(name)
+        why = known.probe(name)
+        try:
+            details: dict[str, Any] = dict(getattr(known.engine(name), "details", dict)())
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the rest
+            details = {"error": f"{type(exc).__name__}: {exc}"}
+        rows.append(
+            {
+                "name": name,
+                "aliases": list(getattr(cls, "aliases", ())),
+                "preference": getattr(cls, "preference", 100),
+                "plugin": session.plugins.sources.get(plugin, (plugin, ""))[0],
+                "usable": why is None,
+                "reason": why,
+                "details": {str(k): str(v) for k, v in details.items()},
+            }
+        )
+    provided = {a.upper() for r in rows for a in [r["name"], *r["aliases"]]}
+    missing: dict[str, list[str]] = {}
+    for mode, dist in PROVIDERS.items():
+        if mode.isupper() and mode not in provided:
+            missing.setdefault(dist, []).append(mode)
+    data = {
+        "ucore": __version__,
+        "python": sys.version.split()[0],
+        "store": str(session.store.root),
+        "engines": rows,
+        "missing": [{"plugin": d, "modes": m} for d, m in missing.items()],
+    }
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    _print_info(data)
+    return 0
+
+
+def _print_info(data: dict[str, Any]) -> None:
+    print(f"ucore {data['ucore']} (Python {data['python']}), store {data['store']}")
+    print("engines, in the order a new container tries them:")
+    if not data["engines"]:
+        print("  none installed (pip install ucore-proot)")
+    for row in data["engines"]:
+        status = "usable" if row["usable"] else f"unusable: {row['reason']}"
+        aliases = ",".join(row["aliases"]) or "-"
+        print(f"  {row['name']:<16} {aliases:<6} {row['plugin']:<18} {status}")
+        for key, value in row["details"].items():
+            print(f"  {'':<16} {key}: {value}")
+    for item in data["missing"]:
+        print(f"  {','.join(item['modes'])}: not installed (pip install {item['plugin']})")
+    if os.environ.get("UCORE_DISABLE_PLUGINS"):
+        print(f"plugins disabled by UCORE_DISABLE_PLUGINS: {os.environ['UCORE_DISABLE_PLUGINS']}")

@@ -1,0 +1,365 @@
+"""The run specification: Docker's rules for command, environment, user, working directory and
+volumes, and the image-config hazards of safety rule 9, on a small root built per test."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from ucore import hostauth, inroot, runspec
+from ucore.errors import (
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    IntegrityError,
+    PluginError,
+    UsageError,
+)
+from ucore.model import Container, DeviceNode, Mount, RunSpec
+from ucore.runspec import RunOptions
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n"
+GROUP = "root:x:0:\napp:x:1000:\nstaff:x:50:\n"
+
+
+class FakeSession:
+    """What ``runspec.build`` needs of a session: the plugins' ``ucore_prepare`` results."""
+
+    def __init__(self, results: Optional[list[dict[str, Any]]] = None) -> None:
+        self.results = results or []
+
+    def prepare(self, container: Container, spec: RunSpec) -> list[dict[str, Any]]:
+        return self.results
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "ROOT"
+    for d in ("bin", "etc", "tmp", "proc", "home/app", "usr/lib"):
+        (r / d).mkdir(parents=True)
+    (r / "etc" / "passwd").write_text(PASSWD)
+    (r / "etc" / "group").write_text(GROUP)
+    for name in ("sh", "true", "env"):
+        (r / "bin" / name).write_text("#!/bin/sh\n")
+        (r / "bin" / name).chmod(0o755)
+    (r / "lib").symlink_to("/usr/lib")
+    return r
+
+
+def build(
+    root: Path,
+    config: Optional[dict[str, Any]] = None,
+    results: Optional[list[dict[str, Any]]] = None,
+    environ: Optional[dict[str, str]] = None,
+    **opts: Any,
+) -> RunSpec:
+    container = Container(id="t", dir=root.parent, image="", location=root)
+    opts.setdefault("sysdirs", False)
+    opts.setdefault("hostauth", False)
+    return runspec.build(
+        FakeSession(results),  # type: ignore[arg-type]
+        container,
+        {"config": config or {"Cmd": ["sh"]}},
+        RunOptions(**opts),
+        environ=environ if environ is not None else {"TERM": "xterm", "SECRET": "no"},
+    )
+
+
+# --- command --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "opts", "argv"),
+    [
+        ({"Cmd": ["sh"]}, {}, ("sh",)),
+        ({"Cmd": ["sh"]}, {"command": ("true", "x")}, ("true", "x")),
+        ({"Entrypoint": ["env"], "Cmd": ["A=1"]}, {}, ("env", "A=1")),
+        ({"Entrypoint": ["env"], "Cmd": ["A=1"]}, {"command": ("B=2",)}, ("env", "B=2")),
+        ({"Entrypoint": ["env"], "Cmd": ["A=1"]}, {"entrypoint": "true"}, ("true",)),
+        ({"Entrypoint": ["env"], "Cmd": ["A=1"]}, {"entrypoint": "", "command": ("sh",)}, ("sh",)),
+        ({"Cmd": ["sh"]}, {"meta": False, "command": ("true",)}, ("true",)),
+    ],
+)
+def test_entrypoint_and_cmd(root: Path, config: dict, opts: dict, argv: tuple) -> None:
+    assert build(root, config, **opts).argv == argv
+
+
+def test_nothing_to_run_is_a_usage_error(root: Path) -> None:
+    with pytest.raises(UsageError, match="no command"):
+        build(root, {"Entrypoint": ["env"]}, entrypoint="")
+
+
+def test_malformed_config_is_refused(root: Path) -> None:
+    with pytest.raises(IntegrityError):
+        build(root, {"Cmd": "sh -c true"})
+    with pytest.raises(IntegrityError):
+        build(root, {"Cmd": ["sh"], "Env": [1, 2]})
+
+
+def test_command_not_found_and_not_executable(root: Path) -> None:
+    with pytest.raises(CommandNotFoundError, match="nope"):
+        build(root, command=("nope",))
+    with pytest.raises(CommandNotExecutableError):
+        build(root, command=("/etc/passwd",))
+    with pytest.raises(CommandNotExecutableError):
+        build(root, command=("/etc",))
+
+
+def test_command_found_in_a_volume(root: Path, tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tool").write_text("#!/bin/sh\n")
+    (tools / "tool").chmod(0o755)
+    spec = build(root, command=("tool",), volumes=(f"{tools}:/opt/bin",), env=("PATH=/opt/bin",))
+    assert spec.argv == ("tool",)
+
+
+# --- environment ----------------------------------------------------------------------------------
+
+
+def test_environment_order_and_defaults(root: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("  # comment\n\nF=file\nBOTH=file\nIMG=file\nFROM_HOST\nV= kept  \n")
+    spec = build(
+        root,
+        {"Cmd": ["sh"], "Env": ["IMG=image", "KEEP=image"]},
+        environ={"TERM": "vt100", "FROM_HOST": "h", "E": "host-e", "SECRET": "no"},
+        env_files=(str(env_file),),
+        env=("BOTH=flag", "E", "UNSET_ON_HOST"),
+    )
+    assert dict(spec.env) == {
+        "TERM": "vt100",
+        "IMG": "file",
+        "KEEP": "image",
+        "F": "file",
+        "BOTH": "flag",
+        "FROM_HOST": "h",
+        "V": " kept  ",
+        "E": "host-e",
+        "PATH": runspec.DEFAULT_PATH,
+        "HOME": "/root",
+    }
+
+
+def test_environment_is_clean_unless_hostenv(root: Path) -> None:
+    env = dict(build(root).env)
+    assert "SECRET" not in env
+    assert env["TERM"] == "xterm"
+    assert env["PATH"] == runspec.DEFAULT_PATH
+    hostenv = dict(build(root, {"Cmd": ["sh"], "Env": ["SECRET=image"]}, hostenv=True).env)
+    assert hostenv["SECRET"] == "image"  # the image's Env still wins over the host's
+
+
+def test_env_file_names_with_whitespace_are_refused(root: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("BAD NAME=1\n")
+    with pytest.raises(UsageError, match="whitespace"):
+        build(root, env_files=(str(env_file),))
+    with pytest.raises(UsageError):
+        build(root, env_files=(str(tmp_path / "missing"),))
+
+
+def test_plugin_env_never_overrides_the_users(root: Path) -> None:
+    results = [{"env": {"CUDA_VISIBLE_DEVICES": "0", "MINE": "plugin", "IMG": "plugin"}}]
+    spec = build(root, {"Cmd": ["sh"], "Env": ["IMG=image"]}, results=results, env=("MINE=user",))
+    env = dict(spec.env)
+    assert (env["CUDA_VISIBLE_DEVICES"], env["MINE"], env["IMG"]) == ("0", "user", "plugin")
+
+
+def test_plugin_results_are_checked(root: Path) -> None:
+    with pytest.raises(PluginError):
+        build(root, results=[{"mounts": [("/a", "/b")]}])
+    spec = build(root, results=[{"devices": [DeviceNode("/dev/null")]}])
+    assert DeviceNode("/dev/null") in spec.devices
+
+
+# --- user -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "ids", "home"),
+    [
+        (None, (None, None), "/root"),
+        ("app", (1000, 1000), "/home/app"),
+        ("1000", (1000, 1000), "/home/app"),
+        ("app:staff", (1000, 50), "/home/app"),
+        ("app:7", (1000, 7), "/home/app"),
+        ("4242", (4242, 0), "/"),
+        ("0", (0, 0), "/root"),
+    ],
+)
+def test_user(root: Path, user: Optional[str], ids: tuple, home: str) -> None:
+    spec = build(root, user=user)
+    assert (spec.uid, spec.gid) == ids
+    assert dict(spec.env)["HOME"] == home
+
+
+def test_image_user_and_unknown_names(root: Path) -> None:
+    assert build(root, {"Cmd": ["sh"], "User": "app"}).uid == 1000
+    with pytest.raises(UsageError, match="no user 'ghost'"):
+        build(root, user="ghost")
+    with pytest.raises(UsageError, match="no group 'ghosts'"):
+        build(root, user="app:ghosts")
+    with pytest.raises(IntegrityError):
+        build(root, {"Cmd": ["sh"], "User": "ghost"})
+
+
+def test_passwd_symlinked_out_of_the_root_is_read_inside(root: Path, tmp_path: Path) -> None:
+    """An image whose /etc/passwd points at a host file: the host file is never read."""
+    host_file = tmp_path / "host-passwd"
+    host_file.write_text("ghost:x:7:7::/:/bin/sh\n")
+    (root / "etc" / "passwd").unlink()
+    (root / "etc" / "passwd").symlink_to(f"../../../../../../..{host_file}")
+    with pytest.raises(UsageError, match="no user 'ghost'"):
+        build(root, user="ghost")
+
+
+# --- mounts ---------------------------------------------------------------------------------------
+
+
+def test_volume_parsing(tmp_path: Path) -> None:
+    assert runspec.parse_volume(f"{tmp_path}") == Mount(str(tmp_path), str(tmp_path))
+    assert runspec.parse_volume(f"{tmp_path}:/d:ro") == Mount(str(tmp_path), "/d", True)
+    assert runspec.parse_volume(f"{tmp_path}:/d/../e:rw") == Mount(str(tmp_path), "/e", False)
+    for bad in (f"{tmp_path}:rel", f"{tmp_path}/nope:/d", f"{tmp_path}:/a:/b:ro", ":/d"):
+        with pytest.raises(UsageError):
+            runspec.parse_volume(bad)
+
+
+def test_mount_targets_resolve_inside_the_root(root: Path, tmp_path: Path) -> None:
+    (root / "etc" / "escape").symlink_to("/../../../../tmp/host-target")
+    spec = build(root, volumes=(f"{tmp_path}:/lib/modules", f"{tmp_path}:/etc/escape"))
+    targets = {m.target for m in spec.mounts}
+    assert targets == {"/usr/lib/modules", "/tmp/host-target"}
+    assert not (root / "usr" / "lib" / "modules").exists()  # nothing made in the image
+
+
+def test_later_mounts_win_and_parents_come_first(root: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    spec = build(root, volumes=(f"{a}:/x/y", f"{a}:/x", f"{b}:/x/y"))
+    assert [(m.source, m.target) for m in spec.mounts] == [(str(a), "/x"), (str(b), "/x/y")]
+
+
+def test_mounting_over_the_root_is_refused(root: Path, tmp_path: Path) -> None:
+    (root / "up").symlink_to("..")
+    for target in ("/", "/up", "/tmp/.."):
+        with pytest.raises(UsageError, match="root directory"):
+            build(root, volumes=(f"{tmp_path}:{target}",))
+
+
+def test_sysdirs_novol_and_bindhome(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    targets = {m.target for m in build(root, sysdirs=True).mounts}
+    assert {"/dev", "/proc", "/sys"} <= targets
+    targets = {m.target for m in build(root, sysdirs=True, novol=("/proc",)).mounts}
+    assert "/proc" not in targets
+    monkeypatch.setenv("HOME", str(root.parent))
+    assert str(root.parent) in {m.target for m in build(root, bindhome=True).mounts}
+
+
+# --- working directory ----------------------------------------------------------------------------
+
+
+def test_workdir_is_made_inside_the_root(root: Path) -> None:
+    assert build(root, {"Cmd": ["sh"], "WorkingDir": "/srv/app"}).cwd == "/srv/app"
+    assert (root / "srv" / "app").is_dir()
+    assert build(root, workdir="/lib/x").cwd == "/usr/lib/x"
+    assert (root / "usr" / "lib" / "x").is_dir()
+
+
+@pytest.mark.parametrize("workdir", ["/proc/self/fd/3", "/sys/kernel", "/dev/fd/5", "/jump"])
+def test_workdir_in_pseudo_filesystems_is_refused(root: Path, workdir: str) -> None:
+    (root / "jump").symlink_to("/proc/self/cwd")
+    with pytest.raises(IntegrityError, match="/proc"):
+        build(root, {"Cmd": ["sh"], "WorkingDir": workdir})
+    with pytest.raises(UsageError, match="/proc"):
+        build(root, workdir=workdir)
+    assert not (root / "proc" / "self").exists()
+
+
+def test_workdir_in_a_volume_is_not_made_in_the_root(root: Path, tmp_path: Path) -> None:
+    spec = build(root, workdir="/work/sub", volumes=(f"{tmp_path}:/work",))
+    assert spec.cwd == "/work/sub"
+    assert not (root / "work").exists()
+
+
+def test_relative_workdir_from_the_command_line_is_refused(root: Path) -> None:
+    with pytest.raises(UsageError, match="absolute"):
+        build(root, workdir="tmp")
+
+
+# --- CPUs -----------------------------------------------------------------------------------------
+
+
+def test_cpuset() -> None:
+    assert runspec.parse_cpuset("0-2,5") == {0, 1, 2, 5}
+    for bad in ("", "a", "3-1", "-1"):
+        with pytest.raises(UsageError):
+            runspec.parse_cpuset(bad)
+    allowed = min(os.sched_getaffinity(0))
+    assert runspec.check_cpuset(str(allowed)) == str(allowed)
+    with pytest.raises(UsageError, match="not available"):
+        runspec.check_cpuset("4095")
+
+
+# --- host accounts --------------------------------------------------------------------------------
+
+
+def test_with_user_puts_the_invoking_user_first_for_its_uid() -> None:
+    text = "root:x:0:0::/root:/bin/sh\nubuntu:x:1000:1000::/home/ubuntu:/bin/sh\n"
+    out = hostauth.with_user(text, "alice:x:1000:1000::/home/alice:/bin/sh")
+    assert out.splitlines() == [
+        "root:x:0:0::/root:/bin/sh",
+        "alice:x:1000:1000::/home/alice:/bin/sh",
+        "ubuntu:x:1000:1000::/home/ubuntu:/bin/sh",
+    ]
+    assert hostauth.with_user(text, "root:x:0:0::/root:/bin/sh") == text  # known: unchanged
+    renamed = hostauth.with_user("alice:x:5:5::/:/bin/sh\n", "alice:x:7:7::/:/bin/sh")
+    assert renamed == "alice:x:7:7::/:/bin/sh\n"
+
+
+def test_with_group_adds_a_missing_gid_only() -> None:
+    assert hostauth.with_group("root:x:0:\n", "users:x:100:") == "root:x:0:\nusers:x:100:\n"
+    assert hostauth.with_group("staff:x:100:\n", "users:x:100:") == "staff:x:100:\n"
+
+
+def test_host_accounts_are_private_copies(root: Path, tmp_path: Path) -> None:
+    """The copies live outside the root and are bound over the image's files, which stay as
+    they were, even when they are links to host files."""
+    host_file = tmp_path / "host-passwd"
+    host_file.write_text("untouched\n")
+    (root / "etc" / "passwd").unlink()
+    (root / "etc" / "passwd").symlink_to(str(host_file))
+    state = tmp_path / "state"
+    accounts = hostauth.host_accounts(root, state)
+    assert host_file.read_text() == "untouched\n"
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert any(line.startswith(f"{me}:") for line in accounts.passwd.splitlines())
+    for mount in accounts.mounts:
+        assert Path(mount.source).parent == state
+        assert mount.target in ("/etc/passwd", "/etc/group")
+    spec = build(root, hostauth=True, user=str(os.getuid()))
+    assert spec.uid == os.getuid()
+    # bound where the image's link leads, inside the root: never over the host file
+    assert str(host_file) in {m.target for m in spec.mounts}
+    assert host_file.read_text() == "untouched\n"
+
+
+# --- paths inside the root ------------------------------------------------------------------------
+
+
+def test_inroot_resolution(root: Path, tmp_path: Path) -> None:
+    (root / "loop").symlink_to("loop")
+    (root / "etc" / "up").symlink_to("../../../..")
+    assert inroot.resolve(root, "/lib/x/y") == inroot.Walk("/usr/lib/x/y", 2, None)
+    assert inroot.resolve(root, "/etc/up/etc/passwd").path == "/etc/passwd"
+    assert inroot.resolve(root, "/etc/passwd/x").missing == 1
+    with pytest.raises(OSError, match="symbolic links"):
+        inroot.resolve(root, "/loop")
+    os.mkfifo(root / "etc" / "fifo")
+    assert inroot.read_file(root, "/etc/fifo", 100) is None  # never blocks on a FIFO
+    assert inroot.read_file(root, "/etc/passwd", 4) == b"root"

@@ -1,0 +1,341 @@
+"""Engine conformance: what every execution engine must do, checked through ``ucore run``.
+
+One set of behaviours (exit status, environment, working directory, user, read-only volumes,
+host accounts, entrypoint and command, signals, stdin, files left in the root) runs against
+each engine in :data:`ENGINES`, with the busybox test image from the local registry. An engine
+plugin joins by adding its name there: an engine that is listed but not installed fails; one
+whose probe says it cannot run on this host is skipped, with the probe's reason in the report.
+
+CI runs this as root and again as the unprivileged user ucore-test (tox env ``unpriv``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import pwd
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from support.cli import Ucore, describe
+
+from ucore.testing.registry import RegistryServer
+
+#: Every engine that must pass this suite, one line each.
+ENGINES = (
+    "proot",
+    "proot-noseccomp",
+)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Ucore:
+    """One store for the module: the image is pulled once, one container made per engine."""
+    return Ucore(tmp_path_factory.mktemp("conformance"))
+
+
+@pytest.fixture(scope="module")
+def image(cli: Ucore, registry: RegistryServer) -> str:
+    ref = f"{registry.address}/busybox:latest"
+    cli.ok("pull", ref)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def installed(cli: Ucore) -> dict[str, dict[str, Any]]:
+    rows = json.loads(cli.ok("info", "--json").stdout)["engines"]
+    return {row["name"]: row for row in rows}
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest, installed: dict[str, dict[str, Any]]) -> str:
+    name: str = request.param
+    if name not in installed:
+        pytest.fail(f"engine {name} is listed in ENGINES but not installed")
+    if not installed[name]["usable"]:
+        pytest.skip(f"engine {name} cannot run on this host: {installed[name]['reason']}")
+    return name
+
+
+@pytest.fixture(scope="module")
+def container(cli: Ucore, image: str, engine: str) -> str:
+    name = f"conformance-{engine}"
+    cli.ok("create", "--name", name, image)
+    cli.ok("setup", "--engine", engine, name)
+    return name
+
+
+def sh(cli: Ucore, container: str, script: str, *opts: str) -> str:
+    return cli.ok("run", *opts, container, "sh", "-c", script).stdout
+
+
+# --- exit status, output, stdin -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 1, 7, 255])
+def test_exit_status_is_the_commands(cli: Ucore, container: str, code: int) -> None:
+    result = cli.run("run", container, "sh", "-c", f"exit {code}")
+    assert result.returncode == code, describe(result)
+
+
+def test_exit_status_of_the_main_process_not_of_a_leftover(cli: Ucore, container: str) -> None:
+    started = time.monotonic()
+    result = cli.run("run", container, "sh", "-c", "sleep 30 & exit 3")
+    assert result.returncode == 3, describe(result)
+    assert time.monotonic() - started < 20, "a leftover process kept the run alive"
+
+
+def test_killed_by_a_signal_is_128_plus_n(
+    cli: Ucore, container: str, engine: str, installed: dict[str, dict[str, Any]]
+) -> None:
+    """After a child exited normally, so that an engine reporting the last exit gets it wrong."""
+    limit = installed[engine]["details"].get("exit status after a signal", "exact")
+    if limit != "exact":
+        pytest.xfail(f"{engine}: {limit}")
+    result = cli.run("run", container, "sh", "-c", "sleep 0.1; kill -TERM $$")
+    assert result.returncode == 128 + signal.SIGTERM, describe(result)
+
+
+def test_stdout_and_stderr(cli: Ucore, container: str) -> None:
+    result = cli.run("run", container, "sh", "-c", "echo out; echo err >&2")
+    assert (result.stdout, result.stderr) == ("out\n", "err\n"), describe(result)
+
+
+def test_stdin_passes_through(cli: Ucore, container: str) -> None:
+    data = "line one\nline two\n" * 1000
+    assert cli.ok("run", container, "cat", input=data).stdout == data
+
+
+def test_image_cmd_reads_stdin(cli: Ucore, container: str) -> None:
+    """The image's Cmd is ``sh``: with no command, the shell reads the script from stdin."""
+    assert cli.ok("run", container, input="echo from-stdin\n").stdout == "from-stdin\n"
+
+
+def test_command_not_found_127_not_executable_126(cli: Ucore, container: str) -> None:
+    missing = cli.fails(127, "run", container, "no-such-command")
+    assert "no-such-command" in missing.stderr
+    cli.fails(126, "run", container, "/etc/passwd")
+
+
+# --- signals --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_ucore_reaches_the_container(cli: Ucore, container: str, signum: int) -> None:
+    """What a batch system's time limit does: the container's trap must run."""
+    name = signal.Signals(signum).name[3:]
+    script = f'trap "echo trapped-{name}; exit 42" {name}; echo ready; sleep 60 & wait'
+    proc = cli.popen("run", container, "sh", "-c", script)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(0.3)  # let ``wait`` start
+        os.kill(proc.pid, signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out == f"trapped-{name}\n", err
+    assert proc.returncode == 42, err
+
+
+def test_sigterm_ends_a_command_that_does_not_trap(cli: Ucore, container: str) -> None:
+    proc = cli.popen("run", container, "sh", "-c", "echo ready; exec sleep 60")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+# --- environment ----------------------------------------------------------------------------------
+
+
+def env_of(
+    cli: Ucore, container: str, *opts: str, environ: Optional[dict[str, str]] = None
+) -> dict[str, str]:
+    out = cli.ok("run", *opts, container, "env", env=environ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_environment_is_the_images_not_the_hosts(cli: Ucore, container: str) -> None:
+    env = env_of(cli, container, environ={"UCORE_LEAK_CHECK": "leaked"})
+    assert env["UCORE_TEST_IMAGE"] == "busybox"  # the image's Env
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["HOME"] == "/root"
+    assert "UCORE_LEAK_CHECK" not in env
+
+
+def test_environment_order_image_file_flag(cli: Ucore, container: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=file\nBOTH=file\nUCORE_TEST_IMAGE=file\nHOSTED\n")
+    env = env_of(
+        cli,
+        container,
+        "--env-file",
+        str(env_file),
+        "-e",
+        "BOTH=flag",
+        "-e",
+        "FROM_HOST",
+        "-e",
+        "EMPTY=",
+        environ={"FROM_HOST": "host value", "HOSTED": "from host too"},
+    )
+    assert env["FROM_FILE"] == "file"
+    assert env["BOTH"] == "flag"
+    assert env["UCORE_TEST_IMAGE"] == "file"  # the file overrides the image
+    assert env["FROM_HOST"] == "host value"
+    assert env["HOSTED"] == "from host too"
+    assert env["EMPTY"] == ""
+
+
+def test_hostenv_passes_the_host_environment(cli: Ucore, container: str) -> None:
+    env = env_of(cli, container, "--hostenv", environ={"UCORE_PASSED": "yes"})
+    assert env["UCORE_PASSED"] == "yes"
+    assert env["UCORE_TEST_IMAGE"] == "busybox"  # the image's Env still applies
+
+
+# --- working directory and command ----------------------------------------------------------------
+
+
+def test_workdir(cli: Ucore, container: str) -> None:
+    assert cli.ok("run", container, "pwd").stdout == "/\n"  # the image's WorkingDir
+    assert cli.ok("run", "-w", "/tmp", container, "pwd").stdout == "/tmp\n"
+    assert cli.ok("run", "-w", "/made/for/me", container, "pwd").stdout == "/made/for/me\n"
+
+
+def test_workdir_under_proc_is_refused(cli: Ucore, container: str) -> None:
+    cli.fails(2, "run", "-w", "/proc/self/fd/3", container, "pwd")
+
+
+def test_entrypoint_rules(cli: Ucore, container: str) -> None:
+    assert cli.ok("run", "--entrypoint", "echo", container, "a", "b").stdout == "a b\n"
+    assert cli.ok("run", "--entrypoint", "echo", container).stdout == "\n"  # Cmd dropped
+    assert cli.ok("run", "--entrypoint", "", container, "echo", "c").stdout == "c\n"
+
+
+# --- user and accounts ----------------------------------------------------------------------------
+
+
+def test_default_user_is_root(cli: Ucore, container: str) -> None:
+    assert cli.ok("run", container, "id", "-u").stdout == "0\n"
+    assert cli.ok("run", container, "id", "-un").stdout == "root\n"
+
+
+def test_user_by_name_and_by_id(cli: Ucore, container: str) -> None:
+    assert cli.ok("run", "-u", "nobody", container, "id", "-u").stdout == "65534\n"
+    assert cli.ok("run", "-u", "1234:5", container, "id").stdout.startswith("uid=1234 gid=5")
+    cli.fails(2, "run", "-u", "no-such-user", container, "true")
+
+
+def test_invoking_user_by_uid_with_hostauth(cli: Ucore, container: str) -> None:
+    uid = os.getuid()
+    me = pwd.getpwuid(uid).pw_name
+    out = cli.ok("run", "-u", str(uid), container, "sh", "-c", "id -u; id -un").stdout
+    assert out == f"{uid}\n{me}\n"
+
+
+def test_hostauth_never_touches_the_images_files(cli: Ucore, container: str) -> None:
+    root = root_of(cli, container)
+    before = (root / "etc" / "passwd").read_bytes()
+    cli.ok("run", "-u", str(os.getuid()), container, "id")
+    assert (root / "etc" / "passwd").read_bytes() == before
+    if os.getuid() != 0:
+        out = cli.run("run", "--containerauth", "-u", str(os.getuid()), container, "id", "-un")
+        assert pwd.getpwuid(os.getuid()).pw_name not in out.stdout
+
+
+# --- volumes and the root filesystem --------------------------------------------------------------
+
+
+def test_volumes_ro_and_rw(cli: Ucore, container: str, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("from the host\n")
+    script = "cat /ro/in.txt; if touch /ro/new 2>/dev/null; then echo WROTE; fi; echo x > /rw/out"
+    out = sh(cli, container, script, "-v", f"{tmp_path}:/ro:ro", "-v", f"{tmp_path}:/rw")
+    assert out == "from the host\n"
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "out").read_text() == "x\n"
+
+
+def test_volume_target_symlink_resolves_inside_the_root(
+    cli: Ucore, container: str, tmp_path: Path
+) -> None:
+    root = root_of(cli, container)
+    sh(cli, container, "mkdir -p /opt/real && ln -sfn /opt/real /linked")
+    (tmp_path / "marker").write_text("m\n")
+    out = sh(cli, container, "cat /opt/real/marker", "-v", f"{tmp_path}:/linked")
+    assert out == "m\n"
+    assert (root / "linked").is_symlink()  # the image's link is left as it was
+
+
+def test_file_written_in_the_container_is_in_its_root(cli: Ucore, container: str) -> None:
+    sh(cli, container, "echo kept > /tmp/conformance-file")
+    assert (root_of(cli, container) / "tmp" / "conformance-file").read_text() == "kept\n"
+
+
+def test_default_sysdirs_and_nosysdirs(cli: Ucore, container: str) -> None:
+    assert sh(cli, container, "test -e /proc/self/status && echo yes") == "yes\n"
+    out = cli.run("run", "--nosysdirs", container, "sh", "-c", "test -e /proc/self/status")
+    assert out.returncode == 1, describe(out)
+
+
+def test_cpuset(cli: Ucore, container: str) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    out = sh(cli, container, "grep Cpus_allowed_list /proc/self/status", "--cpuset-cpus", str(cpu))
+    assert out.split()[-1] == str(cpu)
+
+
+def root_of(cli: Ucore, container: str) -> Path:
+    return Path(cli.ok("inspect", "-p", container).stdout.strip())
+
+
+def test_interactive_shell_on_a_terminal(cli: Ucore, container: str) -> None:
+    """A shell on a terminal: prompt, commands, ^C interrupting a command but not the shell,
+    and the shell's exit status."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child becomes ucore
+        os.execve(sys.executable, cli.argv("run", container, "sh"), cli.env)
+    try:
+        output = _converse(fd, [b"echo $((6 * 7))\n", b"sleep 60\n", b"\x03", b"exit 5\n"])
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert b"42" in output
+    assert os.waitstatus_to_exitcode(status) == 5, output
+
+
+def _converse(fd: int, lines: list[bytes]) -> bytes:
+    output = _drain(fd, 2.0)
+    for line in lines:
+        os.write(fd, line)
+        output += _drain(fd, 1.0)
+    return output + _drain(fd, 3.0)
+
+
+def _drain(fd: int, seconds: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the terminal closed: the shell is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out

@@ -1,0 +1,190 @@
+"""``ucore run`` as a command (what does not depend on the engine), ``setup`` and ``info``:
+images pulled and containers made as needed, ``--pull`` policies, ``--rm``, ``--name``,
+``--location``, the engine choice and its aliases. The engine is whichever ucore chooses.
+
+What each engine must do inside the container is in ``test_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from support.cli import Ucore, assert_error_line, describe
+from support.faultproxy import FaultProxy
+
+
+def ps(cli: Ucore) -> list[dict[str, object]]:
+    rows = json.loads(cli.ok("ps", "--json").stdout)
+    assert isinstance(rows, list)
+    return rows
+
+
+def manifest_gets(proxy: FaultProxy) -> int:
+    return len(proxy.requests("GET", r"/manifests/"))
+
+
+def test_run_image_pulls_creates_and_records_the_engine(
+    ucore_cli: Ucore, proxy: FaultProxy
+) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    assert ucore_cli.ok("run", image, "echo", "hi").stdout == "hi\n"
+    [row] = ps(ucore_cli)
+    info = json.loads(ucore_cli.ok("info", "--json").stdout)
+    usable = [e["name"] for e in info["engines"] if e["usable"]]
+    assert row["engine"] == usable[0]  # the first usable engine, recorded
+    assert ucore_cli.ok("setup", str(row["id"])).stdout.strip() == usable[0]
+
+
+def test_rm_removes_the_container_even_when_the_command_fails(
+    ucore_cli: Ucore, proxy: FaultProxy
+) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    assert ucore_cli.run("run", "--rm", image, "sh", "-c", "exit 3").returncode == 3
+    ucore_cli.fails(127, "run", "--rm", image, "no-such-command")
+    assert ps(ucore_cli) == []
+
+
+def test_pull_policies(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    result = ucore_cli.fails(3, "run", "--rm", "--pull=never", image, "true")
+    assert "never" in result.stderr
+    assert manifest_gets(proxy) == 0
+    ucore_cli.ok("run", "--rm", image, "true")  # missing: pulled
+    pulled = manifest_gets(proxy)
+    assert pulled > 0
+    ucore_cli.ok("run", "--rm", image, "true")  # present: not asked again
+    ucore_cli.ok("run", "--rm", "--pull=never", image, "true")
+    assert manifest_gets(proxy) == pulled
+    ucore_cli.ok("run", "--rm", "--pull=always", image, "true")
+    assert manifest_gets(proxy) > pulled
+
+
+def test_pull_reuse_runs_the_named_container(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    ucore_cli.ok("run", "--name", "job", "--pull=reuse", image, "sh", "-c", "echo 1 > /kept")
+    out = ucore_cli.ok("run", "--name", "job", "--pull=reuse", image, "cat", "/kept").stdout
+    assert out == "1\n"
+    assert len(ps(ucore_cli)) == 1
+    ucore_cli.fails(2, "run", "--name", "job", image, "true")  # the name is taken
+
+
+def test_run_by_name_and_by_id(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    cid = ucore_cli.ok("create", "--name", "named", f"{proxy.address}/busybox:latest")
+    cid_text = cid.stdout.strip()
+    assert ucore_cli.ok("run", "named", "echo", "by-name").stdout == "by-name\n"
+    assert ucore_cli.ok("run", cid_text[:8], "echo", "by-id").stdout == "by-id\n"
+
+
+def test_location_runs_a_root_directory(
+    ucore_cli: Ucore, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    ucore_cli.ok("create", "--name", "src", f"{proxy.address}/busybox:latest")
+    root = Path(ucore_cli.ok("inspect", "-p", "src").stdout.strip())
+    copy = tmp_path / "rootfs"
+    shutil.copytree(root, copy, symlinks=True)
+    out = ucore_cli.ok("run", "--location", str(copy), "cat", "/etc/hostname").stdout
+    assert out == "busybox\n"
+    ucore_cli.ok("run", "--location", str(copy), "sh", "-c", "echo here > /tmp/loc")
+    assert (copy / "tmp" / "loc").read_text() == "here\n"
+    assert len(ps(ucore_cli)) == 1  # no container was made for it
+    ucore_cli.fails(2, "run", "--location", str(tmp_path / "missing"), "true")
+
+
+def test_unknown_target_is_one_clear_line(ucore_cli: Ucore) -> None:
+    result = ucore_cli.fails(3, "run", "--pull=never", "No_Such_Thing", "true")
+    assert "No_Such_Thing" in assert_error_line(result)
+
+
+def test_bad_options_are_usage_errors(ucore_cli: Ucore, proxy: FaultProxy, tmp_path: Path) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    ucore_cli.ok("create", "--name", "c", image)
+    ucore_cli.fails(2, "run", "-v", f"{tmp_path}/missing:/x", "c", "true")
+    ucore_cli.fails(2, "run", "-v", f"{tmp_path}:relative", "c", "true")
+    ucore_cli.fails(2, "run", "-v", f"{tmp_path}:/", "c", "true")
+    ucore_cli.fails(2, "run", "-w", "relative", "c", "true")
+    ucore_cli.fails(2, "run", "--cpuset-cpus", "99999", "c", "true")
+    ucore_cli.fails(2, "run", "-e", "=x", "c", "true")
+    ucore_cli.fails(2, "run", "--entrypoint", "", "c")  # nothing left to run
+
+
+def test_docker_flags_udocker_ignores_are_accepted_and_explained(
+    ucore_cli: Ucore, proxy: FaultProxy
+) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    ucore_cli.ok("create", "--name", "c", image)
+    result = ucore_cli.ok("run", "-it", "--dns", "1.1.1.1", "c", "echo", "ok")
+    assert result.stdout == "ok\n"
+    verbose = ucore_cli.ok("-v", "run", "-i", "--dns", "1.1.1.1", "c", "true")
+    assert "-i is accepted and ignored" in verbose.stderr
+    assert "--dns is accepted and ignored" in verbose.stderr
+
+
+def test_bindhome(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    (ucore_cli.home / "in-home").write_text("mine\n")
+    image = f"{proxy.address}/busybox:latest"
+    ucore_cli.ok("create", "--name", "c", image)
+    out = ucore_cli.ok("run", "--bindhome", "c", "cat", f"{ucore_cli.home}/in-home").stdout
+    assert out == "mine\n"
+
+
+# --- setup and info -----------------------------------------------------------------------------
+
+
+def test_setup_takes_engine_names_and_udocker_modes(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    ucore_cli.ok("create", "--name", "c", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("setup", "--execmode=P2", "c")
+    assert ps(ucore_cli)[0]["engine"] == "proot-noseccomp"
+    ucore_cli.ok("setup", "--engine", "proot", "c")
+    assert ps(ucore_cli)[0]["engine"] == "proot"
+    ucore_cli.ok("setup", "--engine", "auto", "c")
+    assert ps(ucore_cli)[0]["engine"] is None
+    ucore_cli.fails(2, "setup", "--engine", "no-such-engine", "c")
+
+
+def test_setup_names_the_plugin_a_mode_needs(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    info = json.loads(ucore_cli.ok("info", "--json").stdout)
+    provided = {a for e in info["engines"] for a in e["aliases"]}
+    if "F1" in provided:
+        pytest.skip("the fakechroot engine is installed here")
+    ucore_cli.ok("create", "--name", "c", f"{proxy.address}/busybox:latest")
+    result = ucore_cli.fails(8, "setup", "--execmode=F1", "c")
+    assert "ucore-fakechroot" in result.stderr
+
+
+def test_info_shows_every_engine_and_why(ucore_cli: Ucore) -> None:
+    info = json.loads(ucore_cli.ok("info", "--json").stdout)
+    engines = {e["name"]: e for e in info["engines"]}
+    assert {"proot", "proot-noseccomp"} <= set(engines)
+    assert engines["proot"]["aliases"] == ["P1"]
+    assert engines["proot-noseccomp"]["aliases"] == ["P2"]
+    for engine in engines.values():
+        assert engine["usable"] or engine["reason"]
+    text = ucore_cli.ok("info").stdout
+    assert "proot" in text and "P1" in text
+
+
+def test_info_says_how_to_get_proot_when_there_is_none(ucore_cli: Ucore, tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path), "UCORE_PROOT": ""}
+    info = json.loads(ucore_cli.ok("info", "--json", env=env).stdout)
+    proot = next(e for e in info["engines"] if e["name"] == "proot")
+    assert not proot["usable"]
+    assert "proot-me.github.io" in proot["reason"]
+
+
+def test_kernel_is_faked_or_refused_clearly(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    ucore_cli.ok("create", "--name", "c", f"{proxy.address}/busybox:latest")
+    result = ucore_cli.run("run", "--kernel", "6.0.0", "c", "uname", "-r")
+    if result.returncode == 0:
+        assert result.stdout == "6.0.0\n"
+    else:
+        assert result.returncode == 8, describe(result)
+        assert "glibc 2.33" in assert_error_line(result)
+
+
+def test_run_needs_a_target(ucore_cli: Ucore) -> None:
+    ucore_cli.fails(2, "run")
+    assert os.path.isdir(ucore_cli.home)
