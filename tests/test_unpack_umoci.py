@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from ucore import images
-from ucore.builtin.unpack import modes_path, unpack_image
+from ucore.builtin.unpack.extract import modes_path, unpack_image
 from ucore.model import ImageRef
 from ucore.store import Store
 from ucore.testing import images as ti

@@ -17,7 +17,7 @@ import pytest
 
 from ucore import images
 from ucore._manager import get_plugin_manager
-from ucore.builtin.unpack import Limits, modes_path, unpack_image
+from ucore.builtin.unpack.extract import Limits, modes_path, unpack_image
 from ucore.config import Config
 from ucore.errors import IntegrityError, NotFoundError
 from ucore.events import Event

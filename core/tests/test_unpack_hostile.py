@@ -19,8 +19,8 @@ from typing import Any, Optional, Union
 import pytest
 
 from ucore import images
-from ucore.builtin.unpack import Limits, unpack_image
 from ucore.builtin.unpack import extract as extract_module
+from ucore.builtin.unpack.extract import Limits, unpack_image
 from ucore.errors import IntegrityError
 from ucore.model import Digest, ImageRef
 from ucore.store import Store

@@ -7,18 +7,20 @@ structlog is never loaded. Output goes to stderr so stdout stays clean for ``--j
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
-_state: dict[str, Any] = {"level": logging.WARNING, "json": False, "configured": False}
+# The standard levels, without importing :mod:`logging` (7 ms) for four numbers.
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
+
+_state: dict[str, Any] = {"level": WARNING, "json": False, "configured": False}
 
 
 def configure_logging(verbosity: int = 0, fmt: str = "console") -> None:
     """Set the threshold (WARNING, ``-v`` INFO, ``-vv`` DEBUG) and the format: ``json`` only
     when asked for, since a batch job's log is read by people as often as by programs (the
     error line stays one plain line either way)."""
-    _state["level"] = max(logging.DEBUG, logging.WARNING - 10 * verbosity)
+    _state["level"] = max(DEBUG, WARNING - 10 * verbosity)
     _state["json"] = fmt == "json"
     _state["configured"] = False
 
@@ -61,16 +63,16 @@ class Logger:
             _structlog().get_logger().log(level, event, logger=self.name, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:
-        self._log(logging.DEBUG, event, kw)
+        self._log(DEBUG, event, kw)
 
     def info(self, event: str, **kw: Any) -> None:
-        self._log(logging.INFO, event, kw)
+        self._log(INFO, event, kw)
 
     def warning(self, event: str, **kw: Any) -> None:
-        self._log(logging.WARNING, event, kw)
+        self._log(WARNING, event, kw)
 
     def error(self, event: str, **kw: Any) -> None:
-        self._log(logging.ERROR, event, kw)
+        self._log(ERROR, event, kw)
 
     def enabled(self, level: int) -> bool:
         return bool(level >= _state["level"])

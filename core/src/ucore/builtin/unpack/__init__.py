@@ -1,8 +1,6 @@
 """The builtin layer unpacker: flattens an image's layers into a container root filesystem,
-treating every layer as hostile (see ``shared/safety-rules.md``, "Unpacking layers")."""
+treating every layer as hostile (see ``shared/safety-rules.md``, "Unpacking layers").
 
-from __future__ import annotations
-
-from ucore.builtin.unpack.extract import Limits, modes_path, unpack_image
-
-__all__ = ["Limits", "modes_path", "unpack_image"]
+The machinery lives in :mod:`.extract` (imported only when unpacking, so that ``ucore run``
+does not pay for it): ``unpack_image``, ``Limits``, ``modes_path``.
+"""
