@@ -145,7 +145,9 @@ def test_recent_path_syscalls_work_under_this_proot(
 
 @needs_proot
 def test_exit_status_and_leftovers(session: Session) -> None:
-    spec = RunSpec(argv=("/bin/sh", "-c", "sleep 30 & exit 3"), env=(("PATH", "/usr/bin:/bin"),))
+    # "sleep 0.5": the watcher can miss a main process gone within milliseconds under load.
+    script = "sleep 30 & sleep 0.5; exit 3"
+    spec = RunSpec(argv=("/bin/sh", "-c", script), env=(("PATH", "/usr/bin:/bin"),))
     assert _run(session, spec) == 3
     spec = RunSpec(argv=("/bin/sh", "-c", "kill -TERM $$"), env=(("PATH", "/usr/bin:/bin"),))
     assert _run(session, spec) in (143, 255)  # 255: a kernel without PIDFD_INFO_EXIT

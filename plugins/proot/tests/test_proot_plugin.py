@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from importlib import metadata
+from ucore.testing.plugins import check_registration
 
 
-def test_entry_point_resolves_to_the_plugin_module() -> None:
-    eps = (
-        metadata.entry_points(group="ucore")
-        if sys.version_info >= (3, 10)
-        else (metadata.entry_points().get("ucore", []))
-    )
-    [ep] = [ep for ep in eps if ep.name == "proot"]
-    assert ep.load().__name__ == "ucore_proot.plugin"
-
-
-def test_ucore_lists_the_plugin_with_its_version(tmp_path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "ucore", "plugins", "--json"],
-        env={"UCORE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = {row["name"]: row for row in json.loads(out)}
-    assert rows["proot"]["status"] == "loaded"
-    assert rows["proot"]["distribution"] == "ucore-proot"
-    assert rows["proot"]["version"] == metadata.version("ucore-proot")
+def test_registered_through_the_ucore_entry_point() -> None:
+    row = check_registration("proot", "ucore_proot.plugin", "ucore-proot")
+    assert row["hooks"] == ["ucore_register_engines"]
