@@ -17,6 +17,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -178,14 +179,40 @@ def release_name(store: Store, name: str, cid: Optional[str] = None) -> bool:
     return True
 
 
-def create(session: Session, image: Image, name: Optional[str] = None) -> Container:
-    """Unpack ``image`` into a new container (staging directory renamed into place)."""
-    store = session.store.ensure()
+@contextlib.contextmanager
+def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tuple[str, Path]]:
+    """Reserve the name, hand out a staging directory, and publish it as ``containers/<id>``
+    when the block completes; when it fails, remove the staging directory and the name."""
     cid = uuid.uuid4().hex
     if name is not None:
         reserve_name(store, name, cid)
     staging = store.containers / f".staging-{cid}.{_HOST}.{os.getpid()}"
     try:
+        yield cid, staging
+        os.rename(staging, store.containers / cid)
+    except BaseException as exc:
+        remove_tree(staging)
+        if name is not None:
+            release_name(store, name, cid)
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+            _src, _dst, why = exc.args[0][0]
+            raise StoreError(f"{what}: {why}".splitlines()[0]) from None
+        if isinstance(exc, OSError):
+            raise store_error(exc, what) from exc
+        if isinstance(exc, RecursionError):
+            raise StoreError(f"{what}: the tree nests too deep") from None
+        raise
+
+
+def _write_meta(staging: Path, meta: dict[str, Any]) -> None:
+    with open(staging / META, "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def create(session: Session, image: Image, name: Optional[str] = None) -> Container:
+    """Unpack ``image`` into a new container (staging directory renamed into place)."""
+    store = session.store.ensure()
+    with _new_container(store, name, "creating the container") as (cid, staging):
         staging.mkdir(mode=0o700)
         (staging / "ROOT").mkdir(mode=0o755)
         # the shared gc lock keeps a concurrent rmi from deleting the layers mid-unpack
@@ -193,24 +220,17 @@ def create(session: Session, image: Image, name: Optional[str] = None) -> Contai
             root = session.hook.ucore_unpack(image=image, dest=staging / "ROOT", session=session)
         if root is None:
             raise IntegrityError("no plugin could unpack the image (is 'unpack' blocked?)")
-        meta = {
-            "image": str(image.ref),
-            "manifest": str(image.manifest_digest),
-            "platform": str(image.platform) if image.platform else None,
-            "created": time.time(),
-            "engine": None,
-            "protected": False,
-        }
-        with open(staging / META, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.rename(staging, store.containers / cid)
-    except BaseException as exc:
-        remove_tree(staging)
-        if name is not None:
-            release_name(store, name, cid)
-        if isinstance(exc, OSError):
-            raise store_error(exc, "creating the container") from exc
-        raise
+        _write_meta(
+            staging,
+            {
+                "image": str(image.ref),
+                "manifest": str(image.manifest_digest),
+                "platform": str(image.platform) if image.platform else None,
+                "created": time.time(),
+                "engine": None,
+                "protected": False,
+            },
+        )
     return _container(store, cid)
 
 
@@ -362,29 +382,11 @@ def size_of(container: Container) -> int:
 def clone(session: Session, source: Container, name: Optional[str] = None) -> Container:
     """Copy a container (links kept as links, modes kept) into a new one."""
     store = session.store
-    cid = uuid.uuid4().hex
-    if name is not None:
-        reserve_name(store, name, cid)
-    staging = store.containers / f".staging-{cid}.{_HOST}.{os.getpid()}"
-    try:
+    with _new_container(store, name, f"cloning container {source.id}") as (cid, staging):
         shutil.copytree(source.dir, staging, symlinks=True, copy_function=_copy_owned)
         meta = _read_meta(staging)
         meta.update({"created": time.time(), "protected": False, "cloned_from": source.id})
-        with open(staging / META, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.rename(staging, store.containers / cid)
-    except BaseException as exc:
-        remove_tree(staging)
-        if name is not None:
-            release_name(store, name, cid)
-        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-            _src, _dst, why = exc.args[0][0]
-            raise StoreError(f"cloning container {source.id}: {why}".splitlines()[0]) from None
-        if isinstance(exc, OSError):
-            raise store_error(exc, f"cloning container {source.id}") from None
-        if isinstance(exc, RecursionError):
-            raise StoreError(f"container {source.id} nests too deep to clone") from None
-        raise
+        _write_meta(staging, meta)
     return _container(store, cid)
 
 
