@@ -2,13 +2,15 @@
 
 Starts a local registry (Debian's ``docker-registry``), pushes a busybox image and a
 multi-platform index built from scratch, then drives the real ``ucore`` command against them:
-pull, images, inspect, verify, save, rmi and load. Each step prints what it ran; the exit
+pull, images, verify, run (a throw-away container, then a named one that keeps its state), ps,
+rm, save, rmi and load. Each step prints what it ran; the exit
 status is non-zero if any step fails.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,13 +35,19 @@ def main() -> int:
                 ["pull", "--platform=linux/arm64", f"{registry.address}/demo/multi"],
                 ["images", "-p"],
                 ["verify", name],
+                ["run", "--rm", name, "sh", "-c", "echo hello from a container; id; ls /"],
+                ["create", "--name", "demo", name],
+                ["run", "demo", "sh", "-c", "echo kept > /tmp/state"],
+                ["run", "demo", "cat", "/tmp/state"],
+                ["ps", "-m"],
+                ["rm", "demo"],
                 ["save", "-o", str(work / "busybox.tar"), name],
                 ["rmi", name],
                 ["load", "-i", str(work / "busybox.tar")],
                 ["images", "-l"],
             ]
             for args in steps:
-                print(f"$ ucore {' '.join(args)}", flush=True)
+                print(f"$ ucore {shlex.join(args)}", flush=True)
                 proc = subprocess.run([sys.executable, "-m", "ucore", *args], env=env)
                 if proc.returncode != 0:
                     print(f"demo failed at 'ucore {args[0]}' (exit {proc.returncode})")
