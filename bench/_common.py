@@ -7,12 +7,15 @@ and ratios of medians rather than single times. Wall time comes from Python's mo
 ``time.perf_counter``; peak memory from GNU ``/usr/bin/time -v`` ("Maximum resident set size"),
 a public tool present on every Debian machine (package ``time``).
 
-A scenario (``pull.py``, later create/run latency) defines :class:`Case` subclasses and hands
-them to :func:`alternate`, then prints with :func:`print_table` and :func:`print_ratio`.
+A scenario (``pull.py``, ``create.py``, ``run.py``) defines :class:`Case` subclasses and hands
+them to :func:`alternate`, then prints with :func:`print_table` and :func:`print_ratio`. The
+tools every scenario runs are set up here too: ucore's environment (an uninstalled checkout),
+udocker from PyPI in a venv under the cache, and the proot wrapper udocker needs on Debian.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +32,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 GNU_TIME = "/usr/bin/time"
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+CACHE_DIR = BENCH_DIR / ".cache"
+UCORE_SOURCE = REPO_ROOT / "core" / "src"
+UDOCKER_VERSION = "1.3.17"
+UDOCKER_VENV = CACHE_DIR / "udocker-venv"
+UCORE_VENV = CACHE_DIR / "ucore-venv"
+# The distributions a clean ucore venv holds: the core and the PRoot engine (P1, P2).
+UCORE_VENV_DISTS = (REPO_ROOT / "core", REPO_ROOT / "plugins" / "proot")
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,10 @@ class Case:
     def verify(self, workdir: Path, result: RunResult) -> Optional[str]:
         return None
 
+    def cleanup(self, workdir: Path, result: RunResult) -> None:
+        """Undoes a run's lasting effects outside ``workdir`` (untimed), e.g. removes the
+        container a create made in a store that lives on from round to round."""
+
 
 def parse_time_v(text: str) -> dict[str, str]:
     """``/usr/bin/time -v`` report as {field: value}, e.g. "Maximum resident set size (kbytes)".
@@ -109,13 +126,13 @@ def timed_run(invocation: Invocation, timeout: float) -> RunResult:
 
     The command gets its own session so that a timeout kills its whole process tree (not only
     ``time``). Output goes to files, not pipes, so that reading it costs the command nothing.
+    The wait blocks (a timer thread enforces the timeout), so the time is not rounded up.
     """
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         report = Path(tmp) / "time.txt"
         out_path = Path(tmp) / "stdout"
         err_path = Path(tmp) / "stderr"
         argv = [GNU_TIME, "-v", "-o", str(report), *invocation.argv]
-        timed_out = False
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             started = time.perf_counter()
             proc = subprocess.Popen(
@@ -127,13 +144,25 @@ def timed_run(invocation: Invocation, timeout: float) -> RunResult:
                 stderr=err,
                 start_new_session=True,
             )
+            expired = threading.Event()
+
+            def kill() -> None:
+                if proc.returncode is not None:  # already reaped: its id may be reused
+                    return
+                expired.set()
+                with contextlib.suppress(ProcessLookupError):  # it ended as the timer fired
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+            # A blocking wait returns as soon as the command ends: ``Popen.wait(timeout)``
+            # polls with sleeps growing to 50 ms, which would round short runs up by as much.
+            timer = threading.Timer(timeout, kill)
+            timer.start()
             try:
-                returncode = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
                 returncode = proc.wait()
+            finally:
+                timer.cancel()
             seconds = time.perf_counter() - started
+            timed_out = expired.is_set()
         fields = parse_time_v(report.read_text(errors="replace")) if report.exists() else {}
         return RunResult(
             seconds=seconds,
@@ -167,18 +196,22 @@ def alternate(
     timeout: float,
     between: Optional[Callable[[], None]] = None,
     log: Callable[[str], None] = print,
+    compact: bool = False,
 ) -> list[Sample]:
     """Runs every case once per round, in turn, each in a fresh ``workroot/NAME`` directory.
 
     ``between`` runs before each timed command (outside the timing), e.g. ``os.sync`` so that
     one run's write-back does not land in the next one. A case that fails is not run again: a
-    broken command has no speed, and the other cases still get their rounds.
+    broken command has no speed, and the other cases still get their rounds. After each run,
+    ``Case.cleanup`` undoes its effects outside ``workdir`` (untimed). ``compact`` logs one line
+    per round (every case's seconds) instead of one per run: for many short runs.
     """
     samples: list[Sample] = []
     failed: set[str] = set()
     total = warmup + rounds
     for number in range(total):
         label = "warm-up" if number < warmup else f"round {number - warmup + 1}/{rounds}"
+        line: list[str] = []
         for case in cases:
             if case.name in failed:
                 continue
@@ -205,12 +238,20 @@ def alternate(
                 case.name, number, number < warmup, result.seconds, result.max_rss_kb, error
             )
             samples.append(sample)
-            shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                case.cleanup(workdir, result)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
             rss = f"{result.max_rss_kb / 1024:7.1f} MB" if result.max_rss_kb else "      ? MB"
             status = "" if error is None else f"  FAILED {error}"
-            log(f"  {label:>12}  {case.name:<10} {result.seconds:7.3f} s {rss}{status}")
+            if compact and error is None:
+                line.append(f"{case.name} {result.seconds:.3f}")
+            else:
+                log(f"  {label:>12}  {case.name:<10} {result.seconds:7.3f} s {rss}{status}")
             if error is not None:
                 failed.add(case.name)
+        if compact and line:
+            log(f"  {label:>12}  {'  '.join(line)}")
     return samples
 
 
@@ -340,3 +381,163 @@ def filesystem_type(path: Path) -> str:
 
 def python_info() -> str:
     return f"Python {sys.version.split()[0]}"
+
+
+def parse_env(pairs: Sequence[str], option: str = "--ucore-env") -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option} wants KEY=VALUE, not {pair!r}")
+        env[key] = value
+    return env
+
+
+def ucore_env(
+    base: Mapping[str, str],
+    store: Path,
+    extra: Optional[Mapping[str, str]] = None,
+    plugins: bool = False,
+) -> dict[str, str]:
+    """Environment for ``{python} -m ucore`` from this checkout: ``core/src`` first on
+    ``PYTHONPATH`` (no install needed), ``UCORE_DIR`` the store, then ``extra``. ``plugins``
+    also puts the sources of the venv's plugins (:data:`UCORE_VENV_DISTS`) there."""
+    env = dict(base)
+    sources = [str(UCORE_SOURCE)]
+    if plugins:
+        sources += [str(dist / "src") for dist in UCORE_VENV_DISTS if dist / "src" != UCORE_SOURCE]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*sources, env.get("PYTHONPATH")]))
+    env["UCORE_DIR"] = str(store)
+    env.update(extra or {})
+    return env
+
+
+def ucore_import_path() -> None:
+    """Makes ``import ucore`` work from an uninstalled checkout (for ``ucore.testing``)."""
+    try:
+        import ucore  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(UCORE_SOURCE))
+
+
+def ensure_udocker(venv: Path = UDOCKER_VENV) -> Path:
+    """udocker from PyPI in a venv under the cache, installed on first use."""
+    executable = venv / "bin" / "udocker"
+    if not executable.exists():
+        print(f"installing udocker=={UDOCKER_VERSION} into {venv} (once)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", f"udocker=={UDOCKER_VERSION}"],
+            check=True,
+        )
+    return executable
+
+
+def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
+    """A venv with ucore, its PRoot plugin and their dependencies, built once; its python.
+
+    udocker runs from a venv of its own, where interpreter start-up is as cheap as Python
+    makes it; the interpreter ucore runs with may have ``.pth`` files in its site-packages that
+    import modules at every start. The distributions are installed from a copy of their
+    sources (so nothing is written into the checkout); :func:`ucore_env` still puts the
+    checkout's sources first on ``PYTHONPATH`` (pass ``plugins=True`` for the plugin's), so
+    the venv provides the dependencies and the plugin's entry point, not stale code.
+    """
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    print(f"building a clean ucore venv in {venv} (once)")
+    with tempfile.TemporaryDirectory(prefix="ucore-venv-src-") as tmp:
+        copies = []
+        for dist in UCORE_VENV_DISTS:
+            copy = Path(tmp) / dist.name
+            copy.mkdir()
+            for item in ("pyproject.toml", "README.md", "src"):
+                if (dist / item).is_dir():
+                    shutil.copytree(
+                        dist / item,
+                        copy / item,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+                    )
+                elif (dist / item).exists():
+                    shutil.copy2(dist / item, copy / item)
+            copies.append(str(copy))
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        try:
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", *copies], check=True)
+        except BaseException:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise
+    return python
+
+
+def udocker_argv(executable: Path, *args: str) -> list[str]:
+    """``udocker [--allow-root] ARGS``: udocker refuses to run as root without the flag."""
+    argv = [str(executable)]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    return [*argv, *args]
+
+
+def udocker_env(
+    base: Mapping[str, str], store: Path, proot: Optional[Path] = None
+) -> dict[str, str]:
+    """udocker with its store at ``store``, no tools tarball (nothing downloaded), and the
+    system's (or the given) proot instead of its own."""
+    env = dict(base)
+    env.update(
+        {
+            "UDOCKER_DIR": str(store),
+            "UDOCKER_TARBALL": "",
+            "UDOCKER_USE_PROOT_EXECUTABLE": str(proot or shutil.which("proot") or "/usr/bin/proot"),
+        }
+    )
+    return env
+
+
+# udocker always passes ``-k <host kernel release>`` to proot; Debian's proot 5.1.0 then breaks
+# every glibc 2.33+ binary ("cannot stat shared object"). This wrapper drops the pair.
+PROOT_WRAPPER = """#!/bin/sh
+# proot without udocker's "-k RELEASE" (breaks glibc 2.33+ under Debian's proot 5.1.0)
+skip=0
+for arg do
+    shift
+    if [ "$skip" = 1 ]; then skip=0; continue; fi
+    if [ "$arg" = -k ]; then skip=1; continue; fi
+    set -- "$@" "$arg"
+done
+exec {proot} "$@"
+"""
+
+
+def write_proot_wrapper(path: Path, proot: str = "/usr/bin/proot") -> Path:
+    """Writes the ``-k``-dropping proot wrapper (see :data:`PROOT_WRAPPER`) at ``path``."""
+    path.write_text(PROOT_WRAPPER.format(proot=proot))
+    path.chmod(0o755)
+    return path
+
+
+def checked(argv: Sequence[str], env: Mapping[str, str], what: str, timeout: float = 600) -> str:
+    """Runs an untimed setup command; its stdout, or RuntimeError with its last output line."""
+    proc = subprocess.run(
+        list(argv), env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        message = last_line(proc.stderr) or last_line(proc.stdout)
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {message}")
+    return proc.stdout
+
+
+def print_check(label: str, text: str, ok: Optional[bool]) -> None:
+    """``label   text: PASS|FAIL``; just ``label   text`` when ``ok`` is None (no figure)."""
+    verdict = "" if ok is None else (": PASS" if ok else ": FAIL")
+    print(f"{label:<18} {text}{verdict}")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: figures taken under load are noisy."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"

@@ -22,7 +22,6 @@ import os
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ import _common
 import _image
 from _common import Case, Invocation, RunResult, Stats
 
-UDOCKER_VERSION = "1.3.17"
-UDOCKER_VENV = _image.CACHE_DIR / "udocker-venv"
+UDOCKER_VERSION = _common.UDOCKER_VERSION
+UDOCKER_VENV = _common.UDOCKER_VENV
 DEFAULT_UCORE_CMD = "{python} -m ucore pull {address}/{image}"
 TOOLS = ("ucore", "udocker", "skopeo", "curl")
 RSS_TARGET_MB = 100.0
@@ -109,12 +108,9 @@ class UcoreCase(StoreCase):
                 store=store,
             )
         )
-        env = self.base_env(workdir)
-        source = str(_image.REPO_ROOT / "core" / "src")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-        env["UCORE_DIR"] = str(store)
-        env["UCORE_INSECURE"] = self.address
-        env.update(self.extra_env)
+        env = _common.ucore_env(
+            self.base_env(workdir), store, {"UCORE_INSECURE": self.address, **self.extra_env}
+        )
         return Invocation(argv, env)
 
 
@@ -133,10 +129,9 @@ class UdockerCase(StoreCase):
         store.mkdir()
         env = self.base_env(workdir)
         env.update({"UDOCKER_TARBALL": "", "UDOCKER_DIR": str(store)})
-        argv = [str(self.executable)]
-        if os.geteuid() == 0:
-            argv.append("--allow-root")
-        argv += ["pull", f"--registry={self.url}", self.image.reference]
+        argv = _common.udocker_argv(
+            self.executable, "pull", f"--registry={self.url}", self.image.reference
+        )
         return Invocation(argv, env)
 
 
@@ -190,34 +185,6 @@ class CurlCase(Case):
         if got != self.image.compressed_bytes:
             return f"downloaded {got} bytes, expected {self.image.compressed_bytes}"
         return None
-
-
-def ensure_udocker() -> Path:
-    """udocker from PyPI in a venv under the cache, installed on first use."""
-    executable = UDOCKER_VENV / "bin" / "udocker"
-    if not executable.exists():
-        print(f"installing udocker=={UDOCKER_VERSION} into {UDOCKER_VENV} (once)")
-        subprocess.run([sys.executable, "-m", "venv", str(UDOCKER_VENV)], check=True)
-        subprocess.run(
-            [
-                str(UDOCKER_VENV / "bin" / "pip"),
-                "install",
-                "--quiet",
-                f"udocker=={UDOCKER_VERSION}",
-            ],
-            check=True,
-        )
-    return executable
-
-
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--ucore-env wants KEY=VALUE, not {pair!r}")
-        env[key] = value
-    return env
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -284,9 +251,11 @@ def make_cases(
     cases: list[Case] = []
     for tool in args.tools:
         if tool == "ucore":
-            cases.append(UcoreCase(image, args.ucore_cmd, address, url, parse_env(args.ucore_env)))
+            cases.append(
+                UcoreCase(image, args.ucore_cmd, address, url, _common.parse_env(args.ucore_env))
+            )
         elif tool == "udocker":
-            cases.append(UdockerCase(image, ensure_udocker(), url))
+            cases.append(UdockerCase(image, _common.ensure_udocker(), url))
         elif tool == "skopeo":
             cases.append(SkopeoCase(image, address))
         elif tool in ("curl", "curl-par"):
