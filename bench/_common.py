@@ -15,6 +15,7 @@ udocker from PyPI in a venv under the cache, and the proot wrapper udocker needs
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -541,3 +542,70 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
+
+
+# --- command lines --------------------------------------------------------------------------
+
+
+def bench_parser(
+    description: str,
+    *,
+    runs: int,
+    warmup: int,
+    tools: Sequence[str],
+    tools_help: str,
+    ucore_cmd: str,
+    ucore_fields: str,
+) -> argparse.ArgumentParser:
+    """The options every benchmark shares: rounds, tools, ucore's command and environment,
+    JSON output."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=runs, help="counted rounds")
+    parser.add_argument("--warmup", type=int, default=warmup, help="uncounted rounds first")
+    parser.add_argument(
+        "--tools",
+        default=",".join(tools),
+        help=f"comma-separated, run in this order each round: {tools_help}",
+    )
+    parser.add_argument(
+        "--ucore-cmd", default=ucore_cmd, help=f"ucore's command; fields {ucore_fields}"
+    )
+    parser.add_argument(
+        "--ucore-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for ucore (repeatable), e.g. UCORE_JOBS=8",
+    )
+    parser.add_argument("--json", type=Path, help="also write raw samples and stats here")
+    return parser
+
+
+def add_big_image_options(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """Options of the benchmarks that use the big image and write to disk."""
+    parser.add_argument("--layers", type=int, default=10, help="layers in the big image")
+    parser.add_argument("--size-mb", type=int, default=500, help="gzip size of the big image")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached image")
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per command")
+    parser.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not call sync before each run (by default one run's write-back is flushed"
+        " before the next starts)",
+    )
+
+
+def parse_checked(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], known: Sequence[str]
+) -> argparse.Namespace:
+    """Parse, split ``--tools`` and refuse unknown tools or impossible round counts."""
+    args = parser.parse_args(argv)
+    args.tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
+    unknown = set(args.tools) - set(known)
+    if unknown:
+        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be at least 1 and --warmup at least 0")
+    return args

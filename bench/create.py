@@ -272,17 +272,15 @@ class TarCase(CreateCase):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Time ucore create against udocker create, umoci unpack and a tar floor,"
+    parser = _common.bench_parser(
+        "Time ucore create against udocker create, umoci unpack and a tar floor,"
         " on tmpfs and on disk.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--runs", type=int, default=5, help="counted rounds per place")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first")
-    parser.add_argument(
-        "--tools",
-        default=",".join(TOOLS),
-        help="comma-separated, run in this order each round: ucore, udocker, umoci, tar",
+        runs=5,
+        warmup=1,
+        tools=TOOLS,
+        tools_help="ucore, udocker, umoci, tar",
+        ucore_cmd=DEFAULT_UCORE_CMD,
+        ucore_fields="{python} {address} {image} {name} {store}",
     )
     parser.add_argument(
         "--dest-dir",
@@ -291,39 +289,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="where stores and roots go, one place after another (repeatable; default"
         f" {' and '.join(str(path) for path in DEFAULT_DEST_DIRS)}: tmpfs, then disk)",
     )
-    parser.add_argument(
-        "--ucore-cmd",
-        default=DEFAULT_UCORE_CMD,
-        help="ucore's command; fields {python} {address} {image} {name} {store}",
-    )
-    parser.add_argument(
-        "--ucore-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for ucore (repeatable)",
-    )
-    parser.add_argument("--layers", type=int, default=10, help="layers in the big image")
-    parser.add_argument("--size-mb", type=int, default=500, help="gzip size of the big image")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached image")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per command")
-    parser.add_argument(
-        "--no-sync",
-        action="store_true",
-        help="do not call sync before each run (by default one run's write-back is flushed"
-        " before the next starts)",
-    )
-    parser.add_argument("--json", type=Path, help="also write raw samples and stats here")
+    _common.add_big_image_options(parser, timeout=600)
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless ucore is within 1.3x tar everywhere"
     )
-    args = parser.parse_args(argv)
-    args.tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
-    unknown = set(args.tools) - set(TOOLS)
-    if unknown:
-        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
-    if args.runs < 1 or args.warmup < 0:
-        parser.error("--runs must be at least 1 and --warmup at least 0")
+    args = _common.parse_checked(parser, argv, TOOLS)
     args.dest_dir = args.dest_dir or [path for path in DEFAULT_DEST_DIRS if path.parent.is_dir()]
     return args
 

@@ -188,17 +188,14 @@ class CurlCase(Case):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Time ucore pull against udocker pull, skopeo copy and a curl floor.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--runs", type=int, default=5, help="counted rounds")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first")
-    parser.add_argument(
-        "--tools",
-        default=",".join(TOOLS),
-        help="comma-separated, run in this order each round: ucore, udocker, skopeo, curl,"
-        " curl-par",
+    parser = _common.bench_parser(
+        "Time ucore pull against udocker pull, skopeo copy and a curl floor.",
+        runs=5,
+        warmup=1,
+        tools=TOOLS,
+        tools_help="ucore, udocker, skopeo, curl, curl-par",
+        ucore_cmd=DEFAULT_UCORE_CMD,
+        ucore_fields="{python} {address} {url} {image} {store}",
     )
     parser.add_argument(
         "--store-dir",
@@ -207,42 +204,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="where the fresh stores go: tmpfs (/dev/shm) or a disk directory, e.g."
         " bench/.cache/stores",
     )
-    parser.add_argument(
-        "--ucore-cmd",
-        default=DEFAULT_UCORE_CMD,
-        help="ucore's command; fields {python} {address} {url} {image} {store}",
-    )
-    parser.add_argument(
-        "--ucore-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for ucore (repeatable), e.g. UCORE_JOBS=8",
-    )
-    parser.add_argument("--layers", type=int, default=10, help="layers in the big image")
-    parser.add_argument("--size-mb", type=int, default=500, help="gzip size of the big image")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached image")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per command")
-    parser.add_argument(
-        "--no-sync",
-        action="store_true",
-        help="do not call sync before each run (by default one run's write-back is flushed"
-        " before the next starts)",
-    )
-    parser.add_argument("--json", type=Path, help="also write raw samples and stats here")
+    _common.add_big_image_options(parser, timeout=300)
     parser.add_argument(
         "--check",
         action="store_true",
         help="exit 1 unless ucore meets the targets (<=0.7x udocker, < skopeo, <100 MB RSS)",
     )
-    args = parser.parse_args(argv)
-    args.tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
-    unknown = set(args.tools) - {*TOOLS, "curl-par"}
-    if unknown:
-        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
-    if args.runs < 1 or args.warmup < 0:
-        parser.error("--runs must be at least 1 and --warmup at least 0")
-    return args
+    return _common.parse_checked(parser, argv, [*TOOLS, "curl-par"])
 
 
 def make_cases(

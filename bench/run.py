@@ -99,36 +99,21 @@ def setup_containers(
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Time ucore run against udocker run and proot itself (/bin/true).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--runs", type=int, default=20, help="counted rounds")
-    parser.add_argument("--warmup", type=int, default=3, help="uncounted rounds first")
-    parser.add_argument(
-        "--tools",
-        default=",".join(TOOLS),
-        help="comma-separated, run in this order each round: ucore, udocker, proot, python"
-        " (python -c pass), ucore-ver (python -m ucore version), py-udocker (python -c pass"
-        " with udocker's venv interpreter)",
+    parser = _common.bench_parser(
+        "Time ucore run against udocker run and proot itself (/bin/true).",
+        runs=20,
+        warmup=3,
+        tools=TOOLS,
+        tools_help="ucore, udocker, proot, python (python -c pass), ucore-ver (python -m ucore"
+        " version), py-udocker (python -c pass with udocker's venv interpreter)",
+        ucore_cmd=DEFAULT_UCORE_CMD,
+        ucore_fields="{python} {container} {store}",
     )
     parser.add_argument(
         "--store-dir",
         type=Path,
         default=Path("/dev/shm") if Path("/dev/shm").is_dir() else _image.CACHE_DIR / "stores",
         help="where the stores go",
-    )
-    parser.add_argument(
-        "--ucore-cmd",
-        default=DEFAULT_UCORE_CMD,
-        help="ucore's command; fields {python} {container} {store}",
-    )
-    parser.add_argument(
-        "--ucore-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for ucore (repeatable)",
     )
     parser.add_argument(
         "--python",
@@ -144,17 +129,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--proot", default="/usr/bin/proot", help="the proot every tool uses")
     parser.add_argument("--timeout", type=float, default=60, help="seconds per command")
     parser.add_argument("--verbose", action="store_true", help="a line per run, not per round")
-    parser.add_argument("--json", type=Path, help="also write raw samples and stats here")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless ucore meets both overhead targets"
     )
-    args = parser.parse_args(argv)
-    args.tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
-    unknown = set(args.tools) - set(TOOLS)
-    if unknown:
-        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
-    if args.runs < 1 or args.warmup < 0:
-        parser.error("--runs must be at least 1 and --warmup at least 0")
+    args = _common.parse_checked(parser, argv, TOOLS)
     if "udocker" not in args.tools and "py-udocker" in args.tools:
         args.tools.remove("py-udocker")
     return args
