@@ -248,6 +248,15 @@ def lookup(store: Store, text: str) -> Container:
     raise NotFoundError(f"no container named {text!r} (see 'ucore ps')")
 
 
+def find(store: Store, text: str) -> Optional[Container]:
+    """:func:`lookup`, or None when no container has that name or id (callers that accept a
+    container or an image then try the image)."""
+    try:
+        return lookup(store, text)
+    except NotFoundError:
+        return None
+
+
 def all_ids(store: Store) -> list[str]:
     try:
         return sorted(e for e in os.listdir(store.containers) if _ID.fullmatch(e))

@@ -350,10 +350,7 @@ def cmd_clone(session: Session, args: argparse.Namespace) -> int:
 def cmd_protect(session: Session, args: argparse.Namespace) -> int:
     """A container first, then an image, as udocker resolves the argument."""
     store = session.store
-    try:
-        container = containers.lookup(store, args.target)
-    except NotFoundError:
-        container = None
+    container = containers.find(store, args.target)
     if container is not None:
         containers.update(store, container, protected=args.protect)
         return 0

@@ -203,10 +203,7 @@ def cmd_inspect(session: Session, args: argparse.Namespace) -> int:
     from ucore.commands.containers import describe
 
     store = session.store
-    try:
-        container = containers.lookup(store, args.image)
-    except NotFoundError:
-        container = None
+    container = containers.find(store, args.image)
     if container is not None:
         if args.print_path:
             print(container.root)
