@@ -126,3 +126,20 @@ def test_logout_of_an_unknown_registry_is_harmless(tmp_path: Path) -> None:
     proc = ucore(tmp_path, "logout", "nowhere.example")
     assert proc.returncode == 0
     assert proc.stdout == "no stored credentials for nowhere.example\n"
+
+
+def test_command_table_matches_what_the_modules_define() -> None:
+    """The start-up shortcut builds one module's parsers: its table must not drift."""
+    import argparse
+    import importlib
+
+    from ucore.cli import COMMAND_MODULES, COMMANDS, Parser, _common_options
+
+    found = {}
+    for module in COMMAND_MODULES:
+        parser = Parser(prog="ucore")
+        sub = parser.add_subparsers(dest="command", parser_class=Parser)
+        importlib.import_module(module).add_commands(sub, _common_options())
+        found.update(dict.fromkeys(sub.choices, module))
+    assert found == COMMANDS
+    assert isinstance(parser, argparse.ArgumentParser)

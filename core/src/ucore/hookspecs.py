@@ -38,7 +38,8 @@ def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]
 
     :param parser: the top-level parser; options added here apply to every command.
     :param subcommands: the parsers of each command by name (``"pull"``, ``"run"``, …), for
-        options that belong to one command only (e.g. ``--gpus`` on ``run``).
+        options that belong to one command only (e.g. ``--gpus`` on ``run``). Only the
+        commands this invocation can run are built, so look them up with ``.get(name)``.
     """
 
 
