@@ -158,9 +158,6 @@ def test_plugins_are_blocked_by_flag_and_environment(plugin_path: Path) -> None:
         UCORE_DISABLE_PLUGINS="thirdparty,broken,registry",
     )
     rows = {row["name"]: row["status"] for row in json.loads(proc.stdout)}
-    assert set(rows.values()) == {"blocked"} or all(
-        status in ("blocked", "loaded") for status in rows.values()
-    )
     assert rows["registry"] == "blocked"
     assert rows["thirdparty"] == "blocked"
 
