@@ -495,6 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [package for binary, package in needed.items() if shutil.which(binary) is None]
     if missing:
         raise SystemExit(f"missing tools: apt-get install {' '.join(missing)}")
+    _common.compile_sources(sys.executable)
     image = _image.ensure_image(args.layers, args.size_mb, rebuild=args.rebuild)
     expected = layer_last_paths(image)
     udocker = _common.ensure_udocker() if "udocker" in args.tools else None

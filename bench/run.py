@@ -256,6 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     udocker = _common.ensure_udocker() if "udocker" in args.tools else None
     if args.ucore_venv:
         args.python = str(_common.ensure_ucore_venv())
+    _common.compile_sources(args.python)
     args.store_dir.mkdir(parents=True, exist_ok=True)
     place = Path(tempfile.mkdtemp(prefix="ucore-bench-run-", dir=args.store_dir))
     try:
