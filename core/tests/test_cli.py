@@ -13,7 +13,7 @@ import pytest
 
 from ucore.config import Config
 from ucore.errors import EXIT_CODES, UsageError
-from ucore.model import Platform
+from ucore.oci import Platform
 
 
 def ucore(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

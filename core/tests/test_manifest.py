@@ -8,7 +8,7 @@ import pytest
 
 from ucore import manifest as mf
 from ucore.errors import IntegrityError, NotFoundError, RegistryError
-from ucore.model import Platform
+from ucore.oci import Platform
 
 D = "sha256:" + "b" * 64
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ucore.errors import IntegrityError, UsageError
-from ucore.model import Descriptor, Digest, ImageRef, Platform
+from ucore.oci import Descriptor, Digest, ImageRef, Platform
 
 HEX = "a" * 64
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ucore.errors import IntegrityError, StoreError
-from ucore.model import Digest, ImageRef
+from ucore.oci import Digest, ImageRef
 from ucore.store import _HOST, Store
 
 
@@ -144,7 +144,7 @@ def test_disk_full_is_a_clear_error_and_leaves_the_store_consistent(tmp_path: Pa
         "import sys, hashlib, os\n"
         "from pathlib import Path\n"
         "from ucore.store import Store\n"
-        "from ucore.model import Digest\n"
+        "from ucore.oci import Digest\n"
         "from ucore.errors import StoreError\n"
         "s = Store(Path(sys.argv[1]) / 's').ensure()\n"
         "data = os.urandom(1 << 20)\n"

@@ -22,7 +22,7 @@ from ucore.config import Config
 from ucore.errors import IntegrityError, NotFoundError
 from ucore.events import Event
 from ucore.hookspecs import hookimpl
-from ucore.model import Image, ImageRef
+from ucore.oci import Image, ImageRef
 from ucore.session import Session
 from ucore.store import Store
 from ucore.testing import images as ti

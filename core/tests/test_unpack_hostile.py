@@ -22,7 +22,7 @@ from ucore import images
 from ucore.builtin.unpack import extract as extract_module
 from ucore.builtin.unpack.extract import Limits, unpack_image
 from ucore.errors import IntegrityError
-from ucore.model import Digest, ImageRef
+from ucore.oci import Digest, ImageRef
 from ucore.store import Store
 from ucore.testing import images as ti
 

@@ -26,7 +26,7 @@ from ucore import images
 from ucore import manifest as mf
 from ucore.errors import IntegrityError, UsageError
 from ucore.layers import compression, open_decompressed
-from ucore.model import Descriptor, Digest, Image, ImageRef
+from ucore.oci import Descriptor, Digest, Image, ImageRef
 from ucore.store import Store, store_error
 
 MAX_MEMBERS = 100_000
@@ -150,7 +150,7 @@ def _platform_manifest(store: Store, contents: _Contents, desc: Descriptor) -> D
         raise IntegrityError(f"archive blob {desc.digest} does not match its name")
     doc = mf.parse(store.read_blob(digest, mf.MAX_MANIFEST))
     if isinstance(doc, mf.Index):
-        from ucore.model import Platform
+        from ucore.oci import Platform
 
         chosen = doc.select(Platform.host())
         return _platform_manifest(store, contents, chosen)

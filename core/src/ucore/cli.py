@@ -49,8 +49,49 @@ COMMANDS = {
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
+def _columns() -> int:
+    """The terminal width, found as :func:`shutil.get_terminal_size` finds it.
+
+    argparse builds a help formatter for every option it adds (to check its metavar), and
+    each formatter without a width imports shutil to ask for one: 2 ms of every ``ucore run``,
+    which never prints help.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(1).columns
+        except OSError:
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _FixedWidth(argparse.HelpFormatter):
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: Optional[int] = None,
+    ) -> None:
+        # argparse leaves two columns free, as here
+        super().__init__(prog, indent_increment, max_help_position, width or _columns() - 2)
+
+
+class Formatter(_FixedWidth):
+    """argparse's default help layout, without the shutil import."""
+
+
+class RawFormatter(_FixedWidth, argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs kept as written (the exit status table)."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse prints usage plus an error on two lines and exits 2; we want one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
@@ -69,7 +110,7 @@ def _epilog() -> str:
 
 def _common_options() -> argparse.ArgumentParser:
     """Options accepted before or after the command name (``ucore -v pull`` = ``ucore pull -v``)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "-v",
         "--verbose",
@@ -98,7 +139,7 @@ def build_parser(plugins: Any, command: Optional[str] = None) -> argparse.Argume
         prog="ucore",
         description="Pull Docker/OCI images and run them as an ordinary user.",
         epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawFormatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"ucore {__version__}")

@@ -21,15 +21,20 @@ setting                  environment                 meaning
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import attrs
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from ucore.errors import UsageError
-from ucore.model import DOCKER_HUB, Platform
+
+if TYPE_CHECKING:
+    from ucore.oci import Platform
+
+#: The default registry, Docker Hub: :data:`ucore.oci.DOCKER_HUB`, written out here so that
+#: loading the settings (every ``ucore run``) does not load the image values.
+DOCKER_HUB = "docker.io"
 
 _ENV = {
     "dir": "UCORE_DIR",
@@ -74,12 +79,18 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return convert
 
 
+def _platform(text: str) -> Platform:
+    from ucore.oci import Platform
+
+    return Platform.parse(text)
+
+
 _CONVERT: dict[str, Callable[[str], Any]] = {
     "dir": lambda s: Path(s).expanduser(),
     "registry": str,
     "insecure_registries": _csv,
     "jobs": positive_int("jobs"),
-    "platform": Platform.parse,
+    "platform": _platform,
     "timeout": _positive_float("timeout"),
     "retries": positive_int("retries"),
     "max_retry_after": _positive_float("max_retry_after"),
@@ -87,9 +98,11 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
 }
 
 
-@attrs.frozen
-class Config:
-    dir: Path = attrs.field(factory=lambda: Path.home() / ".ucore")
+class Config(NamedTuple):
+    """The merged settings, immutable (a named tuple: see :mod:`ucore.model` for why)."""
+
+    #: The store; :meth:`load` defaults it to ``~/.ucore``.
+    dir: Path
     registry: str = DOCKER_HUB
     insecure_registries: tuple[str, ...] = ()
     jobs: int = 4
@@ -99,8 +112,10 @@ class Config:
     retries: int = 5
     max_retry_after: float = 60.0
     disable_plugins: tuple[str, ...] = ()
-    #: The parsed command line (empty outside the CLI).
-    options: argparse.Namespace = attrs.field(factory=argparse.Namespace, eq=False)
+    #: The parsed command line (None outside the CLI: read it with ``getattr(..., default)``).
+    options: Optional[argparse.Namespace] = None
+    #: The config file's other sections, for plugins (``[proot]`` ``path = ...``).
+    sections: Mapping[str, Mapping[str, str]] = MappingProxyType({})
 
     @classmethod
     def load(
@@ -112,17 +127,13 @@ class Config:
         env = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         home = Path(env["UCORE_DIR"]).expanduser() if env.get("UCORE_DIR") else None
-        path = env.get("UCORE_CONFIG") or str((home or Path.home() / ".ucore") / "ucore.conf")
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(path)
-        except configparser.Error as exc:
-            raise UsageError(f"cannot parse config file {path}: {exc}".splitlines()[0]) from None
-        if parser.has_section("ucore"):
-            for key, raw in parser.items("ucore"):
-                if key not in _CONVERT:
-                    raise UsageError(f"unknown setting {key!r} in {path}")
-                values[key] = _CONVERT[key](raw)
+        values["dir"] = home or Path.home() / ".ucore"
+        path = env.get("UCORE_CONFIG") or str(values["dir"] / "ucore.conf")
+        sections = _read_file(path)
+        for key, raw in sections.pop("ucore", {}).items():
+            if key not in _CONVERT:
+                raise UsageError(f"unknown setting {key!r} in {path}")
+            values[key] = _CONVERT[key](raw)
         for key, var in _ENV.items():
             if env.get(var):
                 values[key] = _CONVERT[key](env[var])
@@ -131,8 +142,38 @@ class Config:
                 flag = getattr(options, key, None)
                 if flag not in (None, (), ""):
                     values[key] = flag if not isinstance(flag, str) else convert(flag)
-        return cls(**values, options=options or argparse.Namespace())
+        return cls(**values, options=options, sections=MappingProxyType(sections))
 
     @property
     def target_platform(self) -> Platform:
+        from ucore.oci import Platform
+
         return self.platform or Platform.host()
+
+    def section(self, name: str) -> Mapping[str, str]:
+        """A plugin's section of the config file (empty when there is none)."""
+        return self.sections.get(name, {})
+
+
+def _read_file(path: str) -> dict[str, dict[str, str]]:
+    """The config file's sections; nothing when there is no file.
+
+    configparser is imported only when a file exists: most runs have none, and ``ucore run``
+    should not pay for the import.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(f"cannot read config file {path}: {reason}") from None
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise UsageError(f"cannot parse config file {path}: {exc}".splitlines()[0]) from None
+    return {name: dict(parser.items(name)) for name in parser.sections()}

@@ -13,27 +13,29 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import stat
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import attrs
-
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
-from ucore.model import Container, Image
+from ucore.model import Container
 from ucore.store import _HOST, _STALE_FOREIGN, _pid_alive, store_error
 
 if TYPE_CHECKING:
+    from ucore.oci import Image
     from ucore.session import Session
     from ucore.store import Store
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _ID = re.compile(r"[0-9a-f]{32}")
 META = "container.json"
+#: A copy of the image config (Entrypoint, Cmd, Env, ...), as udocker keeps one: a run reads
+#: it without touching the image's blobs, and the container still runs after ``rmi``.
+IMAGE_CONFIG = "image-config.json"
+#: Bound on that copy, as on the blob it comes from (``ucore.manifest.MAX_CONFIG``).
+_MAX_CONFIG = 16 << 20
 
 
 def check_name(name: str) -> str:
@@ -106,7 +108,7 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
     check_name(name)
     names = _names_dir(store)
     path = names / name
-    tmp = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         names.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -153,7 +155,7 @@ def _take_over(store: Store, name: str, owner: Optional[str], reserver: str) -> 
     """Remove an abandoned reservation, but only the one judged abandoned: it is renamed
     aside and checked, and a fresh reservation grabbed by mistake (a rival took the stale one
     over first) is put back."""
-    aside = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale"
+    aside = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.stale"
     try:
         os.rename(_names_dir(store) / name, aside)
     except FileNotFoundError:
@@ -183,7 +185,7 @@ def release_name(store: Store, name: str, cid: Optional[str] = None) -> bool:
 def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tuple[str, Path]]:
     """Reserve the name, hand out a staging directory, and publish it as ``containers/<id>``
     when the block completes; when it fails, remove the staging directory and the name."""
-    cid = uuid.uuid4().hex
+    cid = os.urandom(16).hex()
     if name is not None:
         reserve_name(store, name, cid)
     staging = store.containers / f".staging-{cid}.{_HOST}.{os.getpid()}"
@@ -191,6 +193,8 @@ def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tup
         yield cid, staging
         os.rename(staging, store.containers / cid)
     except BaseException as exc:
+        import shutil
+
         remove_tree(staging)
         if name is not None:
             release_name(store, name, cid)
@@ -220,6 +224,7 @@ def create(session: Session, image: Image, name: Optional[str] = None) -> Contai
             root = session.hook.ucore_unpack(image=image, dest=staging / "ROOT", session=session)
         if root is None:
             raise IntegrityError("no plugin could unpack the image (is 'unpack' blocked?)")
+        (staging / IMAGE_CONFIG).write_bytes(store.read_blob(image.config_digest, _MAX_CONFIG))
         _write_meta(
             staging,
             {
@@ -232,6 +237,17 @@ def create(session: Session, image: Image, name: Optional[str] = None) -> Contai
             },
         )
     return _container(store, cid)
+
+
+def image_config(container: Container) -> dict[str, Any]:
+    """The config of the image the container was made from; empty for a bare root
+    (``run --location``) or a container whose copy is missing or damaged."""
+    try:
+        with open(Path(container.dir) / IMAGE_CONFIG, "rb") as f:
+            doc = json.loads(f.read(_MAX_CONFIG + 1))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def lookup(store: Store, text: str) -> Container:
@@ -277,7 +293,7 @@ def update(store: Store, container: Container, **changes: Any) -> Container:
     meta = _read_meta(container.dir)
     meta.update(changes)
     store.write_json_atomic(container.dir / META, meta)
-    return attrs.evolve(container, **changes)
+    return container._replace(**changes)
 
 
 def remove(store: Store, container: Container, force: bool = False) -> None:
@@ -390,6 +406,8 @@ def size_of(container: Container) -> int:
 
 def clone(session: Session, source: Container, name: Optional[str] = None) -> Container:
     """Copy a container (links kept as links, modes kept) into a new one."""
+    import shutil
+
     store = session.store
     with _new_container(store, name, f"cloning container {source.id}") as (cid, staging):
         shutil.copytree(source.dir, staging, symlinks=True, copy_function=_copy_owned)
@@ -403,6 +421,8 @@ def _copy_owned(src: str, dst: str) -> Any:
     """``copy2`` that can also copy a file its owner may not read (an image's mode 0000
     file, kept as it is by an unprivileged unpack): read permission is granted for the copy,
     through a descriptor checked to be a regular file (never a symlink), and taken back."""
+    import shutil
+
     try:
         return shutil.copy2(src, dst, follow_symlinks=False)
     except PermissionError:

@@ -8,19 +8,19 @@ its JSON form, so a batch script can filter on it without importing ucore.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-import attrs
 
-
-@attrs.frozen
+@dataclass(frozen=True)
 class Event:
     name: ClassVar[str] = "event"
-    time: float = attrs.field(factory=time.time, kw_only=True)
+    #: When it happened (set on creation; not an argument, so subclasses add fields freely).
+    time: float = field(default_factory=time.time, init=False)
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self, recurse=False)
-        return {"event": self.name, **{k: _plain(v) for k, v in data.items()}}
+        data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {"event": self.name, **data}
 
 
 def _plain(value: Any) -> Any:
@@ -29,7 +29,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class StageStarted(Event):
     """A stage (``pull``, ``fetch.manifest``, ``fetch.blobs``, ``load``, …) began."""
 
@@ -38,7 +38,7 @@ class StageStarted(Event):
     subject: str
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class StageFinished(Event):
     """A stage ended; ``seconds`` is its wall time, ``ok`` whether it succeeded."""
 
@@ -49,7 +49,7 @@ class StageFinished(Event):
     ok: bool = True
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class BlobStarted(Event):
     """A blob download is about to start (``done`` > 0 when resuming a partial download)."""
 
@@ -60,7 +60,7 @@ class BlobStarted(Event):
     media_type: str = ""
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class BlobProgress(Event):
     """Bytes of one blob received so far; throttled to a few per second per blob."""
 
@@ -70,7 +70,7 @@ class BlobProgress(Event):
     total: int
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class BlobFinished(Event):
     """A blob is verified and published, or was already present (``cached``)."""
 
@@ -81,7 +81,7 @@ class BlobFinished(Event):
     seconds: float = 0.0
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Retrying(Event):
     """A request failed in a way worth retrying; ``delay`` seconds until the next attempt."""
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ucore.config import Config
     from ucore.events import Event
-    from ucore.model import Image, ImageRef
+    from ucore.oci import Image, ImageRef
     from ucore.registration import Registry
     from ucore.session import Session
     from ucore.store import Store
@@ -89,7 +89,7 @@ def ucore_fetch(ref: ImageRef, store: Store, session: Session) -> Optional[Image
     """Fetch an image into the store and return it. Stops at first non-None result.
 
     The builtin registry client is ``trylast``, so a mirror or cache plugin that returns an
-    :class:`~ucore.model.Image` first wins. Implementations must verify everything they store.
+    :class:`~ucore.oci.Image` first wins. Implementations must verify everything they store.
 
     :param ref: the fully qualified reference to fetch.
     :param store: the local store to publish blobs and the reference into.

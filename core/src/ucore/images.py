@@ -9,15 +9,7 @@ from typing import Any, Optional
 
 from ucore import manifest as mf
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
-from ucore.model import (
-    Descriptor,
-    Digest,
-    Image,
-    ImageRef,
-    Platform,
-    names_registry,
-    split_registry,
-)
+from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform, names_registry, split_registry
 from ucore.store import Store
 
 

@@ -8,12 +8,11 @@ disagrees with the transport's) are refused, as are schema-1 manifests.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import attrs
-
 from ucore.errors import IntegrityError, NotFoundError, RegistryError
-from ucore.model import Descriptor, Platform
+from ucore.oci import Descriptor, Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -50,14 +49,14 @@ MAX_LAYERS = 1000
 MAX_INDEX_ENTRIES = 1000
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Manifest:
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Index:
     media_type: str
     manifests: tuple[Descriptor, ...]

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
-
-import attrs
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from ucore.errors import UsageError
 from ucore.model import Mount
@@ -38,8 +35,7 @@ _MS_PRIVATE = 1 << 18
 _KEEP = ((2, 2), (4, 4), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))
 
 
-@attrs.frozen
-class Views:
+class Views(NamedTuple):
     """``mounts`` with read-only ones pointing at their views; ``enter`` makes the views (run
     it in the child, before ``exec``)."""
 
@@ -76,9 +72,11 @@ def views(mounts: Sequence[Mount], scratch: Path) -> Iterator[Views]:
             else:
                 view.touch()
             pairs.append((m.source, str(view)))
-            out.append(attrs.evolve(m, source=str(view)))
+            out.append(m._replace(source=str(view)))
         yield Views(tuple(out), tuple(pairs))
     finally:
+        import shutil
+
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -31,17 +31,17 @@ import stat
 import tarfile
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional, cast
-
-import attrs
 
 from ucore import images
 from ucore import manifest as mf
 from ucore.archive import LAYER_TYPES
 from ucore.errors import IntegrityError, StoreError, UcoreError, UsageError
 from ucore.layers import compression
-from ucore.model import Container, Descriptor, Digest, Image, ImageRef, Platform
+from ucore.model import Container
+from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
 from ucore.store import Store, store_error
 
 if TYPE_CHECKING:
@@ -60,14 +60,14 @@ IMPORT_CMD = ("/bin/sh",)
 # --- export ---------------------------------------------------------------------------------
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Recorded:
     """What an unprivileged unpack could not reproduce, as the unpacker recorded it beside
     ``ROOT``: the image's modes (relative path -> mode) and its device nodes (path ->
     ``{"type": "char"|"block", "major", "minor", "mode"}``), now empty placeholder files."""
 
-    modes: dict[str, int] = attrs.field(factory=dict)
-    devices: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def recorded(container: Container) -> Recorded:
@@ -325,7 +325,7 @@ class _Hashing:
         return data
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Layer:
     """A layer blob stored by import, and the uncompressed digest its config must list."""
 

@@ -28,8 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-import attrs
-
 from ucore import hostauth, inroot
 from ucore.errors import (
     CommandNotExecutableError,
@@ -52,8 +50,7 @@ PSEUDO = ("/proc", "/sys", "/dev")
 _MAX_UID = 2**32 - 2
 
 
-@attrs.frozen
-class RunOptions:
+class RunOptions(NamedTuple):
     """What the command line asked for (``ucore run``'s flags), engine-neutral."""
 
     command: tuple[str, ...] = ()
@@ -121,7 +118,7 @@ def build(
     )
     spec = merge(root, spec, session.prepare(container, spec), chosen)
     workdir = opts.workdir if opts.workdir is not None else _string(meta, "WorkingDir") or "/"
-    spec = attrs.evolve(spec, cwd=_workdir(root, workdir, spec.mounts, opts.workdir is None))
+    spec = spec._replace(cwd=_workdir(root, workdir, spec.mounts, opts.workdir is None))
     check_command(root, spec)
     return spec
 
@@ -152,8 +149,7 @@ def merge(
                 env[name] = value
     if not mounts and devices == list(spec.devices) and env == dict(spec.env):
         return spec
-    return attrs.evolve(
-        spec,
+    return spec._replace(
         mounts=place(root, [*mounts, *spec.mounts]),
         devices=tuple(devices),
         env=tuple(env.items()),
@@ -366,7 +362,7 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
         if target == "/":
             raise UsageError(f"cannot mount {m.source} over the container's root directory")
         placed.pop(target, None)
-        placed[target] = attrs.evolve(m, target=target)
+        placed[target] = m._replace(target=target)
     return tuple(sorted(placed.values(), key=lambda m: m.target.count("/")))
 
 

@@ -10,15 +10,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ucore._manager import Plugins
 from ucore.config import Config
 from ucore.errors import PluginError, RegistryError
-from ucore.events import Event, StageFinished, StageStarted
-from ucore.model import Container, Image, ImageRef, RunSpec
 from ucore.registration import Registry
 from ucore.store import Store
+
+if TYPE_CHECKING:
+    # Not needed to run a container: ``ucore run`` imports none of them unless it pulls.
+    from ucore.events import Event
+    from ucore.model import Container, RunSpec
+    from ucore.oci import Image, ImageRef
 
 
 class Session:
@@ -45,6 +49,8 @@ class Session:
 
     @contextlib.contextmanager
     def stage(self, stage: str, subject: str) -> Iterator[None]:
+        from ucore.events import StageFinished, StageStarted
+
         started = time.monotonic()
         self.emit(StageStarted(stage=stage, subject=subject))
         ok = False

@@ -14,29 +14,39 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import quote, unquote
 
 from ucore.errors import IntegrityError, NotFoundError, StoreError
 from ucore.log import get_logger
-from ucore.model import Digest, ImageRef
+
+if TYPE_CHECKING:
+    import hashlib
+
+    # Imported where values are built: ``ucore run`` opens the store but builds no digest.
+    from ucore.oci import Digest, ImageRef
 
 log = get_logger(__name__)
 
-_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:64] or "host"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
 _PART = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.part")
 _OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?:part|[0-9a-f]{8}\.tmp)$")
 #: A partial download left by a process on another host is removed after this long.
 _STALE_FOREIGN = 24 * 3600
 _CHUNK = 1 << 20
+
+
+def _sha256(data: bytes = b"") -> hashlib._Hash:
+    """hashlib imported on first use: ``ucore run`` opens the store but hashes nothing."""
+    import hashlib
+
+    return hashlib.sha256(data)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,7 +76,7 @@ class BlobWriter:
         self.store = store
         self.expected = expected
         self.size = size
-        self.hasher = hashlib.sha256()
+        self.hasher = _sha256()
         self.written = 0
         name = f"{expected.hex if expected else 'ingest-' + os.urandom(8).hex()}"
         self.path = store.tmp / f"{name}.{_HOST}.{os.getpid()}.part"
@@ -98,7 +108,7 @@ class BlobWriter:
         assert self._file is not None
         self._file.seek(0)
         self._file.truncate()
-        self.hasher = hashlib.sha256()
+        self.hasher = _sha256()
         self.written = 0
 
     def write(self, data: Union[bytes, memoryview]) -> None:
@@ -117,6 +127,8 @@ class BlobWriter:
         self.written += len(data)
 
     def publish(self) -> Digest:
+        from ucore.oci import Digest
+
         assert self._file is not None
         actual = Digest(self.hasher.hexdigest())
         try:
@@ -202,12 +214,14 @@ class Store:
             raise store_error(exc, f"reading blob {digest}") from exc
         if len(data) > limit:
             raise IntegrityError(f"blob {digest} exceeds {limit} bytes")
-        if hashlib.sha256(data).hexdigest() != digest.hex:
+        if _sha256(data).hexdigest() != digest.hex:
             raise IntegrityError(f"blob {digest} is corrupt in the store (run 'ucore verify')")
         return data
 
     def put_bytes(self, data: bytes, expected: Optional[Digest] = None) -> Digest:
-        digest = Digest(hashlib.sha256(data).hexdigest())
+        from ucore.oci import Digest
+
+        digest = Digest(_sha256(data).hexdigest())
         if expected is not None and digest != expected:
             raise IntegrityError(f"digest mismatch: expected {expected}, got {digest}")
         if self.has_blob(digest, len(data)):
@@ -221,7 +235,9 @@ class Store:
 
     def hash_blob(self, digest: Digest) -> tuple[Digest, int]:
         """Re-hash a stored blob (``ucore verify``)."""
-        hasher = hashlib.sha256()
+        from ucore.oci import Digest
+
+        hasher = _sha256()
         size = 0
         with open(self.blob_path(digest), "rb") as f:
             while chunk := f.read(_CHUNK):
@@ -354,6 +370,8 @@ class Store:
         return True
 
     def list_refs(self) -> list[tuple[ImageRef, dict[str, Any]]]:
+        from ucore.oci import ImageRef
+
         out = []
         for entry in sorted(os.listdir(self.refs)):
             try:

@@ -104,7 +104,8 @@ def test_configured_proot(tmp_path: Path) -> None:
     fake.chmod(0o755)
     conf = tmp_path / "ucore.conf"
     conf.write_text(f"[proot]\npath = {fake}\n")
-    assert discover.locate({"UCORE_CONFIG": str(conf), "PATH": ""}) == (str(fake), "")
+    configured = Config.load(environ={"UCORE_CONFIG": str(conf)}).section("proot").get("path")
+    assert discover.locate({"PATH": ""}, configured) == (str(fake), "")
 
 
 @needs_proot

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ucore.errors import UsageError
-from ucore.model import DOCKER_HUB
+from ucore.oci import DOCKER_HUB
 
 if TYPE_CHECKING:
     from ucore.session import Session

@@ -15,9 +15,10 @@ import sys
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from ucore import containers, images
-from ucore.commands.images import add_registry_options
+from ucore.commands import add_registry_options
 from ucore.errors import NotFoundError, StoreError, UcoreError, UsageError
-from ucore.model import Container, Digest, Image, ImageRef
+from ucore.model import Container
+from ucore.oci import Digest, Image, ImageRef
 
 if TYPE_CHECKING:
     from ucore.session import Session

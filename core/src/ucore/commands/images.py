@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ucore import images
+from ucore.commands import add_registry_options
 from ucore.config import positive_int
 from ucore.errors import IntegrityError, NotFoundError, UsageError
 
@@ -98,23 +99,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     mi.set_defaults(handler=cmd_manifest_inspect)
     parsers["manifest"] = p
     return parsers
-
-
-def add_registry_options(p: argparse.ArgumentParser, platform: bool = True) -> None:
-    p.add_argument(
-        "--registry",
-        metavar="URL",
-        help="registry for names without one (host[:port] or http(s)://host[:port])",
-    )
-    p.add_argument(
-        "--insecure", action="store_true", help="allow plain HTTP to the --registry host"
-    )
-    if platform:
-        p.add_argument(
-            "--platform",
-            metavar="OS/ARCH[/VARIANT]",
-            help="platform to pull (default: this host's)",
-        )
 
 
 def _ref(session: Session, text: str) -> Any:

@@ -11,17 +11,18 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ucore import containers, images
-from ucore.errors import NotFoundError, UcoreError, UsageError
+from ucore import containers
+from ucore.commands import add_registry_options
+from ucore.errors import NotFoundError, UsageError
 from ucore.log import get_logger
-from ucore.model import Container, Image
+from ucore.model import Container
 
 if TYPE_CHECKING:
+    from ucore.oci import Image
     from ucore.session import Session
 
 log = get_logger(__name__)
@@ -39,8 +40,6 @@ IGNORED = {
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    from ucore.commands.images import add_registry_options
-
     # ``-v`` is a volume here, as in Docker and udocker; ``ucore -v run`` or ``--verbose``
     # raise the log level.
     p = sub.add_parser(
@@ -138,7 +137,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
 
 
 def _run_common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    from ucore.cli import Parser
+
+    common = Parser(add_help=False)
     common.add_argument(
         "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
     )
@@ -188,11 +189,13 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         kernel=args.kernel,
     )
     try:
-        config = {} if args.nometa else _image_config(session, container)
+        config = {} if args.nometa else containers.image_config(container)
         spec = runspec.build(session, container, config, opts)
         return session.execute(container, spec)
     finally:
         if container.location is not None:
+            import shutil
+
             shutil.rmtree(container.dir, ignore_errors=True)
         elif args.rm:
             _remove(session, container)
@@ -228,6 +231,8 @@ def _container(session: Session, text: str, args: argparse.Namespace) -> Contain
 
 
 def _image(session: Session, text: str, policy: str) -> Image:
+    from ucore import images
+
     store = session.store
     registry = session.config.registry
     try:
@@ -247,29 +252,6 @@ def _image(session: Session, text: str, policy: str) -> Image:
     return session.pull(ref)
 
 
-def _image_config(session: Session, container: Container) -> dict[str, Any]:
-    """The config of the image the container was made from (Env, Cmd, User, ...)."""
-    if not container.manifest_digest:
-        return {}
-    from ucore import manifest as mf
-    from ucore.model import Digest
-
-    store = session.store
-    try:
-        doc = mf.parse(store.read_blob(Digest.parse(container.manifest_digest), mf.MAX_MANIFEST))
-        if isinstance(doc, mf.Manifest):
-            return mf.parse_config(store.read_blob(doc.config.digest, mf.MAX_CONFIG))
-    except UcoreError:
-        pass
-    log.warning(
-        "the image of this container is no longer in the store: running without its config"
-        " (Entrypoint, Cmd, Env, WorkingDir, User)",
-        container=container.id,
-        image=container.image,
-    )
-    return {}
-
-
 def _remove(session: Session, container: Container) -> None:
     if container.protected:
         log.warning("--rm: the container is protected and was kept", container=container.id)
@@ -287,6 +269,8 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
     store = session.store
     container = containers.lookup(store, args.container)
     if args.purge:
+        import shutil
+
         shutil.rmtree(Path(container.dir) / "hostauth", ignore_errors=True)
     if args.engine is None:
         if not args.purge:

@@ -89,7 +89,7 @@ class ProotEngine:
 
     def _inspect(self) -> Optional[Proot]:
         if self._proot is None and self._why is None:
-            path, why = locate()
+            path, why = locate(configured=self.session.config.section("proot").get("path"))
             if path is None:
                 self._why = why
                 return None
@@ -184,7 +184,7 @@ def _seccomp_step(proot: Proot) -> Optional[spawn.Step]:
         return None
     arch, nrs = numbers
     program = seccomp.program(arch, (nrs[n] for n in (*ALWAYS_MASKED, *proot.untranslated)))
-    return lambda: seccomp.install(program)
+    return seccomp.installer(program)
 
 
 def _targets(pid: int) -> list[int]:

@@ -44,6 +44,9 @@ class MainWatch:
     def __init__(self) -> None:
         self.status: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
+        #: Set once PRoot has been reaped: it exits only after every process it traced, so
+        #: nothing is left to end (and its pid may already belong to another process).
+        self._proot_reaped = threading.Event()
 
     def start(self, proot_pid: int) -> None:
         """Find the main process now, while ``ucore`` has nothing else to do (a short command
@@ -56,6 +59,8 @@ class MainWatch:
         self._thread.start()
 
     def join(self) -> None:
+        """Called once PRoot has exited and been reaped."""
+        self._proot_reaped.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
 
@@ -73,6 +78,8 @@ class MainWatch:
             self.status = _reaped_status(fd, main)
         finally:
             os.close(fd)
+        if self._proot_reaped.is_set():
+            return
         for pid in spawn.traced_by(proot_pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

@@ -26,7 +26,7 @@ from ucore.builtin.registry.transport import Transport, is_loopback, short_reaso
 from ucore.errors import IntegrityError, NotFoundError, RegistryError, UsageError
 from ucore.events import BlobFinished, BlobProgress, BlobStarted
 from ucore.log import get_logger
-from ucore.model import (
+from ucore.oci import (
     DOCKER_HUB,
     DOCKER_HUB_API,
     Descriptor,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ucore.errors import StoreError
-from ucore.model import DOCKER_HUB, DOCKER_HUB_API, split_registry
+from ucore.oci import DOCKER_HUB, DOCKER_HUB_API, split_registry
 from ucore.store import Store
 
 #: Docker keeps Docker Hub's credentials under this historical key.

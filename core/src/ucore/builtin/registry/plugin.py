@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 from ucore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.model import Image, ImageRef
+    from ucore.oci import Image, ImageRef
     from ucore.registration import Registry
     from ucore.session import Session
     from ucore.store import Store

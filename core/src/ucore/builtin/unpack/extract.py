@@ -20,18 +20,17 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast
-
-import attrs
 
 from ucore.builtin.unpack.rootfs import DIR_FLAGS, Dir, PathError, RootFS, join, show
 from ucore.builtin.unpack.stream import BadLayer, LayerStream
 from ucore.errors import IntegrityError, NotFoundError
 from ucore.images import read_config
 from ucore.log import get_logger
-from ucore.model import Descriptor, Digest, Image
+from ucore.oci import Descriptor, Digest, Image
 from ucore.store import Store, store_error
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ _PRIVILEGED_XATTRS = ("security.", "trusted.")
 _XATTR_UNSUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.E2BIG, errno.ERANGE)
 
 
-@attrs.frozen
+@dataclass(frozen=True)
 class Limits:
     """Bounds on what one image may unpack to (safety rule 7), so a decompression bomb or a
     header that claims gigabytes stops with a clear error instead of filling the disk or memory.

@@ -13,7 +13,7 @@ from ucore.hookspecs import hookimpl
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ucore.model import Image
+    from ucore.oci import Image
     from ucore.session import Session
 
 

@@ -18,7 +18,7 @@ import zlib
 from typing import BinaryIO, Union, cast
 
 from ucore.layers import compression, open_decompressed
-from ucore.model import Digest
+from ucore.oci import Digest
 
 _CHUNK = 1 << 20
 #: Chunks decompressed ahead of the parser (memory: this many megabytes at most).
