@@ -399,16 +399,16 @@ def ucore_env(
     base: Mapping[str, str],
     store: Path,
     extra: Optional[Mapping[str, str]] = None,
-    plugins: bool = False,
+    installed: bool = False,
 ) -> dict[str, str]:
-    """Environment for ``{python} -m ucore`` from this checkout: ``core/src`` first on
-    ``PYTHONPATH`` (no install needed), ``UCORE_DIR`` the store, then ``extra``. ``plugins``
-    also puts the sources of the venv's plugins (:data:`UCORE_VENV_DISTS`) there."""
+    """Environment for ``{python} -m ucore``: ``UCORE_DIR`` the store, then ``extra``. Unless
+    ucore is ``installed`` in the interpreter's venv (:func:`ensure_ucore_venv`), the
+    checkout's ``core/src`` goes first on ``PYTHONPATH`` (no install needed)."""
     env = dict(base)
-    sources = [str(UCORE_SOURCE)]
-    if plugins:
-        sources += [str(dist / "src") for dist in UCORE_VENV_DISTS if dist / "src" != UCORE_SOURCE]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*sources, env.get("PYTHONPATH")]))
+    if not installed:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(UCORE_SOURCE), env.get("PYTHONPATH")])
+        )
     env["UCORE_DIR"] = str(store)
     env.update(extra or {})
     return env
@@ -449,19 +449,21 @@ def ensure_udocker(venv: Path = UDOCKER_VENV) -> Path:
 
 
 def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
-    """A venv with ucore, its PRoot plugin and their dependencies, built once; its python.
+    """A venv holding this checkout's ucore and PRoot plugin, installed as a user installs
+    them; its python.
 
     udocker runs from a venv of its own, where interpreter start-up is as cheap as Python
-    makes it; the interpreter ucore runs with may have ``.pth`` files in its site-packages that
-    import modules at every start. The distributions are installed from a copy of their
-    sources (so nothing is written into the checkout); :func:`ucore_env` still puts the
-    checkout's sources first on ``PYTHONPATH`` (pass ``plugins=True`` for the plugin's), so
-    the venv provides the dependencies and the plugin's entry point, not stale code.
+    makes it; the interpreter ucore runs with may have ``.pth`` files in its site-packages
+    that import modules at every start, and sources on ``PYTHONPATH`` come before the standard
+    library, so every import would look there first. So the venv and the dependencies are
+    built once, and the two distributions are reinstalled at every call from a copy of the
+    checkout (nothing is written into it), byte-compiled by pip as for any user.
     """
     python = venv / "bin" / "python"
-    if python.exists():
-        return python
-    print(f"building a clean ucore venv in {venv} (once)")
+    fresh = not python.exists()
+    if fresh:
+        print(f"building a clean ucore venv in {venv} (once)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     with tempfile.TemporaryDirectory(prefix="ucore-venv-src-") as tmp:
         copies = []
         for dist in UCORE_VENV_DISTS:
@@ -477,11 +479,12 @@ def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
                 elif (dist / item).exists():
                     shutil.copy2(dist / item, copy / item)
             copies.append(str(copy))
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = [str(python), "-m", "pip", "install", "--quiet", "--force-reinstall"]
         try:
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet", *copies], check=True)
+            subprocess.run([*install, *([] if fresh else ["--no-deps"]), *copies], check=True)
         except BaseException:
-            shutil.rmtree(venv, ignore_errors=True)
+            if fresh:
+                shutil.rmtree(venv, ignore_errors=True)
             raise
     return python
 

@@ -76,7 +76,7 @@ def setup_containers(
         Pusher(registry.url).push(IMAGE, busybox_image())
         reference = f"{registry.address}/{IMAGE}"
         extra = {"UCORE_INSECURE": registry.address, **_common.parse_env(args.ucore_env)}
-        ucore_env = _common.ucore_env(base, ucore_store, extra, plugins=args.ucore_venv)
+        ucore_env = _common.ucore_env(base, ucore_store, extra, installed=args.ucore_venv)
         ucore = [args.python, "-m", "ucore", "-q"]
         _common.checked([*ucore, "pull", reference], ucore_env, "ucore pull")
         _common.checked([*ucore, "create", "--name", CONTAINER, reference], ucore_env, "create")
@@ -123,8 +123,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--ucore-venv",
         action="store_true",
-        help="run ucore with a clean venv's interpreter (bench/.cache/ucore-venv, built once;"
-        " the checkout's sources first on PYTHONPATH), as udocker runs from its own venv",
+        help="run ucore installed in a clean venv (bench/.cache/ucore-venv, built once; this"
+        " checkout's core and PRoot plugin reinstalled each time), as udocker runs from its own",
     )
     parser.add_argument("--proot", default="/usr/bin/proot", help="the proot every tool uses")
     parser.add_argument("--timeout", type=float, default=60, help="seconds per command")

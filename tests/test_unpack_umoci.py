@@ -31,7 +31,7 @@ import pytest
 
 from ucore import images
 from ucore.builtin.unpack.extract import modes_path, unpack_image
-from ucore.model import ImageRef
+from ucore.oci import ImageRef
 from ucore.store import Store
 from ucore.testing import images as ti
 

@@ -129,20 +129,27 @@ def entry_points(group: str) -> list[EntryPoint]:
         for entry in names:
             if not entry.endswith((".dist-info", ".egg-info")):
                 continue
-            info = os.path.join(base or ".", entry)
-            dist, version = _dist_name(info)
-            key = dist.lower().replace("_", "-")
-            if not dist or key in seen:
+            # ``NAME-VERSION.dist-info`` (``NAME.egg-info`` for an old-style develop install)
+            key = _normalize(entry.rsplit(".", 1)[0].split("-", 1)[0])
+            if key in seen:
                 continue
             seen.add(key)
+            info = os.path.join(base or ".", entry)
             try:
                 with open(os.path.join(info, "entry_points.txt"), encoding="utf-8") as f:
                     text = f.read()
             except OSError:
                 continue
             if header in text:
-                found.extend(EntryPoint(n, v, dist, version) for n, v in _section(text, header))
+                dist, version = _dist_name(info)
+                pairs = _section(text, header)
+                found.extend(EntryPoint(n, v, dist or key, version) for n, v in pairs)
     return found
+
+
+def _normalize(name: str) -> str:
+    """A distribution name as the packaging tools compare them (PEP 503)."""
+    return "-".join(filter(None, name.replace("_", "-").replace(".", "-").split("-"))).lower()
 
 
 def _dist_name(info: str) -> tuple[str, str]:

@@ -98,8 +98,8 @@ def tag(store: Store, source: ImageRef, target: ImageRef) -> None:
 def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
     """Drop the reference, then the blobs no other image uses. Blobs are left for a later
     ``rmi`` when a pull or a create is running (it may be about to reference them). A
-    protected image is refused unless ``force``. The manifest and config of an image that
-    containers were made from stay: ``inspect`` and ``run`` read the config through them."""
+    protected image is refused unless ``force``. Containers made from the image keep running:
+    each has its own copy of the image config."""
     image = load(store, ref)
     record = store.get_ref(ref)
     if not force and record is not None and record.get("protected"):
@@ -112,13 +112,6 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
     with store.shared_lock("gc", exclusive=True) as got:
         if not got:
             return removed
-        from ucore import containers
-
-        if any(
-            c.manifest_digest == str(image.manifest_digest)
-            for c in containers.all_containers(store)
-        ):
-            unused -= {image.manifest_digest, image.config_digest}
         for digest in sorted(unused, key=str):
             store.remove_blob(digest)
             removed.append(digest)

@@ -439,9 +439,9 @@ def build_image(
     return image, new
 
 
-def _drop_unused(store: Store, new: set[Digest], keep: Optional[set[Digest]] = None) -> None:
-    """Remove blobs this import added that no image (nor ``keep``) uses."""
-    used: set[Digest] = set(keep or ())
+def _drop_unused(store: Store, new: set[Digest]) -> None:
+    """Remove blobs this import added that no image uses."""
+    used: set[Digest] = set()
     for image in images.all_images(store):
         used |= images.blobs_of(image)
     for digest in new - used:
@@ -479,22 +479,17 @@ def import_image(store: Store, stream: IO[bytes], ref: ImageRef, source: str) ->
 def import_container(
     session: Session, stream: IO[bytes], ref: ImageRef, source: str, name: Optional[str]
 ) -> Container:
-    """A rootfs tarball straight into a new container, through the unpacker; no image is kept.
-
-    The config and manifest blobs stay (the container names its manifest, and ``inspect`` and
-    ``run`` read the config through it); the layer blob goes unless an image uses it.
-    """
+    """A rootfs tarball straight into a new container, through the unpacker; no image is kept
+    (the container has its own copy of the config), and no blob that no image uses."""
     from ucore import containers
 
     store = session.store.ensure()
     with store.shared_lock("gc"):
         layer = store_layer(store, stream)
         new: set[Digest] = {layer.descriptor.digest} if layer.new else set()
-        keep: set[Digest] = set()
         try:
             image, new = build_image(store, layer, ref, source)
             container = containers.create(session, image, name)
-            keep = {image.manifest_digest, image.config_digest}
         finally:
-            _drop_unused(store, new, keep)
+            _drop_unused(store, new)
     return container

@@ -12,13 +12,13 @@ import contextlib
 import datetime
 import os
 import sys
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import IO, TYPE_CHECKING, Any
 
 from ucore import containers, images
 from ucore.commands import add_registry_options
 from ucore.errors import NotFoundError, StoreError, UcoreError, UsageError
 from ucore.model import Container
-from ucore.oci import Digest, Image, ImageRef
+from ucore.oci import Image, ImageRef
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -252,7 +252,6 @@ def cmd_rm(session: Session, args: argparse.Namespace) -> int:
     first, with a count of the others, as the one error line."""
     store = session.store
     failures: list[UcoreError] = []
-    manifests: set[str] = set()
     for text in args.container:
         try:
             container = containers.lookup(store, text)
@@ -260,53 +259,13 @@ def cmd_rm(session: Session, args: argparse.Namespace) -> int:
         except UcoreError as exc:
             failures.append(exc)
             continue
-        if container.manifest_digest:
-            manifests.add(container.manifest_digest)
         print(text)
-    _drop_orphans(store, manifests)
     if failures:
         first = failures[0]
         if len(failures) > 1:
             raise type(first)(f"{first} (and {len(failures) - 1} more not removed)")
         raise first
     return 0
-
-
-def _manifest_config(store: Store, text: str) -> Optional[Digest]:
-    from ucore import manifest as mf
-
-    with contextlib.suppress(UcoreError):
-        doc = mf.parse(store.read_blob(Digest.parse(text), mf.MAX_MANIFEST))
-        if isinstance(doc, mf.Manifest):
-            return doc.config.digest
-    return None
-
-
-def _drop_orphans(store: Store, manifests: set[str]) -> None:
-    """``rmi`` keeps the manifest and config of an image containers were made from (and
-    ``import --tocontainer`` keeps them without an image): once the last such container goes
-    and no image uses them, they go too. Skipped while a pull or create runs, as in ``rmi``."""
-    if not manifests:
-        return
-    with store.shared_lock("gc", exclusive=True) as got:
-        if not got:
-            return
-        used: set[Digest] = set()
-        for image in images.all_images(store):
-            used |= images.blobs_of(image)
-        for container in containers.all_containers(store):
-            if container.manifest_digest:
-                with contextlib.suppress(UcoreError):
-                    used.add(Digest.parse(container.manifest_digest))
-                config = _manifest_config(store, container.manifest_digest)
-                if config is not None:
-                    used.add(config)
-        for text in manifests:
-            config = _manifest_config(store, text)
-            with contextlib.suppress(UcoreError):
-                for digest in (Digest.parse(text), config):
-                    if digest is not None and digest not in used:
-                        store.remove_blob(digest)
 
 
 def cmd_name(session: Session, args: argparse.Namespace) -> int:
@@ -475,15 +434,6 @@ def cmd_import(session: Session, args: argparse.Namespace) -> int:
 
 def describe(session: Session, container: Container) -> dict[str, Any]:
     """What ``inspect CONTAINER`` shows: the container's record, and the config of the image
-    it was made from when that is still in the store."""
-    config: Optional[dict[str, Any]] = None
-    if container.manifest_digest:
-        with contextlib.suppress(UcoreError, ValueError):
-            from ucore import manifest as mf
-
-            store = session.store
-            digest = Digest.parse(container.manifest_digest)
-            doc = mf.parse(store.read_blob(digest, mf.MAX_MANIFEST))
-            if isinstance(doc, mf.Manifest):
-                config = mf.parse_config(store.read_blob(doc.config.digest, mf.MAX_CONFIG))
+    it was made from (the container's own copy; none for a bare root)."""
+    config = containers.image_config(container) or None
     return {**_row(container, size=False), "dir": str(container.dir), "image_config": config}
