@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,51 @@ def test_kernel_is_faked_or_refused_clearly(ucore_cli: Ucore, proxy: FaultProxy)
 def test_run_needs_a_target(ucore_cli: Ucore) -> None:
     ucore_cli.fails(2, "run")
     assert os.path.isdir(ucore_cli.home)
+
+
+#: What running an existing container never needs, each costing ``ucore run`` start-up time
+#: (bench/run.py measures it): the registry client and its HTTP stack, structured logging,
+#: the image values and manifests, hashing, and standard modules with lighter replacements.
+NOT_ON_THE_RUN_PATH = (
+    "requests",
+    "urllib3",
+    "structlog",
+    "attr",
+    "dataclasses",
+    "ucore.oci",
+    "ucore.events",
+    "ucore.manifest",
+    "ucore.images",
+    "ucore.builtin.registry.client",
+    "hashlib",
+    "shutil",
+    "configparser",
+    "uuid",
+    "socket",
+    "platform",
+    "tempfile",
+)
+
+
+def test_run_start_up_imports_only_what_running_needs(
+    ucore_cli: Ucore, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A structural guard on start-up time (never a timed assertion): after ``ucore run`` of
+    an existing container, none of :data:`NOT_ON_THE_RUN_PATH` has been imported. The first
+    run of a store is left out: it probes the engine once (temporary files) and caches that."""
+    ucore_cli.ok("create", "--name", "lean", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("run", "lean", "true")
+    report = tmp_path / "modules.json"
+    script = (
+        "import json, sys\n"
+        "from ucore.cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        f"open({str(report)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+        "sys.exit(status)\n"
+    )
+    argv = [sys.executable, "-c", script, "run", "lean", "sh", "-c", "exit 7"]
+    result = subprocess.run(argv, env=ucore_cli.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 7, result.stderr
+    loaded = set(json.loads(report.read_text()))
+    assert "ucore.runspec" in loaded  # the report is of a real run
+    assert sorted(loaded.intersection(NOT_ON_THE_RUN_PATH)) == []
