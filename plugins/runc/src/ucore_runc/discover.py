@@ -211,7 +211,9 @@ def cve_refusal(runtime: Runtime) -> Optional[str]:
     )
 
 
-def debian_backport(path: str, cve: str = CVE, info: str = "/var/lib/dpkg/info") -> Optional[str]:
+def debian_backport(
+    path: str, cve: str = CVE, info: str = "/var/lib/dpkg/info", doc: str = "/usr/share/doc"
+) -> Optional[str]:
     """The first line of the changelog of the Debian/Ubuntu package that installed ``path``, when
     that changelog names ``cve``: all its entries are at most the installed version, so the
     binary carries the fix. Only the package named like the binary is looked at (runc is
@@ -229,7 +231,7 @@ def debian_backport(path: str, cve: str = CVE, info: str = "/var/lib/dpkg/info")
                 files = {os.path.realpath(x) for x in f.read().splitlines() if x}
             if not wanted & files:
                 continue
-            with gzip.open(f"/usr/share/doc/{package}/changelog.Debian.gz", "rt") as f:
+            with gzip.open(os.path.join(doc, package, "changelog.Debian.gz"), "rt") as f:
                 text = f.read(4 << 20)
         except (OSError, EOFError, ValueError):
             continue
@@ -272,10 +274,10 @@ class Discovery:
 
         cached = self._load().get(key)
         if isinstance(cached, dict) and "why" in cached:
-            why = cached["why"]
+            known = cached["why"]
             fresh = time.time() - float(cached.get("at", 0)) < RETRY_FAILED
-            if why is None or (isinstance(why, str) and fresh):
-                return why  # type: ignore[no-any-return]
+            if known is None or (isinstance(known, str) and fresh):
+                return known
         why = attempt()
         self._save(key, {"why": why, "at": time.time()})
         return why

@@ -79,15 +79,15 @@ class OciEngine:
                 *(str(values[k]) for k in sorted(values)),
             ]
         )
-        why = self._discovery().trial(key, self._trial)
+        failed = self._discovery().trial(key, self._trial)
         apparmor = values.get("kernel.apparmor_restrict_unprivileged_userns") == 1
-        if why is not None and apparmor and not privileged:
+        if failed is not None and apparmor and not privileged:
             return (
                 "user namespaces are restricted by AppArmor"
                 " (sysctl kernel.apparmor_restrict_unprivileged_userns=1) and no AppArmor"
-                f" profile lets {path} create one ({why})"
+                f" profile lets {path} create one ({failed})"
             )
-        return why
+        return failed
 
     def _discovery(self) -> Discovery:
         from ucore_runc.discover import Discovery

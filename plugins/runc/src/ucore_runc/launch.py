@@ -135,14 +135,17 @@ def base_command(runtime: Runtime, base: Path, global_options: Sequence[str]) ->
     return [runtime.path, "--root", str(base / runtime.kind), *global_options]
 
 
-def remove_state(root: Path, cid: str, command: Sequence[str]) -> None:
-    """The runtime's state of a stopped container. Without cgroups (rootless) it is only a
+def remove_state(root: Path, cid: str, command: Sequence[str], *, stale: bool = False) -> None:
+    """The runtime's state of a container. A stopped one without cgroups (rootless) is only a
     directory, removed directly (a ``delete`` costs a process start); otherwise the runtime
-    deletes it (and its cgroups)."""
+    deletes it (and its cgroups). A ``stale`` one (its ucore was killed) may still run: its
+    processes are killed first, which neither runtime does without a cgroup to find them in."""
     state = root / cid
     if not state.exists():
         return  # the foreground runtime deleted it already
-    if _owns_cgroups(state):
+    if stale:
+        _kill_session(state)
+    if stale or _owns_cgroups(state):
         import subprocess
 
         from ucore_runc.discover import runtime_env
@@ -160,6 +163,39 @@ def remove_state(root: Path, cid: str, command: Sequence[str]) -> None:
     import shutil
 
     shutil.rmtree(state, ignore_errors=True)
+
+
+def _kill_session(state: Path) -> None:
+    """Kill a stale container's main process and every process of its session (the runtime
+    made the main process a session leader; its children stay in that session unless they
+    leave it), if the main process is still the one the state names (same start time)."""
+    import json
+
+    for name, pid_key, start_key in (
+        ("state.json", "init_process_pid", "init_process_start"),
+        ("status", "pid", "process-start-time"),
+    ):
+        try:
+            data = json.loads((state / name).read_text())
+            main, started = int(data[pid_key]), int(data[start_key])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if main > 1 and _stat(main)[1] == started:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit() and _stat(int(pid))[0] == main:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(pid), signal.SIGKILL)
+        return
+
+
+def _stat(pid: int) -> tuple[Optional[int], Optional[int]]:
+    """(session id, start time in clock ticks) of a process, from ``/proc/PID/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[3]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None, None
 
 
 def _owns_cgroups(state: Path) -> bool:
@@ -197,7 +233,7 @@ def reap_stale(runtime: Runtime, base: Path, global_options: Sequence[str]) -> N
             if found is None or _alive(int(found["pid"])):
                 continue
             if directory == root:
-                remove_state(root, name, command)
+                remove_state(root, name, command, stale=True)
             else:
                 import shutil
 
@@ -221,7 +257,7 @@ def run_detached(
     run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpus: Optional[frozenset[int]]
 ) -> int:
     """Start the container detached and wait for its main process as its (adoptive) parent."""
-    mask = {*spawn.FORWARDED, signal.SIGCHLD}
+    mask: set[int] = {*spawn.FORWARDED, signal.SIGCHLD}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
     try:
         _become_subreaper()

@@ -24,9 +24,9 @@ _CLONE_NEWUSER = 0x10000000
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
-def subordinate(kind: str, uid: int) -> Optional[int]:
-    """The first id of the user's range in ``/etc/subuid`` (``kind="uid"``) or ``/etc/subgid``,
-    where ``newuidmap``/``newgidmap`` can map it; None otherwise."""
+def subordinate(kind: str, uid: int, path: Optional[str] = None) -> Optional[int]:
+    """The first id of the user's range in ``/etc/subuid`` (``kind="uid"``) or ``/etc/subgid``
+    (or ``path``), where ``newuidmap``/``newgidmap`` can map it; None otherwise."""
     if _helper(kind) is None:
         return None
     import pwd
@@ -36,7 +36,7 @@ def subordinate(kind: str, uid: int) -> Optional[int]:
     except KeyError:
         names = {str(uid)}
     try:
-        with open(f"/etc/sub{kind}") as f:
+        with open(path or f"/etc/sub{kind}") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
