@@ -40,8 +40,13 @@ UCORE_SOURCE = REPO_ROOT / "core" / "src"
 UDOCKER_VERSION = "1.3.17"
 UDOCKER_VENV = CACHE_DIR / "udocker-venv"
 UCORE_VENV = CACHE_DIR / "ucore-venv"
-# The distributions a clean ucore venv holds: the core and the PRoot engine (P1, P2).
-UCORE_VENV_DISTS = (REPO_ROOT / "core", REPO_ROOT / "plugins" / "proot")
+# The distributions a clean ucore venv holds: the core, the PRoot engine (P1, P2) and the runc
+# and crun engines (R1).
+UCORE_VENV_DISTS = (
+    REPO_ROOT / "core",
+    REPO_ROOT / "plugins" / "proot",
+    REPO_ROOT / "plugins" / "runc",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class Case:
     """
 
     name = "case"
+    #: Exit statuses that mean the command ran (``verify`` may still find it did not).
+    ok_status: tuple[int, ...] = (0,)
 
     def prepare(self, workdir: Path) -> Invocation:
         raise NotImplementedError
@@ -230,7 +237,7 @@ def alternate(
             error: Optional[str]
             if result.timed_out:
                 error = f"timed out after {timeout:.0f} s"
-            elif result.returncode != 0:
+            elif result.returncode not in case.ok_status:
                 message = last_line(result.stderr) or last_line(result.stdout)
                 error = f"exit {result.returncode}: {message}"
             else:
@@ -446,8 +453,11 @@ def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
     the venv provides the dependencies and the plugin's entry point, not stale code.
     """
     python = venv / "bin" / "python"
-    if python.exists():
+    stamp = venv / "ucore-dists.txt"
+    wanted = "\n".join(dist.name for dist in UCORE_VENV_DISTS)
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
+    shutil.rmtree(venv, ignore_errors=True)  # missing, or built with other distributions
     print(f"building a clean ucore venv in {venv} (once)")
     with tempfile.TemporaryDirectory(prefix="ucore-venv-src-") as tmp:
         copies = []
@@ -470,6 +480,7 @@ def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
+    stamp.write_text(wanted)
     return python
 
 
