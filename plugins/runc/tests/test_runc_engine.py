@@ -415,7 +415,7 @@ def test_engine_refuses_what_it_cannot_do(
     cls: type[OciEngine], rootfs: Path, tmp_path: Path
 ) -> None:
     engine = _engine(cls, tmp_path)
-    with pytest.raises(UsageError, match="--kernel"):
+    with pytest.raises(PluginError, match="--kernel"):
         _run(engine, rootfs, tmp_path, "true", kernel="6.1.0")
     (rootfs / "dev").symlink_to("/proc/1/root")
     with pytest.raises(IntegrityError, match="/dev is a symbolic link"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ucore.errors import IntegrityError, PluginError, UsageError
+from ucore.errors import IntegrityError, PluginError
 
 if TYPE_CHECKING:
     from ucore.model import Container, RunSpec
@@ -156,7 +156,10 @@ class OciEngine:
         if self.probe() is not None or self._runtime is None:
             raise PluginError(f"engine {self.name} cannot run: {self._why}")
         if spec.kernel:
-            raise UsageError(f"--kernel: the {self.name} engine cannot fake the kernel release")
+            raise PluginError(
+                f"--kernel: the {self.name} engine cannot fake the kernel release; the PRoot"
+                " engines can ('ucore setup --engine=P1 CONTAINER')"
+            )
         root = Path(container.root)
         sysdirs = oci.has_sysdirs(spec)
         why = oci.check_root(root, oci.needed_roots(sysdirs, self.needs_proc))
