@@ -97,8 +97,14 @@ def test_two_runs_of_one_container_at_the_same_time(cli: Ucore, container: str) 
 
 
 def test_a_run_leaves_no_state(cli: Ucore, container: str, engine: str) -> None:
+    """Neither when the command ends nor when a batch system's SIGTERM ends ucore."""
     cli.ok("run", container, "true")
     assert cli.run("run", container, "sh", "-c", "exit 4").returncode == 4
+    proc = cli.popen("run", container, "sh", "-c", "echo ready; exec sleep 60")
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
     for directory in state_dirs(cli, engine):
         assert list(directory.iterdir()) == []
 

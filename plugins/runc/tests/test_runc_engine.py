@@ -457,6 +457,19 @@ def test_a_signal_held_while_the_runtime_started_is_given_to_the_command() -> No
     assert status == str(128 + signal.SIGTERM)
 
 
+def test_a_trial_failing_under_apparmors_restriction_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if discover.locate("runc")[0] is None:
+        pytest.skip("no runc here")
+    values = dict(discover.sysctls(), **{"kernel.apparmor_restrict_unprivileged_userns": 1})
+    monkeypatch.setattr(discover, "sysctls", lambda: values)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(OciEngine, "_trial", lambda self: "runc cannot start: EPERM")
+    why = RuncEngine(_session(tmp_path)).probe()
+    assert why is not None and "restricted by AppArmor" in why and "EPERM" in why
+
+
 def test_r2_r3_are_explained(tmp_path: Path) -> None:
     engine = RuncProotEngine(_session(tmp_path))
     assert "not supported" in (engine.probe() or "")
