@@ -73,6 +73,12 @@ FLOORS = {
 OVERHEAD_SHARE_TARGET = 1 / 3
 OVERHEAD_TARGET_S = 0.040
 R1_OVERHEAD_TARGET_S = 0.020
+#: ``--workload``: the host directory is bound here and walked with busybox's find.
+WORK_TARGET = "/w"
+WORK_COMMAND = ("/bin/busybox", "find", WORK_TARGET)
+#: The tools that also get a ``TOOL+find`` row with ``--workload``, and the native row.
+WORK_TOOLS = ("ucore", "udocker", "proot", "ucore-runc", "udocker-r1", "runc", "ucore-crun", "crun")
+NATIVE = "native+find"
 
 
 class CommandCase(Case):
@@ -168,21 +174,27 @@ def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Pa
         registry.stop()
     direct = {}
     for kind in ("runc", "crun"):
+        binary = getattr(args, kind)
         try:
-            direct[kind] = direct_command(kind, getattr(args, kind), root, place / kind)
+            direct[kind] = direct_command(kind, binary, root, place / kind)
+            if args.workload:
+                volume = Path(args.workload)
+                where = place / f"{kind}+find"
+                direct[f"{kind}+find"] = direct_command(kind, binary, root, where, volume)
         except (OSError, RuntimeError) as exc:
-            unavailable[kind] = str(exc)
+            unavailable[kind] = unavailable[f"{kind}+find"] = str(exc)
     return Setup(ucore_env, udocker_env, root, direct, unavailable)
 
 
 def direct_command(
-    kind: str, binary: str, root: Path, place: Path
+    kind: str, binary: str, root: Path, place: Path, workload: Optional[Path] = None
 ) -> tuple[list[str], dict[str, str]]:
-    """``runc run`` / ``crun run`` of ``/bin/true`` in ``root``, as a user would type it, with
-    the config ucore's plugin generates for a default run (the host's system directories bound,
-    the user as the container's root). On a hybrid-cgroup host crun refuses to start outside a
-    mount namespace hiding the v2 hierarchy; ``unshare`` (util-linux) makes that one, as ucore
-    does in-process (the row then includes ``unshare`` and ``sh`` starting)."""
+    """``runc run`` / ``crun run`` of ``/bin/true`` (or of the ``workload`` walk) in ``root``,
+    as a user would type it, with the config ucore's plugin generates for a default run (the
+    host's system directories bound, the user as the container's root). On a hybrid-cgroup host
+    crun refuses to start outside a mount namespace hiding the v2 hierarchy; ``unshare``
+    (util-linux) makes that one, as ucore does in-process (the row then includes ``unshare`` and
+    ``sh`` starting)."""
     sys.path.insert(0, str(_common.REPO_ROOT / "plugins" / "runc" / "src"))
     from ucore.model import Mount, RunSpec
     from ucore.runspec import DEFAULT_PATH, SYSDIRS
@@ -196,7 +208,11 @@ def direct_command(
     host = (0, 0) if hide else (uid, gid)
     who = spec.identity(None, None, *host, privileged=uid == 0)
     mounts = tuple(Mount(os.path.realpath(p), p) for p in SYSDIRS if os.path.exists(p))
-    run_spec = RunSpec(argv=("/bin/true",), env=(("PATH", DEFAULT_PATH),), mounts=mounts)
+    command: tuple[str, ...] = ("/bin/true",)
+    if workload is not None:
+        mounts += (Mount(str(workload), WORK_TARGET, readonly=True),)
+        command = WORK_COMMAND
+    run_spec = RunSpec(argv=command, env=(("PATH", DEFAULT_PATH),), mounts=mounts)
     bundle = place / "bundle"
     bundle.mkdir(parents=True)
     config = spec.config(run_spec, root, who, proc=kind == "runc", terminal=False)
@@ -243,6 +259,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--proot", default="/usr/bin/proot", help="the proot every tool uses")
     parser.add_argument("--runc", default="runc", help="runc for the direct run and udocker R1")
     parser.add_argument("--crun", default="crun", help="crun for the direct run")
+    parser.add_argument(
+        "--workload",
+        metavar="DIR",
+        help="also time a path-heavy workload: busybox's find over this host directory, bound"
+        " read-only in each container (a TOOL+find row per tool, and native+find on the host)",
+    )
     parser.add_argument("--timeout", type=float, default=60, help="seconds per command")
     parser.add_argument("--verbose", action="store_true", help="a line per run, not per round")
     parser.add_argument(
@@ -267,24 +289,50 @@ def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) 
         argv = shlex.split(args.ucore_cmd.format(python=python, container=name, store=store))
         commands[tool] = (argv, setup.ucore_env)
     if udocker is not None:
-        commands["udocker"] = (
-            _common.udocker_argv(udocker, "run", CONTAINER, "/bin/true"),
-            setup.udocker_env,
-        )
-        commands["udocker-r1"] = (
-            _common.udocker_argv(udocker, "run", UDOCKER_R1, "/bin/true"),
-            setup.udocker_env,
-        )
+        for tool, name in (("udocker", CONTAINER), ("udocker-r1", UDOCKER_R1)):
+            commands[tool] = (
+                _common.udocker_argv(udocker, "run", name, "/bin/true"),
+                setup.udocker_env,
+            )
         udocker_python = str(udocker.parent / "python")
         commands["py-udocker"] = ([udocker_python, "-c", "pass"], dict(os.environ))
+    if args.workload:
+        commands.update(workload_commands(args, setup, udocker))
     cases: list[Case] = []
     for tool in args.tools:
-        if tool in setup.unavailable:
-            cases.append(Unavailable(tool, setup.unavailable[tool]))
-        elif tool in commands:
-            kind = UdockerR1Case if tool == "udocker-r1" else CommandCase
-            cases.append(kind(tool, *commands[tool]))
+        rows = [tool, f"{tool}+find"] if args.workload and tool in WORK_TOOLS else [tool]
+        for row in rows:
+            if row in setup.unavailable:
+                cases.append(Unavailable(row, setup.unavailable[row]))
+            elif row in commands:
+                kind = UdockerR1Case if row.startswith("udocker-r1") else CommandCase
+                cases.append(kind(row, *commands[row]))
+    if args.workload:
+        cases.append(CommandCase(NATIVE, *commands[NATIVE]))
     return cases
+
+
+def workload_commands(
+    args: argparse.Namespace, setup: Setup, udocker: Optional[Path]
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """``TOOL+find``: the walk of ``--workload`` in each container, and on the host with the
+    container's own busybox (``native+find``)."""
+    volume = str(Path(args.workload).resolve())
+    commands = {
+        NATIVE: ([str(setup.root / "bin" / "busybox"), "find", volume], dict(os.environ)),
+        "proot+find": (
+            [args.proot, "-r", str(setup.root), "-b", f"{volume}:{WORK_TARGET}", *WORK_COMMAND],
+            dict(os.environ),
+        ),
+    }
+    for tool, (_engine, name) in ENGINE_CONTAINERS.items():
+        argv = [args.python, "-m", "ucore", "run", "-v", f"{volume}:{WORK_TARGET}:ro", name]
+        commands[f"{tool}+find"] = ([*argv, *WORK_COMMAND], setup.ucore_env)
+    if udocker is not None:
+        for tool, name in (("udocker", CONTAINER), ("udocker-r1", UDOCKER_R1)):
+            argv = _common.udocker_argv(udocker, "run", "-v", f"{volume}:{WORK_TARGET}", name)
+            commands[f"{tool}+find"] = ([*argv, *WORK_COMMAND], setup.udocker_env)
+    return commands
 
 
 def proot_version(proot: str) -> str:
@@ -327,6 +375,12 @@ def print_header(args: argparse.Namespace, place: Path, setup: Setup) -> None:
         versions[kind] = f"{shlex.join(argv)}  ({version}; config from ucore_runc.spec)"
     for tool in args.tools:
         print(f"  {tool:<10} {versions.get(tool, setup.unavailable.get(tool, ''))}")
+    if args.workload:
+        print(
+            f"workload  TOOL+find: {shlex.join(WORK_COMMAND)} with {args.workload} bound"
+            f" read-only at {WORK_TARGET} (after each of {', '.join(WORK_TOOLS)});"
+            f" {NATIVE}: ROOT/bin/busybox find {args.workload} on the host"
+        )
 
 
 def report(stats: list[Stats]) -> bool:
@@ -377,6 +431,15 @@ def report(stats: list[Stats]) -> bool:
         value = median(name)
         if value is not None:
             print(f"{label:<18} {value * 1000:6.1f} ms (context)")
+    native = median(NATIVE)
+    if native is not None:
+        print("workload: the walk's cost (TOOL+find's median - TOOL's), and that over")
+        print(f"native+find's median ({native * 1000:.1f} ms, walk and busybox's start):")
+        for tool in WORK_TOOLS:
+            walk, start = median(f"{tool}+find"), median(tool)
+            if walk is not None and start is not None:
+                work = walk - start
+                print(f"  {tool:<12} {work * 1000:8.1f} ms  {work / native:6.2f}x native")
     version = median("ucore-ver")
     for tool in ENGINE_CONTAINERS:
         run = median(tool)
@@ -426,6 +489,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "proot": args.proot,
             "runc": args.runc,
             "crun": args.crun,
+            "workload": args.workload,
             "uid": os.getuid(),
             "cpus": os.cpu_count(),
         }
