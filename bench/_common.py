@@ -40,8 +40,13 @@ UCORE_SOURCE = REPO_ROOT / "core" / "src"
 UDOCKER_VERSION = "1.3.17"
 UDOCKER_VENV = CACHE_DIR / "udocker-venv"
 UCORE_VENV = CACHE_DIR / "ucore-venv"
-# The distributions a clean ucore venv holds: the core and the PRoot engine (P1, P2).
-UCORE_VENV_DISTS = (REPO_ROOT / "core", REPO_ROOT / "plugins" / "proot")
+# The distributions a clean ucore venv holds: the core, the PRoot engine (P1, P2) and the runc
+# and crun engines (R1).
+UCORE_VENV_DISTS = (
+    REPO_ROOT / "core",
+    REPO_ROOT / "plugins" / "proot",
+    REPO_ROOT / "plugins" / "runc",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class Case:
     """
 
     name = "case"
+    #: Exit statuses that mean the command ran (``verify`` may still find it did not).
+    ok_status: tuple[int, ...] = (0,)
 
     def prepare(self, workdir: Path) -> Invocation:
         raise NotImplementedError
@@ -230,7 +237,7 @@ def alternate(
             error: Optional[str]
             if result.timed_out:
                 error = f"timed out after {timeout:.0f} s"
-            elif result.returncode != 0:
+            elif result.returncode not in case.ok_status:
                 message = last_line(result.stderr) or last_line(result.stdout)
                 error = f"exit {result.returncode}: {message}"
             else:
@@ -308,19 +315,20 @@ def ratio(numerator: Stats, denominator: Stats) -> Optional[float]:
 def print_table(stats: Sequence[Stats], megabytes: Optional[float] = None) -> None:
     """One line per case: median, min, max, peak RSS (and MB/s when a size is given)."""
     rate_head = "  median MB/s" if megabytes else ""
+    width = max([10, *(len(item.name) for item in stats)])
     print(
-        f"{'tool':<10} {'runs':>4} {'median s':>9} {'min s':>8} {'max s':>8} {'peak RSS':>10}"
+        f"{'tool':<{width}} {'runs':>4} {'median s':>9} {'min s':>8} {'max s':>8} {'peak RSS':>10}"
         f"{rate_head}"
     )
     for item in stats:
         if not item.ok:
-            print(f"{item.name:<10} {item.runs:>4}  FAILED ({item.error})")
+            print(f"{item.name:<{width}} {item.runs:>4}  FAILED ({item.error})")
             continue
         assert item.median is not None and item.minimum is not None and item.maximum is not None
         rss = f"{item.peak_rss_kb / 1024:7.1f} MB" if item.peak_rss_kb else f"{'?':>10}"
         rate = f"  {megabytes / item.median:11.0f}" if megabytes else ""
         print(
-            f"{item.name:<10} {item.runs:>4} {item.median:9.3f} {item.minimum:8.3f}"
+            f"{item.name:<{width}} {item.runs:>4} {item.median:9.3f} {item.minimum:8.3f}"
             f" {item.maximum:8.3f} {rss:>10}{rate}"
         )
 

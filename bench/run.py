@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Run latency benchmark: ``ucore run C /bin/true`` against ``udocker run`` and proot itself.
+"""Run latency benchmark: ``ucore run C /bin/true`` against ``udocker run`` and the runtimes
+themselves, for the PRoot engine (P1) and for the OCI runtimes runc (R1) and crun.
 
-All three run ``/bin/true`` in a container made from a small busybox image (static busybox, so
-it runs under any proot whatever the host's glibc; see ``ucore.testing.images``), many times,
-in turn: ucore (P1, the PRoot engine), udocker (P1, with the system proot behind a wrapper
-that drops udocker's ``-k``, see below), and ``proot -r ROOT /bin/true`` directly on the ucore
-container's root. What a tool adds to a container's start is its median minus proot's. For
-context the bench also times ``python -c pass`` (the interpreter's start), ``python -m ucore
-version`` (ucore's command line starting and loading its plugins) and ``python -c pass`` with
-udocker's venv interpreter (which may start faster: no ``.pth`` files of the host's
-site-packages). ``--ucore-venv`` runs ucore from a clean venv too.
+Every command runs ``/bin/true`` in a container made from a small busybox image (static
+busybox, so it runs under any proot whatever the host's glibc; see ``ucore.testing.images``),
+many times, in turn. PRoot: ucore (P1), udocker (P1, with the system proot behind a wrapper that
+drops udocker's ``-k``, see below), and ``proot -r ROOT /bin/true`` directly on the ucore
+container's root. OCI runtimes: ucore with the runc and the crun engine, udocker in R1 mode (the
+system runc), and ``runc run`` / ``crun run`` directly with the configuration ucore's plugin
+generates for the same root. What a tool adds to a container's start is its median minus the
+median of the runtime it drives. For context the bench also times ``python -c pass`` (the
+interpreter's start), ``python -m ucore version`` (ucore's command line starting and loading its
+plugins) and ``python -c pass`` with udocker's venv interpreter (which may start faster: no
+``.pth`` files of the host's site-packages). ``--ucore-venv`` runs ucore from a clean venv too.
 
-Targets (from the issue): ucore's overhead over direct proot at most a third of udocker's, and
-under 40 ms.
+Targets (from the issues): ucore's overhead over direct proot at most a third of udocker's, and
+under 40 ms; ``ucore run`` with runc (R1) at most 20 ms over a direct ``runc run``.
 
 Run ``python3 bench/run.py --help``; ``bench/README.md`` explains the output.
 """
@@ -20,6 +23,7 @@ Run ``python3 bench/run.py --help``; ``bench/README.md`` explains the output.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -30,19 +34,51 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import _common
 import _image
 from _common import Case, Invocation, Stats
 
-TOOLS = ("ucore", "udocker", "proot", "python", "ucore-ver", "py-udocker")
+TOOLS = (
+    "ucore",
+    "udocker",
+    "proot",
+    "ucore-runc",
+    "udocker-r1",
+    "runc",
+    "ucore-crun",
+    "crun",
+    "python",
+    "ucore-ver",
+    "py-udocker",
+)
 DEFAULT_UCORE_CMD = "{python} -m ucore run {container} /bin/true"
 IMAGE = "bench/busybox:latest"
 CONTAINER = "bench-run"
-# ucore's overhead at most this share of udocker's, and under this many seconds.
+#: ucore's containers per engine (``{container}`` of ``--ucore-cmd``) and udocker's R1 one.
+ENGINE_CONTAINERS = {"ucore": ("P1", CONTAINER), "ucore-runc": ("runc", "bench-runc")}
+ENGINE_CONTAINERS["ucore-crun"] = ("crun", "bench-crun")
+UDOCKER_R1 = "bench-r1"
+#: Each tool and the runtime it drives, whose median is subtracted to give its overhead.
+FLOORS = {
+    "ucore": "proot",
+    "udocker": "proot",
+    "ucore-runc": "runc",
+    "udocker-r1": "runc",
+    "ucore-crun": "crun",
+}
+# ucore's overhead at most this share of udocker's, and under this many seconds (P1); with
+# runc (R1) at most this much over runc itself.
 OVERHEAD_SHARE_TARGET = 1 / 3
 OVERHEAD_TARGET_S = 0.040
+R1_OVERHEAD_TARGET_S = 0.020
+#: ``--workload``: the host directory is bound here and walked with busybox's find.
+WORK_TARGET = "/w"
+WORK_COMMAND = ("/bin/busybox", "find", WORK_TARGET)
+#: The tools that also get a ``TOOL+find`` row with ``--workload``, and the native row.
+WORK_TOOLS = ("ucore", "udocker", "proot", "ucore-runc", "udocker-r1", "runc", "ucore-crun", "crun")
+NATIVE = "native+find"
 
 
 class CommandCase(Case):
@@ -57,12 +93,44 @@ class CommandCase(Case):
         return Invocation(self.argv, self.env)
 
 
-def setup_containers(
-    args: argparse.Namespace, place: Path, udocker: Optional[Path]
-) -> tuple[dict[str, str], dict[str, str], Path]:
+class UdockerR1Case(CommandCase):
+    """udocker in R1 mode exits 1 whatever the container did; it prints runc's ``Popen``
+    object on stderr, whose ``returncode`` is the container's status."""
+
+    ok_status = (0, 1)
+
+    def verify(self, workdir: Path, result: _common.RunResult) -> Optional[str]:
+        if "returncode: 0 " in result.stderr:
+            return None
+        return f"runc did not run the container: {_common.last_line(result.stderr)}"
+
+
+class Unavailable(Case):
+    """A tool that could not be set up here: its row says why."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        self.why = why
+
+    def prepare(self, workdir: Path) -> Invocation:
+        raise RuntimeError(self.why)
+
+
+class Setup(NamedTuple):
+    """What the untimed setup made: environments, the ucore container's root, the direct
+    runtime commands, and why a tool could not be set up."""
+
+    ucore_env: dict[str, str]
+    udocker_env: dict[str, str]
+    root: Path
+    direct: dict[str, tuple[list[str], dict[str, str]]]
+    unavailable: dict[str, str]
+
+
+def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Path]) -> Setup:
     """Untimed: pushes the busybox image, pulls it into both stores and creates a container
-    in each; returns ucore's environment, udocker's environment and the ucore container's
-    root. The registry is stopped before returning: no timed run can fetch anything."""
+    per engine in each; writes bundles for the direct runtime runs. The registry is stopped
+    before returning: no timed run can fetch anything."""
     _common.ucore_import_path()
     from ucore.testing.images import busybox_image
     from ucore.testing.push import Pusher
@@ -71,6 +139,7 @@ def setup_containers(
     udocker_store = place / "udocker"
     udocker_store.mkdir()
     base = {**os.environ, "TMPDIR": str(place)}
+    unavailable: dict[str, str] = {}
     registry = _image.start_registry()
     try:
         Pusher(registry.url).push(IMAGE, busybox_image())
@@ -79,23 +148,83 @@ def setup_containers(
         ucore_env = _common.ucore_env(base, ucore_store, extra, installed=args.ucore_venv)
         ucore = [args.python, "-m", "ucore", "-q"]
         _common.checked([*ucore, "pull", reference], ucore_env, "ucore pull")
-        _common.checked([*ucore, "create", "--name", CONTAINER, reference], ucore_env, "create")
-        # P1 on both sides, chosen explicitly as for udocker below.
-        _common.checked([*ucore, "setup", "--engine=P1", CONTAINER], ucore_env, "ucore setup")
+        for tool, (engine, name) in ENGINE_CONTAINERS.items():
+            _common.checked([*ucore, "create", "--name", name, reference], ucore_env, "create")
+            try:
+                # The engine chosen explicitly, as for udocker below.
+                _common.checked([*ucore, "setup", f"--engine={engine}", name], ucore_env, "setup")
+            except RuntimeError as exc:
+                unavailable[tool] = str(exc)
         root = Path(_common.checked([*ucore, "inspect", "-p", CONTAINER], ucore_env, "inspect"))
+        root = Path(str(root).strip())
         wrapper = _common.write_proot_wrapper(place / "proot-no-k", args.proot)
         udocker_env = _common.udocker_env(base, udocker_store, wrapper)
+        udocker_env["UDOCKER_USE_RUNC_EXECUTABLE"] = shutil.which(args.runc) or args.runc
         if udocker is not None:
             for step in (
                 ["pull", f"--registry={registry.url}", IMAGE],
                 ["create", f"--name={CONTAINER}", IMAGE],
                 ["setup", "--execmode=P1", CONTAINER],
+                ["create", f"--name={UDOCKER_R1}", IMAGE],
+                ["setup", "--execmode=R1", UDOCKER_R1],
             ):
                 argv = _common.udocker_argv(udocker, *step)
                 _common.checked(argv, udocker_env, f"udocker {step[0]}")
     finally:
         registry.stop()
-    return ucore_env, udocker_env, Path(str(root).strip())
+    direct = {}
+    for kind in ("runc", "crun"):
+        binary = getattr(args, kind)
+        try:
+            direct[kind] = direct_command(kind, binary, root, place / kind)
+            if args.workload:
+                volume = Path(args.workload)
+                where = place / f"{kind}+find"
+                direct[f"{kind}+find"] = direct_command(kind, binary, root, where, volume)
+        except (OSError, RuntimeError) as exc:
+            unavailable[kind] = unavailable[f"{kind}+find"] = str(exc)
+    return Setup(ucore_env, udocker_env, root, direct, unavailable)
+
+
+def direct_command(
+    kind: str, binary: str, root: Path, place: Path, workload: Optional[Path] = None
+) -> tuple[list[str], dict[str, str]]:
+    """``runc run`` / ``crun run`` of ``/bin/true`` (or of the ``workload`` walk) in ``root``,
+    as a user would type it, with the config ucore's plugin generates for a default run (the
+    host's system directories bound, the user as the container's root). On a hybrid-cgroup host
+    crun refuses to start outside a mount namespace hiding the v2 hierarchy; ``unshare``
+    (util-linux) makes that one, as ucore does in-process (the row then includes ``unshare`` and
+    ``sh`` starting)."""
+    sys.path.insert(0, str(_common.REPO_ROOT / "plugins" / "runc" / "src"))
+    from ucore.model import Mount, RunSpec
+    from ucore.runspec import DEFAULT_PATH, SYSDIRS
+    from ucore_runc import discover, spec
+
+    path = shutil.which(binary, path=os.pathsep.join([os.environ.get("PATH", ""), *discover.SBIN]))
+    if path is None:
+        raise RuntimeError(f"no {binary} here")
+    hide = kind == "crun" and discover.hybrid_controllers() is not None
+    uid, gid = os.getuid(), os.getgid()
+    host = (0, 0) if hide else (uid, gid)
+    who = spec.identity(None, None, *host, privileged=uid == 0)
+    mounts = tuple(Mount(os.path.realpath(p), p) for p in SYSDIRS if os.path.exists(p))
+    command: tuple[str, ...] = ("/bin/true",)
+    if workload is not None:
+        mounts += (Mount(str(workload), WORK_TARGET, readonly=True),)
+        command = WORK_COMMAND
+    run_spec = RunSpec(argv=command, env=(("PATH", DEFAULT_PATH),), mounts=mounts)
+    bundle = place / "bundle"
+    bundle.mkdir(parents=True)
+    config = spec.config(run_spec, root, who, proc=kind == "runc", terminal=False)
+    (bundle / "config.json").write_text(json.dumps(config))
+    options = ["--cgroup-manager=disabled"] if kind == "crun" else []
+    argv = [path, "--root", str(place / "state"), *options, "run", "--bundle", str(bundle)]
+    argv += ["--no-new-keyring", "bench"]
+    if hide:
+        script = 'mount -t tmpfs -o size=4k tmpfs /sys/fs/cgroup/unified && exec "$@"'
+        userns = ["--user", "--map-root-user"] if uid else []
+        argv = ["unshare", *userns, "--mount", "sh", "-c", script, "sh", *argv]
+    return argv, {"PATH": discover.runtime_env()["PATH"]}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -104,8 +233,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         runs=20,
         warmup=3,
         tools=TOOLS,
-        tools_help="ucore, udocker, proot, python (python -c pass), ucore-ver (python -m ucore"
-        " version), py-udocker (python -c pass with udocker's venv interpreter)",
+        tools_help="ucore, udocker, proot (P1); ucore-runc, udocker-r1, runc, ucore-crun, crun"
+        " (OCI runtimes); python (python -c pass), ucore-ver (python -m ucore version),"
+        " py-udocker (python -c pass with udocker's venv interpreter)",
         ucore_cmd=DEFAULT_UCORE_CMD,
         ucore_fields="{python} {container} {store}",
     )
@@ -127,40 +257,82 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         " checkout's core and PRoot plugin reinstalled each time), as udocker runs from its own",
     )
     parser.add_argument("--proot", default="/usr/bin/proot", help="the proot every tool uses")
+    parser.add_argument("--runc", default="runc", help="runc for the direct run and udocker R1")
+    parser.add_argument("--crun", default="crun", help="crun for the direct run")
+    parser.add_argument(
+        "--workload",
+        metavar="DIR",
+        help="also time a path-heavy workload: busybox's find over this host directory, bound"
+        " read-only in each container (a TOOL+find row per tool, and native+find on the host)",
+    )
     parser.add_argument("--timeout", type=float, default=60, help="seconds per command")
     parser.add_argument("--verbose", action="store_true", help="a line per run, not per round")
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 unless ucore meets both overhead targets"
+        "--check", action="store_true", help="exit 1 unless ucore meets its overhead targets"
     )
     args = _common.parse_checked(parser, argv, TOOLS)
-    if "udocker" not in args.tools and "py-udocker" in args.tools:
+    if not {"udocker", "udocker-r1"} & set(args.tools) and "py-udocker" in args.tools:
         args.tools.remove("py-udocker")
     return args
 
 
-def make_cases(
-    args: argparse.Namespace,
-    ucore_env: dict[str, str],
-    udocker_env: dict[str, str],
-    root: Path,
-    udocker: Optional[Path],
-) -> list[Case]:
+def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) -> list[Case]:
     python = args.python
-    ucore_argv = shlex.split(
-        args.ucore_cmd.format(python=python, container=CONTAINER, store=ucore_env["UCORE_DIR"])
-    )
-    commands = {
-        "ucore": (ucore_argv, ucore_env),
-        "proot": ([args.proot, "-r", str(root), "/bin/true"], dict(os.environ)),
+    store = setup.ucore_env["UCORE_DIR"]
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        "proot": ([args.proot, "-r", str(setup.root), "/bin/true"], dict(os.environ)),
         "python": ([python, "-c", "pass"], dict(os.environ)),
-        "ucore-ver": ([python, "-m", "ucore", "version"], ucore_env),
+        "ucore-ver": ([python, "-m", "ucore", "version"], setup.ucore_env),
+        **setup.direct,
     }
+    for tool, (_engine, name) in ENGINE_CONTAINERS.items():
+        argv = shlex.split(args.ucore_cmd.format(python=python, container=name, store=store))
+        commands[tool] = (argv, setup.ucore_env)
     if udocker is not None:
-        argv = _common.udocker_argv(udocker, "run", CONTAINER, "/bin/true")
-        commands["udocker"] = (argv, udocker_env)
+        for tool, name in (("udocker", CONTAINER), ("udocker-r1", UDOCKER_R1)):
+            commands[tool] = (
+                _common.udocker_argv(udocker, "run", name, "/bin/true"),
+                setup.udocker_env,
+            )
         udocker_python = str(udocker.parent / "python")
         commands["py-udocker"] = ([udocker_python, "-c", "pass"], dict(os.environ))
-    return [CommandCase(tool, *commands[tool]) for tool in args.tools if tool in commands]
+    if args.workload:
+        commands.update(workload_commands(args, setup, udocker))
+    cases: list[Case] = []
+    for tool in args.tools:
+        rows = [tool, f"{tool}+find"] if args.workload and tool in WORK_TOOLS else [tool]
+        for row in rows:
+            if row in setup.unavailable:
+                cases.append(Unavailable(row, setup.unavailable[row]))
+            elif row in commands:
+                kind = UdockerR1Case if row.startswith("udocker-r1") else CommandCase
+                cases.append(kind(row, *commands[row]))
+    if args.workload:
+        cases.append(CommandCase(NATIVE, *commands[NATIVE]))
+    return cases
+
+
+def workload_commands(
+    args: argparse.Namespace, setup: Setup, udocker: Optional[Path]
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """``TOOL+find``: the walk of ``--workload`` in each container, and on the host with the
+    container's own busybox (``native+find``)."""
+    volume = str(Path(args.workload).resolve())
+    commands = {
+        NATIVE: ([str(setup.root / "bin" / "busybox"), "find", volume], dict(os.environ)),
+        "proot+find": (
+            [args.proot, "-r", str(setup.root), "-b", f"{volume}:{WORK_TARGET}", *WORK_COMMAND],
+            dict(os.environ),
+        ),
+    }
+    for tool, (_engine, name) in ENGINE_CONTAINERS.items():
+        argv = [args.python, "-m", "ucore", "run", "-v", f"{volume}:{WORK_TARGET}:ro", name]
+        commands[f"{tool}+find"] = ([*argv, *WORK_COMMAND], setup.ucore_env)
+    if udocker is not None:
+        for tool, name in (("udocker", CONTAINER), ("udocker-r1", UDOCKER_R1)):
+            argv = _common.udocker_argv(udocker, "run", "-v", f"{volume}:{WORK_TARGET}", name)
+            commands[f"{tool}+find"] = ([*argv, *WORK_COMMAND], setup.udocker_env)
+    return commands
 
 
 def proot_version(proot: str) -> str:
@@ -173,77 +345,109 @@ def proot_version(proot: str) -> str:
     return found.group(0) if found else "?"
 
 
-def print_header(args: argparse.Namespace, place: Path, root: Path) -> None:
+def print_header(args: argparse.Namespace, place: Path, setup: Setup) -> None:
     print(f"image     {IMAGE}: one layer, static busybox (ucore.testing.images.busybox_image)")
     print(f"stores    {place} ({_common.filesystem_type(place)})")
     print(f"rounds    {args.warmup} warm-up + {args.runs} counted, in turn: {' '.join(args.tools)}")
     print(
         f"machine   {os.cpu_count()} CPUs, {_common.python_info()}, load {_common.load_average()}"
     )
+    print(f"user      uid {os.getuid()}")
     venv = " (clean venv, --ucore-venv)" if args.ucore_venv else ""
     print(f"{{python}}  {args.python}{venv}")
+    runc = shutil.which(args.runc, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
     versions = {
-        "ucore": f"{args.ucore_cmd.format(python='{python}', container=CONTAINER, store='')}"
-        f"  (`ucore setup --engine=P1 {CONTAINER}` first)",
         "udocker": f"udocker {_common.UDOCKER_VERSION} from PyPI: udocker run {CONTAINER}"
         f" /bin/true (P1; proot {args.proot} behind a sh wrapper that drops -k)",
         "proot": f"{args.proot} -r ROOT /bin/true  (proot {proot_version(args.proot)};"
-        f" ROOT: the ucore container's, {root})",
+        f" ROOT: the ucore container's, {setup.root})",
+        "udocker-r1": f"udocker run {UDOCKER_R1} /bin/true (R1, UDOCKER_USE_RUNC_EXECUTABLE="
+        f"{runc}; it exits 1 whatever happens: success is read from its stderr)",
         "python": "{python} -c pass: the interpreter's start",
         "ucore-ver": "{python} -m ucore version: ucore's command line and plugins loading",
         "py-udocker": f"{_common.UDOCKER_VENV}/bin/python -c pass: udocker's interpreter",
     }
+    for tool, (engine, name) in ENGINE_CONTAINERS.items():
+        command = args.ucore_cmd.format(python="{python}", container=name, store="")
+        versions[tool] = f"{command}  (`ucore setup --engine={engine} {name}` first)"
+    for kind, (argv, _env) in setup.direct.items():
+        version = _common.command_version([argv[argv.index("--root") - 1], "--version"])
+        versions[kind] = f"{shlex.join(argv)}  ({version}; config from ucore_runc.spec)"
     for tool in args.tools:
-        print(f"  {tool:<10} {versions[tool]}")
+        print(f"  {tool:<10} {versions.get(tool, setup.unavailable.get(tool, ''))}")
+    if args.workload:
+        print(
+            f"workload  TOOL+find: {shlex.join(WORK_COMMAND)} with {args.workload} bound"
+            f" read-only at {WORK_TARGET} (after each of {', '.join(WORK_TOOLS)});"
+            f" {NATIVE}: ROOT/bin/busybox find {args.workload} on the host"
+        )
 
 
 def report(stats: list[Stats]) -> bool:
-    """Prints the table, the overheads over proot and the targets; returns whether ucore met
-    both targets."""
+    """Prints the table, each tool's overhead over the runtime it drives and the targets;
+    returns whether ucore met the targets it was measured against."""
     by_name = {item.name: item for item in stats}
     print()
     _common.print_table(stats)
     print()
-    proot = by_name.get("proot")
-    if proot is None or not proot.ok or proot.median is None:
-        print("overheads          n/a (no proot median)")
-        return False
-    overheads: dict[str, Optional[float]] = {}
-    for name in ("ucore", "udocker"):
+
+    def median(name: str) -> Optional[float]:
         item = by_name.get(name)
-        if item is not None:
-            overheads[name] = item.median - proot.median if item.ok and item.median else None
-    print(f"overhead over proot direct (median - proot's median {proot.median * 1000:.1f} ms):")
-    for name, value in overheads.items():
+        return item.median if item is not None and item.ok and item.median else None
+
+    overheads: dict[str, Optional[float]] = {}
+    print("overhead over the runtime each tool drives (its median - the runtime's median):")
+    for tool, floor in FLOORS.items():
+        if tool not in by_name:
+            continue
+        mine, base = median(tool), median(floor)
+        overheads[tool] = mine - base if mine is not None and base is not None else None
+        value = overheads[tool]
         text = f"{value * 1000:7.1f} ms" if value is not None else "    n/a"
-        print(f"  {name:<16} {text}")
+        print(f"  {tool:<12} over {floor:<6} {text}")
+    checks: list[Optional[bool]] = []
     ucore, udocker = overheads.get("ucore"), overheads.get("udocker")
-    share_ok: Optional[bool] = None
-    if ucore is not None and udocker is not None and udocker > 0:
-        share = ucore / udocker
-        share_ok = share <= OVERHEAD_SHARE_TARGET
-        text = f"{share:6.2f}x   target <= {OVERHEAD_SHARE_TARGET:.2f}x"
-    else:
-        text = "   n/a (needs ucore's and udocker's overheads)"
-    _common.print_check("ucore/udocker overhead", text, share_ok)
-    absolute_ok = None if ucore is None else ucore < OVERHEAD_TARGET_S
-    text = "   n/a (no ucore median)" if ucore is None else f"{ucore * 1000:6.1f} ms target < 40 ms"
-    _common.print_check("ucore overhead", text, absolute_ok)
-    python, version = by_name.get("python"), by_name.get("ucore-ver")
-    contexts = (
-        (python, "python -c pass"),
-        (version, "ucore version"),
-        (by_name.get("py-udocker"), "udocker's python"),
-    )
-    for item, label in contexts:
-        if item is not None and item.ok and item.median is not None:
-            print(f"{label:<18} {item.median * 1000:6.1f} ms (context)")
-    run = by_name.get("ucore")
-    if run is not None and run.ok and version is not None and version.ok:
-        assert run.median is not None and version.median is not None
-        spent = (run.median - version.median) * 1000
-        print(f"{'run - version':<18} {spent:6.1f} ms (ucore run beyond starting ucore)")
-    return bool(share_ok and absolute_ok)
+    if "ucore" in by_name:
+        share_ok: Optional[bool] = None
+        if ucore is not None and udocker is not None and udocker > 0:
+            share = ucore / udocker
+            share_ok = share <= OVERHEAD_SHARE_TARGET
+            text = f"{share:6.2f}x   target <= {OVERHEAD_SHARE_TARGET:.2f}x"
+        else:
+            text = "   n/a (needs ucore's and udocker's overheads)"
+        _common.print_check("ucore/udocker overhead (P1)", text, share_ok)
+        absolute_ok = None if ucore is None else ucore < OVERHEAD_TARGET_S
+        text = "   n/a" if ucore is None else f"{ucore * 1000:6.1f} ms target < 40 ms"
+        _common.print_check("ucore overhead (P1)", text, absolute_ok)
+        checks += [share_ok, absolute_ok]
+    if "ucore-runc" in by_name:
+        runc = overheads.get("ucore-runc")
+        r1_ok = None if runc is None else runc <= R1_OVERHEAD_TARGET_S
+        text = "   n/a" if runc is None else f"{runc * 1000:6.1f} ms target <= 20 ms"
+        _common.print_check("ucore overhead (R1, runc)", text, r1_ok)
+        checks.append(r1_ok)
+    contexts = (("python", "python -c pass"), ("ucore-ver", "ucore version"))
+    for name, label in (*contexts, ("py-udocker", "udocker's python")):
+        value = median(name)
+        if value is not None:
+            print(f"{label:<18} {value * 1000:6.1f} ms (context)")
+    native = median(NATIVE)
+    if native is not None:
+        print("workload: the walk's cost (TOOL+find's median - TOOL's), and that over")
+        print(f"native+find's median ({native * 1000:.1f} ms, walk and busybox's start):")
+        for tool in WORK_TOOLS:
+            walk, start = median(f"{tool}+find"), median(tool)
+            if walk is not None and start is not None:
+                work = walk - start
+                print(f"  {tool:<12} {work * 1000:8.1f} ms  {work / native:6.2f}x native")
+    version = median("ucore-ver")
+    for tool in ENGINE_CONTAINERS:
+        run = median(tool)
+        if run is not None and version is not None:
+            print(
+                f"{tool + ' - version':<24} {(run - version) * 1000:6.1f} ms (run beyond starting)"
+            )
+    return bool(checks) and all(checks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -253,17 +457,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [package for binary, package in needed.items() if shutil.which(binary) is None]
     if missing:
         raise SystemExit(f"missing tools: apt-get install {' '.join(missing)}")
-    udocker = _common.ensure_udocker() if "udocker" in args.tools else None
+    wants_udocker = {"udocker", "udocker-r1"} & set(args.tools)
+    udocker = _common.ensure_udocker() if wants_udocker else None
     if args.ucore_venv:
         args.python = str(_common.ensure_ucore_venv())
     _common.compile_sources(args.python)
     args.store_dir.mkdir(parents=True, exist_ok=True)
     place = Path(tempfile.mkdtemp(prefix="ucore-bench-run-", dir=args.store_dir))
     try:
-        ucore_env, udocker_env, root = setup_containers(args, place, udocker)
-        cases = make_cases(args, ucore_env, udocker_env, root, udocker)
+        setup = setup_containers(args, place, udocker)
+        cases = make_cases(args, setup, udocker)
         print()
-        print_header(args, place, root)
+        print_header(args, place, setup)
         print()
         samples = _common.alternate(
             cases,
@@ -283,6 +488,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "store_dir": str(args.store_dir),
             "ucore_cmd": args.ucore_cmd,
             "proot": args.proot,
+            "runc": args.runc,
+            "crun": args.crun,
+            "workload": args.workload,
+            "uid": os.getuid(),
             "cpus": os.cpu_count(),
         }
         _common.write_json(args.json, meta, samples, stats)

@@ -10,6 +10,7 @@ packages=(
   apache2-utils     # htpasswd, for the Basic-auth registry
   zstd curl git ca-certificates
   proot runc crun fakechroot patchelf
+  uidmap            # newuidmap/newgidmap: runc as a user other than the container's root
   python3 python3-venv util-linux
 )
 
@@ -42,3 +43,9 @@ fi
 if ! id ucore-test >/dev/null 2>&1; then
   useradd --create-home --shell /bin/bash ucore-test
 fi
+# Subordinate ids for it (useradd adds them only where /etc/subuid already existed).
+for kind in uid gid; do
+  if ! grep -q "^ucore-test:" "/etc/sub$kind" 2>/dev/null; then
+    usermod "--add-sub${kind}s" 100000-165535 ucore-test
+  fi
+done

@@ -184,7 +184,8 @@ def test_kernel_is_faked_or_refused_clearly(ucore_cli: Ucore, proxy: FaultProxy)
         assert result.stdout == "6.0.0\n"
     else:
         assert result.returncode == 8, describe(result)
-        assert "glibc 2.33" in assert_error_line(result)
+        line = assert_error_line(result)
+        assert "glibc 2.33" in line or "cannot fake the kernel release" in line
 
 
 def test_run_needs_a_target(ucore_cli: Ucore) -> None:

@@ -1,5 +1,22 @@
 """Hook implementations of ucore-runc, loaded through the ``ucore`` entry-point group.
 
-It will register the runc and crun engines (R1-R3); until then it only
-proves that the distribution installs and that ucore discovers it (``ucore plugins``).
+Registers the rootless OCI runtime engines: ``crun`` and ``runc`` (udocker's R1), and
+``runc-proot``, which only explains why udocker's R2/R3 are not provided.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ucore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ucore.registration import Registry
+
+
+@hookimpl
+def ucore_register_engines(register: Registry) -> None:
+    from ucore_runc.engine import CrunEngine, RuncEngine, RuncProotEngine
+
+    for engine in (CrunEngine, RuncEngine, RuncProotEngine):
+        register(engine.name, engine)

@@ -1,0 +1,461 @@
+"""Running one container with runc or crun and staying with it until its command ends.
+
+**State.** Each run has its own container id (``ucore-PID-RANDOM``), so any number of jobs can
+run the same container at once, and its own bundle directory (``config.json``, the runtime's
+log and pid file). Both live in a per-user directory private to the user (0700):
+``$XDG_RUNTIME_DIR/ucore`` where the session has one, else ``tmp/run-HOST`` in the store (the
+host name keeps nodes sharing a store apart). A run removes what it made when it ends, normally
+or through a signal; what a run killed outright (``SIGKILL``) left behind is removed by the next
+run of the same engine (the id names the ucore process: a dead one's state is stale).
+
+**A command without a terminal** (batch jobs) runs *detached* (``run --detach``): the runtime
+starts it and exits, and ucore, a child subreaper (``PR_SET_CHILD_SUBREAPER``), becomes its
+parent. Its stdin, stdout and stderr are then ucore's own descriptors, not pipes the runtime
+copies (and that runc would ``chown`` to the container's root, which fails when that root is an
+``/etc/subuid`` id); ucore waits for it itself, so the exit status is the command's exactly
+(``128 + N`` after signal ``N``); signals go straight to it; and, as Docker does when a
+container's main process ends, ucore ends whatever it left behind (``SIGKILL``), since without
+a PID namespace the kernel would not.
+
+**A command on a terminal** runs in the foreground (``run``): the runtime makes the container's
+terminal and relays it (raw mode, window size). A thread follows the main process (from the
+pid file) and ends what it leaves behind when it ends, or the runtime would wait for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ucore import spawn
+from ucore.errors import PluginError
+
+if TYPE_CHECKING:
+    import threading
+
+    from ucore.store import Store
+    from ucore_runc.discover import Runtime
+
+_ID = re.compile(r"ucore-(?P<pid>\d+)-[0-9a-f]{8}")
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:64] or "host"
+_PR_SET_CHILD_SUBREAPER = 36
+#: ``si_code`` of a signal the kernel sent: the terminal's ^C and ^\ to the foreground group.
+_SI_KERNEL = 0x80
+_TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def state_base(store: Store) -> Path:
+    """The user's private directory for runtime state and bundles on this host."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        with contextlib.suppress(OSError):
+            st = os.stat(xdg)
+            if st.st_uid == os.getuid() and os.path.isdir(xdg):
+                return Path(xdg) / "ucore"
+    return store.tmp / f"run-{_HOST}"
+
+
+class Run:
+    """One run: its id and directories, the runtime's command line, and cleaning up."""
+
+    def __init__(self, runtime: Runtime, base: Path, global_options: Sequence[str]) -> None:
+        self.runtime = runtime
+        self.root = base / runtime.kind
+        self.bundles = base / "bundles"
+        for path in (base, self.root, self.bundles):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.id = f"ucore-{os.getpid()}-{os.urandom(4).hex()}"
+        self.bundle = self.bundles / self.id
+        self.bundle.mkdir(mode=0o700)
+        self.log = self.bundle / "log.json"
+        self.pid_file = self.bundle / "pid"
+        self.base_command = base_command(runtime, base, global_options)
+        self.options = [*self.base_command, *self._log_options()]
+
+    def _log_options(self) -> list[str]:
+        """Warnings to a file, not to the container's stderr (runc warns on every run without
+        cgroups); the runtime still prints a fatal error on stderr itself."""
+        if self.runtime.kind == "crun":
+            return [f"--log=file:{self.log}", "--log-format=json"]
+        return ["--log", str(self.log), "--log-format", "json"]
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        import json
+
+        path = self.bundle / "config.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f)
+
+    def command(self, detach: bool) -> list[str]:
+        argv = [*self.options, "run", "--bundle", str(self.bundle), "--no-new-keyring"]
+        argv += ["--pid-file", str(self.pid_file)]
+        return [*argv, *(["--detach"] if detach else []), self.id]
+
+    def error(self) -> Optional[str]:
+        """The runtime's last error from its log, if it logged one."""
+        import json
+
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+                    return str(entry.get("msg", "")).strip() or None
+        return None
+
+    def failed(self, status: int) -> PluginError:
+        why = self.error() or f"exit status {status}"
+        return PluginError(f"{self.runtime.kind} could not start the container: {why}")
+
+    def main_pid(self) -> Optional[int]:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.pid_file.read_text().strip())
+        return None
+
+    def cleanup(self) -> None:
+        """Remove this run's state and bundle."""
+        remove_state(self.root, self.id, self.base_command)
+        import shutil
+
+        shutil.rmtree(self.bundle, ignore_errors=True)
+
+
+def base_command(runtime: Runtime, base: Path, global_options: Sequence[str]) -> list[str]:
+    """The runtime with the options every command of a run takes (its state directory)."""
+    return [runtime.path, "--root", str(base / runtime.kind), *global_options]
+
+
+def remove_state(root: Path, cid: str, command: Sequence[str], *, stale: bool = False) -> None:
+    """The runtime's state of a container. A stopped one without cgroups (rootless) is only a
+    directory, removed directly (a ``delete`` costs a process start); otherwise the runtime
+    deletes it (and its cgroups). A ``stale`` one (its ucore was killed) may still run: its
+    processes are killed first, which neither runtime does without a cgroup to find them in."""
+    state = root / cid
+    if not state.exists():
+        return  # the foreground runtime deleted it already
+    if stale:
+        _kill_session(state)
+    if stale or _owns_cgroups(state):
+        import subprocess
+
+        from ucore_runc.discover import runtime_env
+
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [*command, "delete", "--force", cid],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=runtime_env(),
+                timeout=60,
+                check=False,
+            )
+    import shutil
+
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _kill_session(state: Path) -> None:
+    """Kill a stale container's main process and every process of its session (the runtime
+    made the main process a session leader; its children stay in that session unless they
+    leave it), if the main process is still the one the state names (same start time)."""
+    import json
+
+    for name, pid_key, start_key in (
+        ("state.json", "init_process_pid", "init_process_start"),
+        ("status", "pid", "process-start-time"),
+    ):
+        try:
+            data = json.loads((state / name).read_text())
+            main, started = int(data[pid_key]), int(data[start_key])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if main > 1 and _stat(main)[1] == started:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit() and _stat(int(pid))[0] == main:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(pid), signal.SIGKILL)
+        return
+
+
+def _stat(pid: int) -> tuple[Optional[int], Optional[int]]:
+    """(session id, start time in clock ticks) of a process, from ``/proc/PID/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[3]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None, None
+
+
+def _owns_cgroups(state: Path) -> bool:
+    """Whether a stopped container's state names a cgroup that exists (runc lists cgroup paths
+    even where, rootless, it could create none; crun names its cgroup, "" when it has none)."""
+    import json
+
+    for name, key in (("state.json", "cgroup_paths"), ("status", "cgroup-path")):
+        try:
+            data = json.loads((state / name).read_text())
+        except (OSError, ValueError):
+            continue
+        found = data.get(key) if isinstance(data, dict) else None
+        paths = found.values() if isinstance(found, dict) else [found]
+        return any(isinstance(p, str) and p and os.path.isdir(_cgroup_dir(p)) for p in paths)
+    return True  # unknown: let the runtime decide
+
+
+def _cgroup_dir(path: str) -> str:
+    return path if path.startswith("/sys/fs/cgroup") else f"/sys/fs/cgroup/{path.lstrip('/')}"
+
+
+def reap_stale(runtime: Runtime, base: Path, global_options: Sequence[str]) -> None:
+    """Remove the state and bundles that runs killed outright left on this host: the state of
+    this runtime's containers, and every dead run's bundle."""
+    root = base / runtime.kind
+    command = base_command(runtime, base, global_options)
+    for directory in (root, base / "bundles"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            found = _ID.fullmatch(name)
+            if found is None or _alive(int(found["pid"])):
+                continue
+            if directory == root:
+                remove_state(root, name, command, stale=True)
+            else:
+                import shutil
+
+                shutil.rmtree(directory / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- without a terminal: detached, ucore the parent -------------------------------------------
+
+
+def run_detached(
+    run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpus: Optional[frozenset[int]]
+) -> int:
+    """Start the container detached and wait for its main process as its (adoptive) parent."""
+    mask: set[int] = {*spawn.FORWARDED, signal.SIGCHLD}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        _become_subreaper()
+        try:
+            # Signals that come while the runtime starts are held (no target), then given to
+            # the command.
+            started = spawn.run(
+                run.command(detach=True), env, steps=steps, cpus=cpus, targets=_none
+            )
+            main = run.main_pid()
+            if started.status != 0 or main is None:
+                raise run.failed(started.status)
+            return _wait(main, mask, started.forwarded)
+        finally:
+            _end_leftovers()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _none(_pid: int) -> list[int]:
+    return []
+
+
+def _become_subreaper() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise PluginError(
+            "cannot wait for a detached container: prctl(PR_SET_CHILD_SUBREAPER) failed:"
+            f" {os.strerror(ctypes.get_errno())}"
+        )
+
+
+def _wait(main: int, mask: set[int], pending: Optional[int]) -> int:
+    """The main process's exit status, shell-style; signals that reach ucore are passed on."""
+    if pending is not None:
+        _forward(main, pending, from_terminal=False)
+    while True:
+        status = _reap(main)
+        if status is not None:
+            return status
+        info = signal.sigwaitinfo(mask)
+        if info.si_signo != signal.SIGCHLD:
+            from_terminal = info.si_code == _SI_KERNEL and info.si_signo in _TTY_SIGNALS
+            _forward(main, info.si_signo, from_terminal)
+
+
+def _reap(main: int) -> Optional[int]:
+    """Reap every exited child; the main process's status once it is among them."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            raise PluginError(
+                f"the container's main process ({main}) is not a child of ucore"
+            ) from None
+        if pid == 0:
+            return None
+        if pid == main:
+            code = os.waitstatus_to_exitcode(status)
+            return code if code >= 0 else 128 - code
+
+
+def _forward(main: int, signum: int, from_terminal: bool) -> None:
+    """To the main process; a terminal's ^C or ^\\ to its whole process group, as the
+    terminal would have done had the runtime not put the container in a session of its own
+    (unless it is still in ucore's group, which the terminal reached already)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if not from_terminal:
+            os.kill(main, signum)
+            return
+        group = os.getpgid(main)
+        if group != os.getpgrp():
+            os.killpg(group, signum)
+
+
+def _end_leftovers() -> None:
+    """Kill and reap every remaining child: after the main process, only what it left behind
+    is still ucore's (orphans come to ucore, the subreaper, as each parent dies)."""
+    me = os.getpid()
+    while True:
+        for pid in spawn.children(me):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+# --- on a terminal: the runtime in the foreground ---------------------------------------------
+
+
+def run_foreground(
+    run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpus: Optional[frozenset[int]]
+) -> int:
+    watch = Leftovers(run)
+    try:
+        result = spawn.run(
+            run.command(detach=False),
+            env,
+            steps=steps,
+            cpus=cpus,
+            targets=watch.targets,
+            started=watch.start,
+        )
+    finally:
+        watch.stop()
+    if result.status != 0 and watch.main is None and run.error():
+        raise run.failed(result.status)
+    return result.status
+
+
+class Leftovers:
+    """Follows the main process of a foreground runtime and, when it ends, kills what it left
+    (the runtime, their subreaper, would wait for them: they hold the terminal open)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.main: Optional[int] = None
+        self.runtime: Optional[int] = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, runtime: int) -> None:
+        import threading
+
+        self.runtime = runtime
+        self._thread = threading.Thread(target=self._follow, name="ucore-runc-main", daemon=True)
+        self._thread.start()
+
+    def targets(self, runtime: int) -> list[int]:
+        """Signals go to the main process, or to the runtime (which passes them on) before it
+        is known."""
+        return [self.main if self.main is not None else runtime]
+
+    def stop(self) -> None:
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _follow(self) -> None:
+        import select
+
+        while self.main is None:
+            self.main = self.run.main_pid()
+            if self.main is None and select.select([self._wake_r], [], [], 0.002)[0]:
+                return  # the runtime ended before the container started
+        try:
+            fd = os.pidfd_open(self.main)
+        except (OSError, AttributeError):  # gone already, or no pidfd (Linux < 5.3)
+            fd = None
+        if fd is not None:
+            try:
+                ready = select.select([fd, self._wake_r], [], [])[0]
+            finally:
+                os.close(fd)
+            if self._wake_r in ready:
+                return
+        else:
+            while os.path.exists(f"/proc/{self.main}"):
+                if select.select([self._wake_r], [], [], 0.01)[0]:
+                    return
+        self._kill_descendants()
+
+    def _kill_descendants(self) -> None:
+        """Until none is left alive; the runtime reaps them, and their children come to it."""
+        import select
+
+        assert self.runtime is not None
+        while True:
+            found = [pid for pid in _descendants(self.runtime) if _running(pid)]
+            if not found:
+                return
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if select.select([self._wake_r], [], [], 0.005)[0]:
+                return  # the runtime is gone: so is every process it waited for
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    pending = spawn.children(pid)
+    while pending:
+        child = pending.pop()
+        out.append(child)
+        pending.extend(spawn.children(child))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process stays listed until its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
