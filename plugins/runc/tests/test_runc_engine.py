@@ -265,6 +265,10 @@ def test_locate(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     assert discover.locate("runc", {"PATH": str(tmp_path)}) == (str(fake), "")
+    conf = tmp_path / "ucore.conf"
+    conf.write_text(f"[crun]\npath = {fake}\n")
+    configured = Config.load(environ={"UCORE_CONFIG": str(conf)}).section("crun").get("path")
+    assert discover.locate("crun", {"PATH": ""}, configured) == (str(fake), "")
 
 
 def test_subordinate_ids(tmp_path: Path) -> None:

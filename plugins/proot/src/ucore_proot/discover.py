@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
+from ucore import spawn
+
 if TYPE_CHECKING:
     import subprocess
 
@@ -92,20 +94,10 @@ def locate(
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return os.path.abspath(path), ""
         return None, f"the configured proot {chosen} is not an executable file"
-    found = _on_path("proot", env.get("PATH", os.defpath))
+    found = spawn.find_program("proot", env.get("PATH", os.defpath))
     if found:
         return os.path.abspath(found), ""
     return None, f"no proot on PATH: {HOW_TO_GET}"
-
-
-def _on_path(name: str, search: str) -> Optional[str]:
-    """The first executable ``name`` in ``search`` (what ``shutil.which`` does; importing
-    shutil costs every ``ucore run`` 2 ms)."""
-    for folder in search.split(os.pathsep):
-        candidate = os.path.join(folder or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def parse_version(text: str) -> tuple[str, bool]:

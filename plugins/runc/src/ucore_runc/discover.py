@@ -35,9 +35,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+
+from ucore import spawn
 
 if TYPE_CHECKING:
     import subprocess
@@ -96,33 +97,24 @@ def parse_version(text: str) -> str:
     return found.group(1) if found else "unknown"
 
 
-def locate(kind: str, environ: Optional[dict[str, str]] = None) -> tuple[Optional[str], str]:
-    """(path or None, why not)."""
+def locate(
+    kind: str, environ: Optional[dict[str, str]] = None, configured: Optional[str] = None
+) -> tuple[Optional[str], str]:
+    """(path or None, why not): ``UCORE_RUNC``/``UCORE_CRUN`` first, then ``configured``
+    (``path`` in the ``[runc]``/``[crun]`` section of ucore.conf), then ``PATH`` and the
+    sbin directories."""
     env = dict(os.environ if environ is None else environ)
-    chosen = env.get(f"UCORE_{kind.upper()}") or _configured(kind, env)
+    chosen = env.get(f"UCORE_{kind.upper()}") or configured
     if chosen:
         path = os.path.expanduser(chosen)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return os.path.abspath(path), ""
         return None, f"the configured {kind} {chosen} is not an executable file"
     search = os.pathsep.join([env.get("PATH", os.defpath), *SBIN])
-    found = shutil.which(kind, path=search)
+    found = spawn.find_program(kind, search)
     if found:
         return os.path.abspath(found), ""
     return None, f"no {kind} on PATH or in {', '.join(SBIN)}: {HOW_TO_GET[kind]}"
-
-
-def _configured(kind: str, env: dict[str, str]) -> Optional[str]:
-    import configparser
-
-    home = env.get("UCORE_DIR") or os.path.join(os.path.expanduser("~"), ".ucore")
-    conf = env.get("UCORE_CONFIG") or os.path.join(os.path.expanduser(home), "ucore.conf")
-    parser = configparser.ConfigParser()
-    with contextlib.suppress(OSError, configparser.Error):
-        parser.read(conf)
-        if parser.has_option(kind, "path"):
-            return parser.get(kind, "path")
-    return None
 
 
 # --- what the host allows ---------------------------------------------------------------------

@@ -54,7 +54,8 @@ class OciEngine:
     def _find_why(self) -> Optional[str]:
         from ucore_runc import discover
 
-        path, why = discover.locate(self.kind)
+        configured = self.session.config.section(self.kind).get("path")
+        path, why = discover.locate(self.kind, configured=configured)
         if path is None:
             return why
         try:

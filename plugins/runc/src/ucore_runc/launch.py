@@ -28,13 +28,13 @@ import contextlib
 import os
 import re
 import signal
-import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ucore import spawn
-from ucore.errors import PluginError
+from ucore.containers import remove_tree
+from ucore.errors import PluginError, UcoreError
 
 if TYPE_CHECKING:
     import threading
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ucore_runc.discover import Runtime
 
 _ID = re.compile(r"ucore-(?P<pid>\d+)-[0-9a-f]{8}")
-_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:64] or "host"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
 _PR_SET_CHILD_SUBREAPER = 36
 #: ``si_code`` of a signal the kernel sent: the terminal's ^C and ^\ to the foreground group.
 _SI_KERNEL = 0x80
@@ -125,9 +125,7 @@ class Run:
     def cleanup(self) -> None:
         """Remove this run's state and bundle."""
         remove_state(self.root, self.id, self.base_command)
-        import shutil
-
-        shutil.rmtree(self.bundle, ignore_errors=True)
+        _discard(self.bundle)
 
 
 def base_command(runtime: Runtime, base: Path, global_options: Sequence[str]) -> list[str]:
@@ -160,9 +158,7 @@ def remove_state(root: Path, cid: str, command: Sequence[str], *, stale: bool = 
                 timeout=60,
                 check=False,
             )
-    import shutil
-
-    shutil.rmtree(state, ignore_errors=True)
+    _discard(state)
 
 
 def _kill_session(state: Path) -> None:
@@ -235,9 +231,13 @@ def reap_stale(runtime: Runtime, base: Path, global_options: Sequence[str]) -> N
             if directory == root:
                 remove_state(root, name, command, stale=True)
             else:
-                import shutil
+                _discard(directory / name)
 
-                shutil.rmtree(directory / name, ignore_errors=True)
+
+def _discard(path: Path) -> None:
+    """Remove a run's directory, whatever is in it; what cannot go is swept by a later run."""
+    with contextlib.suppress(UcoreError):
+        remove_tree(path)
 
 
 def _alive(pid: int) -> bool:
