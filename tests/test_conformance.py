@@ -11,7 +11,6 @@ CI runs this as root and again as the unprivileged user ucore-test (tox env ``un
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import pwd
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from support.cli import Ucore, describe
+from support.cli import Ucore, describe, engine_container, installed_engines, usable_engine
 
 from ucore.testing.registry import RegistryServer
 
@@ -51,26 +50,17 @@ def image(cli: Ucore, registry: RegistryServer) -> str:
 
 @pytest.fixture(scope="module")
 def installed(cli: Ucore) -> dict[str, dict[str, Any]]:
-    rows = json.loads(cli.ok("info", "--json").stdout)["engines"]
-    return {row["name"]: row for row in rows}
+    return installed_engines(cli)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def engine(request: pytest.FixtureRequest, installed: dict[str, dict[str, Any]]) -> str:
-    name: str = request.param
-    if name not in installed:
-        pytest.fail(f"engine {name} is listed in ENGINES but not installed")
-    if not installed[name]["usable"]:
-        pytest.skip(f"engine {name} cannot run on this host: {installed[name]['reason']}")
-    return name
+    return usable_engine(installed, request.param)
 
 
 @pytest.fixture(scope="module")
 def container(cli: Ucore, image: str, engine: str) -> str:
-    name = f"conformance-{engine}"
-    cli.ok("create", "--name", name, image)
-    cli.ok("setup", "--engine", engine, name)
-    return name
+    return engine_container(cli, image, engine, "conformance")
 
 
 def sh(cli: Ucore, container: str, script: str, *opts: str) -> str:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import Ucore, assert_error_line, describe
+from support.cli import (
+    Ucore,
+    assert_error_line,
+    describe,
+    engine_container,
+    installed_engines,
+    usable_engine,
+)
 
 from ucore.testing.images import (
     BUSYBOX_CONFIG,
@@ -55,24 +62,17 @@ def image(cli: Ucore, registry: RegistryServer) -> str:
 
 @pytest.fixture(scope="module")
 def installed(cli: Ucore) -> dict[str, dict[str, Any]]:
-    rows = json.loads(cli.ok("info", "--json").stdout)["engines"]
-    return {row["name"]: row for row in rows}
+    return installed_engines(cli)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def engine(request: pytest.FixtureRequest, installed: dict[str, dict[str, Any]]) -> str:
-    name: str = request.param
-    if not installed[name]["usable"]:
-        pytest.skip(f"engine {name} cannot run on this host: {installed[name]['reason']}")
-    return name
+    return usable_engine(installed, request.param)
 
 
 @pytest.fixture(scope="module")
 def container(cli: Ucore, image: str, engine: str) -> str:
-    name = f"runc-{engine}"
-    cli.ok("create", "--name", name, image)
-    cli.ok("setup", "--engine", engine, name)
-    return name
+    return engine_container(cli, image, engine, "runc")
 
 
 def state_dirs(cli: Ucore, engine: str) -> tuple[Path, Path]:

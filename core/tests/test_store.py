@@ -16,7 +16,7 @@ import pytest
 
 from ucore.errors import IntegrityError, StoreError
 from ucore.oci import Digest, ImageRef
-from ucore.store import _HOST, Store
+from ucore.store import HOST, Store
 
 
 def digest_of(data: bytes) -> Digest:
@@ -60,7 +60,7 @@ def test_partial_download_of_a_dead_process_is_resumed_and_rehashed(store: Store
     data = os.urandom(300_000)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    part = store.tmp / f"{digest_of(data).hex}.{_HOST}.{dead.pid}.part"
+    part = store.tmp / f"{digest_of(data).hex}.{HOST}.{dead.pid}.part"
     part.write_bytes(data[:100_000])
     writer = store.writer(digest_of(data), len(data)).open(resume=True)
     assert writer.written == 100_000
@@ -71,7 +71,7 @@ def test_partial_download_of_a_dead_process_is_resumed_and_rehashed(store: Store
 
 def test_partial_of_a_live_process_is_left_alone(store: Store) -> None:
     data = b"x" * 1000
-    part = store.tmp / f"{digest_of(data).hex}.{_HOST}.1.part"  # pid 1 is always alive
+    part = store.tmp / f"{digest_of(data).hex}.{HOST}.1.part"  # pid 1 is always alive
     part.write_bytes(data[:10])
     writer = store.writer(digest_of(data), len(data)).open(resume=True)
     assert writer.written == 0 and part.exists()
@@ -83,11 +83,11 @@ def test_partial_of_a_live_process_is_left_alone(store: Store) -> None:
 def test_cleanup_removes_temporaries_of_dead_processes(store: Store) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = store.tmp / f"refname.{_HOST}.{dead.pid}.0123abcd.tmp"
+    stale = store.tmp / f"refname.{HOST}.{dead.pid}.0123abcd.tmp"
     stale.write_text("{}")
-    ingest = store.tmp / f"ingest-0011223344556677.{_HOST}.{dead.pid}.part"
+    ingest = store.tmp / f"ingest-0011223344556677.{HOST}.{dead.pid}.part"
     ingest.write_text("x")
-    resumable = store.tmp / f"{'c' * 64}.{_HOST}.{dead.pid}.part"
+    resumable = store.tmp / f"{'c' * 64}.{HOST}.{dead.pid}.part"
     resumable.write_text("x")
     store.cleanup_tmp()
     assert not stale.exists() and not ingest.exists()
@@ -121,7 +121,7 @@ def test_lock_serialises_and_tells_who_holds_it(store: Store) -> None:
     with store.lock("blobx", "blob x", told.append):
         assert release.is_set()
     thread.join()
-    assert len(told) == 1 and f"locked by {_HOST} pid {os.getpid()}" in told[0]
+    assert len(told) == 1 and f"locked by {HOST} pid {os.getpid()}" in told[0]
 
 
 def test_lock_file_symlink_is_not_followed(store: Store, tmp_path: Path) -> None:

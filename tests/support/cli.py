@@ -190,3 +190,29 @@ def write_docker_config(directory: Path, registry: str, username: str, password:
     path.write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
     path.chmod(0o600)
     return path
+
+
+def installed_engines(cli: Ucore) -> dict[str, dict[str, Any]]:
+    """``ucore info --json``'s engines, by name."""
+    rows = json.loads(cli.ok("info", "--json").stdout)["engines"]
+    return {row["name"]: row for row in rows}
+
+
+def usable_engine(installed: dict[str, dict[str, Any]], name: str) -> str:
+    """``name``, for a test that needs it; a listed engine that is not installed fails the
+    test, one whose probe says it cannot run here skips it with the probe's reason."""
+    import pytest
+
+    if name not in installed:
+        pytest.fail(f"engine {name} is listed but not installed")
+    if not installed[name]["usable"]:
+        pytest.skip(f"engine {name} cannot run on this host: {installed[name]['reason']}")
+    return name
+
+
+def engine_container(cli: Ucore, image: str, engine: str, prefix: str) -> str:
+    """A container of ``image`` named ``PREFIX-ENGINE``, set up to run with ``engine``."""
+    name = f"{prefix}-{engine}"
+    cli.ok("create", "--name", name, image)
+    cli.ok("setup", "--engine", engine, name)
+    return name

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 from ucore.model import Container
-from ucore.store import _HOST, _STALE_FOREIGN, _pid_alive, store_error
+from ucore.store import _STALE_FOREIGN, HOST, pid_alive, store_error
 
 if TYPE_CHECKING:
     from ucore.oci import Image
@@ -108,12 +108,12 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
     check_name(name)
     names = _names_dir(store)
     path = names / name
-    tmp = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    tmp = store.tmp / f"name-{name}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         names.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(f"{cid} {_HOST} {os.getpid()}\n")
+            f.write(f"{cid} {HOST} {os.getpid()}\n")
     except OSError as exc:
         raise store_error(exc, f"reserving container name {name}") from exc
     try:
@@ -126,11 +126,11 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
                 if owner and (store.containers / owner).is_dir():
                     raise UsageError(f"container name {name!r} is already in use") from None
                 host, _, pid = reserver.partition(" ")
-                if host == _HOST and pid.isdigit() and _pid_alive(int(pid)):
+                if host == HOST and pid.isdigit() and pid_alive(int(pid)):
                     raise UsageError(
                         f"container name {name!r} is being created by pid {pid}"
                     ) from None
-                if host and host != _HOST and not _older_than(path, _STALE_FOREIGN):
+                if host and host != HOST and not _older_than(path, _STALE_FOREIGN):
                     raise UsageError(
                         f"container name {name!r} is reserved by a process on host {host}"
                         " that has not finished ('ucore rmname' it if that job died)"
@@ -155,7 +155,7 @@ def _take_over(store: Store, name: str, owner: Optional[str], reserver: str) -> 
     """Remove an abandoned reservation, but only the one judged abandoned: it is renamed
     aside and checked, and a fresh reservation grabbed by mistake (a rival took the stale one
     over first) is put back."""
-    aside = store.tmp / f"name-{name}.{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.stale"
+    aside = store.tmp / f"name-{name}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.stale"
     try:
         os.rename(_names_dir(store) / name, aside)
     except FileNotFoundError:
@@ -188,7 +188,7 @@ def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tup
     cid = os.urandom(16).hex()
     if name is not None:
         reserve_name(store, name, cid)
-    staging = store.containers / f".staging-{cid}.{_HOST}.{os.getpid()}"
+    staging = store.containers / f".staging-{cid}.{HOST}.{os.getpid()}"
     try:
         yield cid, staging
         os.rename(staging, store.containers / cid)
@@ -302,7 +302,7 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
             f"container {container.names[0] if container.names else container.id}"
             " is protected: 'ucore unprotect' it first"
         )
-    trash = store.containers / f".removing-{container.id}.{_HOST}.{os.getpid()}"
+    trash = store.containers / f".removing-{container.id}.{HOST}.{os.getpid()}"
     try:
         os.rename(container.dir, trash)
     except FileNotFoundError:

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-_HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
+#: This host in temporary and state names, so that nodes sharing a store (NFS) tell their own
+#: leftovers from another node's live ones.
+HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
 _PART = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.part")
 _OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?:part|[0-9a-f]{8}\.tmp)$")
 #: A partial download left by a process on another host is removed after this long.
@@ -49,7 +51,8 @@ def _sha256(data: bytes = b"") -> hashlib._Hash:
     return hashlib.sha256(data)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still has ``pid`` (whoever owns it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +82,7 @@ class BlobWriter:
         self.hasher = _sha256()
         self.written = 0
         name = f"{expected.hex if expected else 'ingest-' + os.urandom(8).hex()}"
-        self.path = store.tmp / f"{name}.{_HOST}.{os.getpid()}.part"
+        self.path = store.tmp / f"{name}.{HOST}.{os.getpid()}.part"
         self._file: Optional[IO[bytes]] = None
 
     def open(self, resume: bool = False) -> BlobWriter:
@@ -251,9 +254,9 @@ class Store:
             return
         for entry in os.scandir(self.tmp):
             m = _PART.fullmatch(entry.name)
-            if not m or m["hex"] != digest.hex or m["host"] != _HOST:
+            if not m or m["hex"] != digest.hex or m["host"] != HOST:
                 continue
-            if not _pid_alive(int(m["pid"])):
+            if not pid_alive(int(m["pid"])):
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(entry.path, mine)
                     log.info("resuming partial download", digest=str(digest))
@@ -273,8 +276,8 @@ class Store:
                 age = now - entry.stat(follow_symlinks=False).st_mtime
             except FileNotFoundError:
                 continue
-            if m and m["host"] == _HOST:
-                if _pid_alive(int(m["pid"])):
+            if m and m["host"] == HOST:
+                if pid_alive(int(m["pid"])):
                     continue
                 if _PART.fullmatch(entry.name) and age < _STALE_FOREIGN:
                     continue
@@ -310,7 +313,7 @@ class Store:
                 except OSError:
                     break  # ENOLCK and friends: locking is an optimisation only
             with contextlib.suppress(OSError):
-                os.pwrite(fd, f"{_HOST} pid {os.getpid()}".ljust(96).encode(), 0)
+                os.pwrite(fd, f"{HOST} pid {os.getpid()}".ljust(96).encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -336,7 +339,7 @@ class Store:
         return self.refs / quote(str(ref), safe="")
 
     def write_json_atomic(self, path: Path, data: Any) -> None:
-        tmp = self.tmp / f"{path.name[:100]}.{_HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        tmp = self.tmp / f"{path.name[:100]}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as f:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ucore import spawn
+from ucore.probecache import ProbeCache, run_probe
 
 if TYPE_CHECKING:
     import subprocess
@@ -59,7 +60,6 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     "s390x": (0x80000016, {"statx": 379, "execveat": 354, "newfstatat": 293}),
 }
 _PROBE_DIR = "/.ucore-proot-probe"
-_TIMEOUT = 60
 
 
 class Proot(NamedTuple):
@@ -114,13 +114,13 @@ class Discovery:
     """Inspects proot binaries, caching what it learns in ``cache_file``."""
 
     def __init__(self, cache_file: Path, tmp: Path) -> None:
-        self.cache_file = cache_file
+        self.cache = ProbeCache(cache_file)
         self.tmp = tmp
 
     def inspect(self, path: str) -> Proot:
         """What ``path`` supports; raises RuntimeError (one line) when it cannot run here."""
         key = _key(path)
-        cached = self._load().get(key)
+        cached = self.cache.get(key)
         if isinstance(cached, dict) and isinstance(cached.get("proot"), dict):
             data = cached["proot"]
             with contextlib.suppress(KeyError, TypeError):
@@ -134,7 +134,7 @@ class Discovery:
     def kompat_works(self, proot: Proot) -> bool:
         """Whether ``-k`` leaves glibc 2.33+ programs working (see the module docstring)."""
         key = _key(proot.path)
-        cached = self._load().get(key, {})
+        cached = self.cache.get(key) or {}
         if isinstance(cached, dict) and isinstance(cached.get("kompat"), bool):
             return bool(cached["kompat"])
         numbers = syscall_numbers()
@@ -153,26 +153,9 @@ class Discovery:
         self._save(key, "kompat", works)
         return works
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            with open(self.cache_file) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
     def _save(self, key: str, field: str, value: Any) -> None:
-        """Best effort: a read-only store only means probing again next time."""
-        data = self._load()
-        entry = data.get(key)
-        entry = entry if isinstance(entry, dict) else {}
-        entry[field] = value
-        data[key] = entry
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(OSError):
-            self.cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.cache_file)
+        entry = self.cache.get(key)
+        self.cache.put(key, {**(entry if isinstance(entry, dict) else {}), field: value})
 
     def _untranslated(self, path: str) -> tuple[str, ...]:
         numbers = syscall_numbers()
@@ -227,21 +210,7 @@ def _output(argv: list[str]) -> str:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run a probe with a minimal environment; RuntimeError (one line) when it cannot run."""
-    import subprocess
-
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            env={"PATH": os.environ.get("PATH", os.defpath)},
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"{argv[0]} does not run: {exc}") from None
+    return run_probe(argv, {"PATH": os.environ.get("PATH", os.defpath)})
 
 
 def _key(path: str) -> str:

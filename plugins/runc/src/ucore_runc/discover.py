@@ -36,9 +36,10 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
-from ucore import spawn
+from ucore import probecache, spawn
+from ucore.probecache import ProbeCache
 
 if TYPE_CHECKING:
     import subprocess
@@ -55,7 +56,6 @@ HOW_TO_GET = {
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 #: Seconds after which a failed trial run is repeated (the node may have been fixed).
 RETRY_FAILED = 600
-_TIMEOUT = 60
 _UNIFIED = "/sys/fs/cgroup/unified"
 _SYSCTLS = {
     "user.max_user_namespaces": "/proc/sys/user/max_user_namespaces",
@@ -239,13 +239,13 @@ class Discovery:
     """Inspects runtimes and runs trials, caching what it learns in ``cache_file``."""
 
     def __init__(self, cache_file: Path) -> None:
-        self.cache_file = cache_file
+        self.cache = ProbeCache(cache_file)
 
     def inspect(self, path: str, kind: str) -> Runtime:
         """The version of ``path`` (and a backport of the CVE fix); RuntimeError when it does not
         run."""
         key = binary_key(path)
-        cached = self._load().get(key)
+        cached = self.cache.get(key)
         if isinstance(cached, dict) and cached.get("kind") == kind:
             with contextlib.suppress(KeyError, TypeError):
                 return Runtime(path, kind, str(cached["version"]), cached["backport"])
@@ -257,44 +257,22 @@ class Discovery:
         found = Runtime(path, kind, version)
         if kind == "runc" and found.numbers < FIXED_RUNC:
             found = found._replace(backport=debian_backport(path))
-        self._save(key, {"kind": kind, "version": found.version, "backport": found.backport})
+        self.cache.put(key, {"kind": kind, "version": found.version, "backport": found.backport})
         return found
 
     def trial(self, key: str, attempt: Callable[[], Optional[str]]) -> Optional[str]:
         """The cached outcome of ``attempt`` (None: the runtime works) for ``key``."""
         import time
 
-        cached = self._load().get(key)
+        cached = self.cache.get(key)
         if isinstance(cached, dict) and "why" in cached:
             known = cached["why"]
             fresh = time.time() - float(cached.get("at", 0)) < RETRY_FAILED
             if known is None or (isinstance(known, str) and fresh):
                 return known
         why = attempt()
-        self._save(key, {"why": why, "at": time.time()})
+        self.cache.put(key, {"why": why, "at": time.time()})
         return why
-
-    def _load(self) -> dict[str, Any]:
-        import json
-
-        try:
-            with open(self.cache_file) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _save(self, key: str, value: dict[str, Any]) -> None:
-        """Best effort: a read-only store only means probing again next time."""
-        import json
-
-        data = self._load()
-        data[key] = value
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(OSError):
-            self.cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.cache_file)
 
 
 def binary_key(path: str) -> str:
@@ -305,22 +283,8 @@ def binary_key(path: str) -> str:
 def run_probe(
     argv: list[str], preexec: Optional[Callable[[], None]] = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a probe with a minimal environment; RuntimeError (one line) when it cannot start."""
-    import subprocess
-
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            env=runtime_env(),
-            preexec_fn=preexec,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"{argv[0]} does not run: {exc}") from None
+    """A probe with the runtimes' environment (see :func:`runtime_env`)."""
+    return probecache.run_probe(argv, runtime_env(), preexec)
 
 
 def runtime_env() -> dict[str, str]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ucore import spawn
 from ucore.containers import remove_tree
 from ucore.errors import PluginError, UcoreError
+from ucore.store import HOST, pid_alive
 
 if TYPE_CHECKING:
     import threading
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from ucore_runc.discover import Runtime
 
 _ID = re.compile(r"ucore-(?P<pid>\d+)-[0-9a-f]{8}")
-_HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
 _PR_SET_CHILD_SUBREAPER = 36
 #: ``si_code`` of a signal the kernel sent: the terminal's ^C and ^\ to the foreground group.
 _SI_KERNEL = 0x80
@@ -58,7 +58,7 @@ def state_base(store: Store) -> Path:
             st = os.stat(xdg)
             if st.st_uid == os.getuid() and os.path.isdir(xdg):
                 return Path(xdg) / "ucore"
-    return store.tmp / f"run-{_HOST}"
+    return store.tmp / f"run-{HOST}"
 
 
 class Run:
@@ -226,7 +226,7 @@ def reap_stale(runtime: Runtime, base: Path, global_options: Sequence[str]) -> N
             continue
         for name in names:
             found = _ID.fullmatch(name)
-            if found is None or _alive(int(found["pid"])):
+            if found is None or pid_alive(int(found["pid"])):
                 continue
             if directory == root:
                 remove_state(root, name, command, stale=True)
@@ -238,19 +238,6 @@ def _discard(path: Path) -> None:
     """Remove a run's directory, whatever is in it; what cannot go is swept by a later run."""
     with contextlib.suppress(UcoreError):
         remove_tree(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# --- without a terminal: detached, ucore the parent -------------------------------------------
 
 
 def run_detached(
