@@ -12,17 +12,22 @@ CI runs this as root and again as the unprivileged user ucore-test (tox env ``un
 from __future__ import annotations
 
 import os
-import pty
 import pwd
 import select
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from support.cli import Ucore, describe, engine_container, installed_engines, usable_engine
+from support.cli import (
+    Ucore,
+    describe,
+    engine_container,
+    installed_engines,
+    on_terminal,
+    usable_engine,
+)
 
 from ucore.testing.registry import RegistryServer
 
@@ -308,9 +313,7 @@ def root_of(cli: Ucore, container: str) -> Path:
 def test_interactive_shell_on_a_terminal(cli: Ucore, container: str) -> None:
     """A shell on a terminal: prompt, commands, ^C interrupting a command but not the shell,
     and the shell's exit status."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child becomes ucore
-        os.execve(sys.executable, cli.argv("run", container, "sh"), cli.env)
+    pid, fd = on_terminal(cli.argv("run", container, "sh"), cli.env)
     try:
         output = _converse(fd, [b"echo $((6 * 7))\n", b"sleep 60\n", b"\x03", b"exit 5\n"])
         _, status = os.waitpid(pid, 0)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from support.cli import (
     describe,
     engine_container,
     installed_engines,
+    on_terminal,
     usable_engine,
 )
 
@@ -149,10 +148,8 @@ def _wait_for_pid(path: Path) -> int:
 def test_on_a_terminal_what_the_command_leaves_is_ended(cli: Ucore, container: str) -> None:
     """In the foreground (terminal) mode the runtime would wait for a background process that
     holds the terminal; ucore ends it when the main process ends."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child becomes ucore
-        argv = cli.argv("run", container, "sh", "-c", "sleep 30 & echo started; exit 3")
-        os.execve(sys.executable, argv, cli.env)
+    argv = cli.argv("run", container, "sh", "-c", "sleep 30 & echo started; exit 3")
+    pid, fd = on_terminal(argv, cli.env)
     started = time.monotonic()
     output = b""
     try:

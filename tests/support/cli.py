@@ -216,3 +216,22 @@ def engine_container(cli: Ucore, image: str, engine: str, prefix: str) -> str:
     cli.ok("create", "--name", name, image)
     cli.ok("setup", "--engine", engine, name)
     return name
+
+
+def on_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Start ``argv`` on a new pseudo-terminal as its controlling terminal (so that ^C typed
+    there reaches its foreground job); (pid, the terminal's controller descriptor).
+
+    The child does nothing but ``execve`` with what was prepared before the fork, which is
+    safe in a threaded test process (the registry fixtures run threads); Python 3.12+ warns
+    about any fork there, so that warning is silenced here and only here.
+    """
+    import pty
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(argv[0], argv, env)
+    return pid, fd
