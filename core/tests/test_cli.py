@@ -122,6 +122,41 @@ def test_bad_config_file_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("ucore: unknown setting 'speed'")
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[ucore\njobs = 3\n", "cannot parse config file"),
+        (b"[ucore]\nregistry = \xff\n", "cannot read config file"),
+        (None, "cannot read config file"),  # a directory where the file should be
+    ],
+)
+def test_config_file_that_cannot_be_used_is_one_line(
+    tmp_path: Path, content: object, message: str
+) -> None:
+    """A config file that exists but cannot be read or parsed stops the command with one
+    line naming it (exit 2): silently ignoring it would run with other settings than the
+    user wrote. No file at all is simply the defaults."""
+    conf = tmp_path / "ucore.conf"
+    if content is None:
+        conf.mkdir()
+    elif isinstance(content, bytes):
+        conf.write_bytes(content)
+    else:
+        conf.write_text(str(content))
+    proc = ucore(tmp_path, "images", UCORE_CONFIG=str(conf))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"ucore: {message} {conf}") and proc.stderr.count("\n") == 1
+    assert Config.load({"UCORE_CONFIG": str(tmp_path / "missing.conf")}).jobs == 4
+
+
+def test_config_sections_reach_plugins(tmp_path: Path) -> None:
+    conf = tmp_path / "ucore.conf"
+    conf.write_text("[ucore]\njobs = 2\n[proot]\npath = /opt/proot\n")
+    config = Config.load({"UCORE_CONFIG": str(conf)})
+    assert config.section("proot") == {"path": "/opt/proot"}
+    assert config.section("runc") == {} and "ucore" not in config.sections
+
+
 def test_logout_of_an_unknown_registry_is_harmless(tmp_path: Path) -> None:
     proc = ucore(tmp_path, "logout", "nowhere.example")
     assert proc.returncode == 0
