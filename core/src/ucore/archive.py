@@ -183,17 +183,7 @@ def _docker_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Di
             if kind == "none" and str(digest) != diff_id:
                 raise IntegrityError(f"layer {name} does not match diff_id {diff_id}")
             layers.append({"mediaType": LAYER_TYPES[kind], "digest": str(digest), "size": size})
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": mf.OCI_MANIFEST,
-            "config": {
-                "mediaType": mf.OCI_CONFIG,
-                "digest": str(config_digest),
-                "size": config_size,
-            },
-            "layers": layers,
-        }
-        manifest_digest = store.put_bytes(json.dumps(manifest, separators=(",", ":")).encode())
+        manifest_digest = store.put_bytes(mf.write_manifest(config_digest, config_size, layers))
         contents.new.add(manifest_digest)
         tags = entry.get("RepoTags") or []
         if not tags:

@@ -32,8 +32,8 @@ from ucore.errors import UsageError
 if TYPE_CHECKING:
     from ucore.oci import Platform
 
-#: The default registry, Docker Hub: :data:`ucore.oci.DOCKER_HUB`, written out here so that
-#: loading the settings (every ``ucore run``) does not load the image values.
+#: Docker Hub, the default registry (defined here, with the settings, so that loading them on
+#: every ``ucore run`` does not load the image values; :mod:`ucore.oci` uses it from here).
 DOCKER_HUB = "docker.io"
 
 _ENV = {

@@ -34,8 +34,6 @@ META = "container.json"
 #: A copy of the image config (Entrypoint, Cmd, Env, ...), as udocker keeps one: a run reads
 #: it without touching the image's blobs, and the container still runs after ``rmi``.
 IMAGE_CONFIG = "image-config.json"
-#: Bound on that copy, as on the blob it comes from (``ucore.manifest.MAX_CONFIG``).
-_MAX_CONFIG = 16 << 20
 
 
 def check_name(name: str) -> str:
@@ -224,7 +222,9 @@ def create(session: Session, image: Image, name: Optional[str] = None) -> Contai
             root = session.hook.ucore_unpack(image=image, dest=staging / "ROOT", session=session)
         if root is None:
             raise IntegrityError("no plugin could unpack the image (is 'unpack' blocked?)")
-        (staging / IMAGE_CONFIG).write_bytes(store.read_blob(image.config_digest, _MAX_CONFIG))
+        from ucore.manifest import MAX_CONFIG
+
+        (staging / IMAGE_CONFIG).write_bytes(store.read_blob(image.config_digest, MAX_CONFIG))
         _write_meta(
             staging,
             {
@@ -244,7 +244,7 @@ def image_config(container: Container) -> dict[str, Any]:
     (``run --location``) or a container whose copy is missing or damaged."""
     try:
         with open(Path(container.dir) / IMAGE_CONFIG, "rb") as f:
-            doc = json.loads(f.read(_MAX_CONFIG + 1))
+            doc = json.loads(f.read())  # written by create, from a blob within MAX_CONFIG
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
     return doc if isinstance(doc, dict) else {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ucore.errors import IntegrityError, NotFoundError, RegistryError
-from ucore.oci import Descriptor, Platform
+from ucore.oci import Descriptor, Digest, Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -156,6 +156,18 @@ def check_image_manifest(manifest: Manifest, allow_foreign: bool = False) -> Non
                 f"layer {layer.digest.short} is a foreign layer served from {layer.urls[0]};"
                 " pass --allow-foreign-layers to download it"
             )
+
+
+def write_manifest(config_digest: Digest, config_size: int, layers: list[dict[str, Any]]) -> bytes:
+    """The bytes of an OCI image manifest ucore writes itself (``load`` of a docker-save
+    archive, ``import``): compact JSON, as registries serve them."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": str(config_digest), "size": config_size},
+        "layers": layers,
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode()
 
 
 def parse_config(raw: bytes) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from ucore.config import DOCKER_HUB
 from ucore.errors import IntegrityError, UsageError
 
-DOCKER_HUB = "docker.io"
 #: Where Docker Hub's registry API is actually served.
 DOCKER_HUB_API = "registry-1.docker.io"
 

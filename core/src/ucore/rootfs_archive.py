@@ -414,17 +414,7 @@ def build_image(
     if not store.has_blob(config_digest):
         new.add(config_digest)
     store.put_bytes(config_raw)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": mf.OCI_MANIFEST,
-        "config": {
-            "mediaType": mf.OCI_CONFIG,
-            "digest": str(config_digest),
-            "size": len(config_raw),
-        },
-        "layers": [layer.descriptor.to_json()],
-    }
-    manifest_raw = json.dumps(manifest, separators=(",", ":")).encode()
+    manifest_raw = mf.write_manifest(config_digest, len(config_raw), [layer.descriptor.to_json()])
     manifest_digest = Digest(hashlib.sha256(manifest_raw).hexdigest())
     if not store.has_blob(manifest_digest):
         new.add(manifest_digest)

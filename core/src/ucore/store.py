@@ -51,6 +51,13 @@ def _sha256(data: bytes = b"") -> hashlib._Hash:
     return hashlib.sha256(data)
 
 
+def _digest(hasher: hashlib._Hash) -> Digest:
+    """The digest a finished sha256 names (:mod:`ucore.oci` too is imported only here)."""
+    from ucore.oci import Digest
+
+    return Digest(hasher.hexdigest())
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process of this host still has ``pid`` (whoever owns it)."""
     try:
@@ -130,10 +137,8 @@ class BlobWriter:
         self.written += len(data)
 
     def publish(self) -> Digest:
-        from ucore.oci import Digest
-
         assert self._file is not None
-        actual = Digest(self.hasher.hexdigest())
+        actual = _digest(self.hasher)
         try:
             if self.size is not None and self.written != self.size:
                 raise IntegrityError(
@@ -222,9 +227,7 @@ class Store:
         return data
 
     def put_bytes(self, data: bytes, expected: Optional[Digest] = None) -> Digest:
-        from ucore.oci import Digest
-
-        digest = Digest(_sha256(data).hexdigest())
+        digest = _digest(_sha256(data))
         if expected is not None and digest != expected:
             raise IntegrityError(f"digest mismatch: expected {expected}, got {digest}")
         if self.has_blob(digest, len(data)):
@@ -238,15 +241,13 @@ class Store:
 
     def hash_blob(self, digest: Digest) -> tuple[Digest, int]:
         """Re-hash a stored blob (``ucore verify``)."""
-        from ucore.oci import Digest
-
         hasher = _sha256()
         size = 0
         with open(self.blob_path(digest), "rb") as f:
             while chunk := f.read(_CHUNK):
                 hasher.update(chunk)
                 size += len(chunk)
-        return Digest(hasher.hexdigest()), size
+        return _digest(hasher), size
 
     def adopt_partial(self, digest: Digest, mine: Path) -> None:
         """Take over the partial download of ``digest`` that a dead process on this host left."""

@@ -7,8 +7,8 @@ import getpass
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ucore.config import DOCKER_HUB
 from ucore.errors import UsageError
-from ucore.oci import DOCKER_HUB
 
 if TYPE_CHECKING:
     from ucore.session import Session

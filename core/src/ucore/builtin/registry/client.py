@@ -23,11 +23,11 @@ import urllib3
 from ucore import manifest as mf
 from ucore.builtin.registry.credentials import Credentials
 from ucore.builtin.registry.transport import Transport, is_loopback, short_reason
+from ucore.config import DOCKER_HUB
 from ucore.errors import IntegrityError, NotFoundError, RegistryError, UsageError
 from ucore.events import BlobFinished, BlobProgress, BlobStarted
 from ucore.log import get_logger
 from ucore.oci import (
-    DOCKER_HUB,
     DOCKER_HUB_API,
     Descriptor,
     Digest,

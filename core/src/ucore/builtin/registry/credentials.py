@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from ucore.config import DOCKER_HUB
 from ucore.errors import StoreError
-from ucore.oci import DOCKER_HUB, DOCKER_HUB_API, split_registry
+from ucore.oci import DOCKER_HUB_API, split_registry
 from ucore.store import Store
 
 #: Docker keeps Docker Hub's credentials under this historical key.
