@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ucore.config import Config
-from ucore.errors import EXIT_CODES, UsageError
+from ucore.errors import EXIT_CODES, NotFoundError, UsageError
 from ucore.oci import Platform
 
 
@@ -176,3 +176,34 @@ def test_command_table_matches_what_the_modules_define() -> None:
         importlib.import_module(module).add_commands(sub, _common_options())
         found.update(dict.fromkeys(sub.choices, module))
     assert found == COMMANDS
+
+
+def test_quick_exit_flushes_piped_output(tmp_path: Path) -> None:
+    """The console script ends without an interpreter shutdown (:func:`ucore.cli.entry`); what
+    was written to a pipe, which Python buffers, must all arrive, and the status must stay."""
+    whole = ucore(tmp_path, "plugins")
+    assert whole.returncode == 0, whole.stderr
+    assert "ucore-proot" in whole.stdout
+    missing = ucore(tmp_path, "inspect", "nothing/here:1")
+    assert (missing.returncode, missing.stderr.count("\n")) == (NotFoundError.exit_code, 1)
+
+
+def test_quick_exit_gives_way_to_atexit_callbacks(tmp_path: Path) -> None:
+    """A plugin or library that registers an atexit callback (logging, coverage, temporary
+    directories) gets the ordinary shutdown, callback included."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('callback ran'))\n"
+        "from ucore.cli import entry\n"
+        "sys.argv[1:] = ['version']\n"
+        "entry()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "UCORE_DIR": str(tmp_path / "store")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "callback ran"

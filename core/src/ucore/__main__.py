@@ -1,5 +1,5 @@
 """Allows ``python -m ucore`` where the console script is not on PATH (batch jobs, tests)."""
 
-from ucore.cli import main
+from ucore.cli import entry
 
-raise SystemExit(main())
+entry()
