@@ -50,7 +50,9 @@ TOOLS = (
     "ucore-crun",
     "crun",
     "python",
+    "py-pluggy",
     "ucore-ver",
+    "udocker-ver",
     "py-udocker",
 )
 DEFAULT_UCORE_CMD = "{python} -m ucore run {container} /bin/true"
@@ -234,8 +236,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         warmup=3,
         tools=TOOLS,
         tools_help="ucore, udocker, proot (P1); ucore-runc, udocker-r1, runc, ucore-crun, crun"
-        " (OCI runtimes); python (python -c pass), ucore-ver (python -m ucore version),"
-        " py-udocker (python -c pass with udocker's venv interpreter)",
+        " (OCI runtimes); python (python -c pass), py-pluggy (python -c 'import pluggy'),"
+        " ucore-ver (python -m ucore version), udocker-ver (udocker version), py-udocker"
+        " (python -c pass with udocker's venv interpreter)",
         ucore_cmd=DEFAULT_UCORE_CMD,
         ucore_fields="{python} {container} {store}",
     )
@@ -271,8 +274,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--check", action="store_true", help="exit 1 unless ucore meets its overhead targets"
     )
     args = _common.parse_checked(parser, argv, TOOLS)
-    if not {"udocker", "udocker-r1"} & set(args.tools) and "py-udocker" in args.tools:
-        args.tools.remove("py-udocker")
+    if not {"udocker", "udocker-r1"} & set(args.tools):
+        for tool in ("py-udocker", "udocker-ver"):
+            if tool in args.tools:
+                args.tools.remove(tool)
     return args
 
 
@@ -282,6 +287,7 @@ def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) 
     commands: dict[str, tuple[list[str], dict[str, str]]] = {
         "proot": ([args.proot, "-r", str(setup.root), "/bin/true"], dict(os.environ)),
         "python": ([python, "-c", "pass"], dict(os.environ)),
+        "py-pluggy": ([python, "-c", "import pluggy"], dict(os.environ)),
         "ucore-ver": ([python, "-m", "ucore", "version"], setup.ucore_env),
         **setup.direct,
     }
@@ -294,6 +300,7 @@ def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) 
                 _common.udocker_argv(udocker, "run", name, "/bin/true"),
                 setup.udocker_env,
             )
+        commands["udocker-ver"] = (_common.udocker_argv(udocker, "version"), setup.udocker_env)
         udocker_python = str(udocker.parent / "python")
         commands["py-udocker"] = ([udocker_python, "-c", "pass"], dict(os.environ))
     if args.workload:
@@ -364,6 +371,8 @@ def print_header(args: argparse.Namespace, place: Path, setup: Setup) -> None:
         "udocker-r1": f"udocker run {UDOCKER_R1} /bin/true (R1, UDOCKER_USE_RUNC_EXECUTABLE="
         f"{runc}; it exits 1 whatever happens: success is read from its stderr)",
         "python": "{python} -c pass: the interpreter's start",
+        "py-pluggy": "{python} -c 'import pluggy': the floor of any command built on pluggy",
+        "udocker-ver": "udocker version: udocker's command line starting",
         "ucore-ver": "{python} -m ucore version: ucore's command line and plugins loading",
         "py-udocker": f"{_common.UDOCKER_VENV}/bin/python -c pass: udocker's interpreter",
     }
@@ -426,8 +435,14 @@ def report(stats: list[Stats]) -> bool:
         text = "   n/a" if runc is None else f"{runc * 1000:6.1f} ms target <= 20 ms"
         _common.print_check("ucore overhead (R1, runc)", text, r1_ok)
         checks.append(r1_ok)
-    contexts = (("python", "python -c pass"), ("ucore-ver", "ucore version"))
-    for name, label in (*contexts, ("py-udocker", "udocker's python")):
+    contexts = (
+        ("python", "python -c pass"),
+        ("py-pluggy", "import pluggy"),
+        ("ucore-ver", "ucore version"),
+        ("udocker-ver", "udocker version"),
+        ("py-udocker", "udocker's python"),
+    )
+    for name, label in contexts:
         value = median(name)
         if value is not None:
             print(f"{label:<18} {value * 1000:6.1f} ms (context)")
