@@ -186,6 +186,14 @@ def test_quick_exit_flushes_piped_output(tmp_path: Path) -> None:
     assert "ucore-proot" in whole.stdout
     missing = ucore(tmp_path, "inspect", "nothing/here:1")
     assert (missing.returncode, missing.stderr.count("\n")) == (NotFoundError.exit_code, 1)
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "ucore", "plugins"],
+        env={**os.environ, "UCORE_DIR": str(tmp_path / "store")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (closed.returncode, closed.stderr) == (0, "")
 
 
 def test_quick_exit_gives_way_to_atexit_callbacks(tmp_path: Path) -> None:

@@ -276,8 +276,9 @@ def entry() -> NoReturn:
         )
     ):
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None: the descriptor was closed when Python started
+                    stream.flush()
         except (OSError, ValueError):
             sys.exit(status)  # the ordinary exit says what went wrong with the stream
         os._exit(status)
