@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import tarfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -393,6 +394,22 @@ def test_device_nodes(world: World, rootless: bool, monkeypatch: pytest.MonkeyPa
 
 def test_unsupported_entry_types_are_refused(world: World) -> None:
     world.refuses(image_of(tar_of(entry("odd", b"Z"))), "unsupported entry type")
+
+
+def test_absurd_times_are_skipped_quickly(world: World) -> None:
+    """Turning the PAX time ``1e400000`` into nanoseconds exactly takes seconds of CPU (the
+    digits grow quadratically); a few hundred such entries would stall the unpack for hours."""
+    absurd = ["1e400000", "-1e400000", "inf", "nan", "9" * 30]
+    layer = tar_of(
+        *(entry(f"f{i}", data=b"x", pax={"mtime": t}) for i, t in enumerate(absurd * 2)),
+        entry("d/", tarfile.DIRTYPE, pax={"mtime": "1e400000"}),
+        entry("ok", data=b"x", pax={"mtime": "1700000000.123456789"}),
+    )
+    started = time.monotonic()
+    world.unpack(image_of(layer))
+    assert time.monotonic() - started < 5
+    assert (world.dest / "f0").read_bytes() == b"x" and (world.dest / "d").is_dir()
+    assert (world.dest / "ok").stat().st_mtime_ns == 1_700_000_000_123_456_789
 
 
 # --- limits ---------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ AUFS_META = ".wh..wh."
 _SETID = stat.S_ISUID | stat.S_ISGID
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+#: Seconds from the epoch beyond which a time in nanoseconds no longer fits 64 bits.
+_MAX_SECONDS = (1 << 63) // 1_000_000_000
 #: tarfile's read-ahead: large enough for few calls per megabyte, small enough that the copy it
 #: makes of its buffer on every header read stays cheap.
 _TAR_BUFFER = 64 << 10
@@ -145,14 +147,19 @@ class _StreamTar(tarfile.TarFile):
         return info
 
 
-def _mtime_ns(info: tarfile.TarInfo) -> int:
+def _mtime_ns(info: tarfile.TarInfo) -> Optional[int]:
     """The entry's mtime in nanoseconds: exact from a PAX record, which tarfile turns into a
-    float that cannot hold today's times to the nanosecond."""
+    float that cannot hold today's times to the nanosecond. None for a time no file can have
+    (infinite, or centuries away): an absurd date is not worth failing over, and turning a
+    record such as ``1e999990`` into an integer would take minutes."""
+    seconds = Decimal(info.mtime)  # exact, whether tarfile made an int or a float of it
     text = info.pax_headers.get("mtime") if info.pax_headers else None
     if text:
         with contextlib.suppress(ArithmeticError, ValueError):
-            return int(Decimal(text).scaleb(9))
-    return int(info.mtime * 1_000_000_000)
+            seconds = Decimal(text)
+    if not seconds.is_finite() or seconds.copy_abs() >= _MAX_SECONDS:
+        return None
+    return int(seconds.scaleb(9))
 
 
 def _copy(src: IO[bytes], fd: int, size: int) -> None:
@@ -189,7 +196,7 @@ class Unpacker:
         self._layer = ""
         self._where = ""
         self._touched: set[str] = set()
-        self._dir_times: list[tuple[str, int]] = []
+        self._dir_times: list[tuple[str, Optional[int]]] = []
         self._placeholders: list[str] = []
         self._xattr_failures = 0
 
@@ -513,18 +520,21 @@ class Unpacker:
                 self._xattr_failures += 1
 
     @staticmethod
-    def _utime(fd: int, mtime: int) -> None:
-        with contextlib.suppress(OverflowError):  # an absurd date is not worth failing over
-            os.utime(fd, ns=(mtime, mtime))
+    def _utime(fd: int, mtime: Optional[int]) -> None:
+        if mtime is not None:
+            with contextlib.suppress(OverflowError):  # beyond this platform's time_t
+                os.utime(fd, ns=(mtime, mtime))
 
     @staticmethod
-    def _utime_name(parent: Dir, base: str, mtime: int) -> None:
-        with contextlib.suppress(OverflowError):
-            os.utime(base, ns=(mtime, mtime), dir_fd=parent.fd, follow_symlinks=False)
+    def _utime_name(parent: Dir, base: str, mtime: Optional[int]) -> None:
+        if mtime is not None:
+            with contextlib.suppress(OverflowError):
+                os.utime(base, ns=(mtime, mtime), dir_fd=parent.fd, follow_symlinks=False)
 
     def _set_dir_times(self) -> None:
         """Directory times last: every entry made inside a directory changed its mtime."""
-        for path, mtime in sorted(self._dir_times):  # parents first: resolutions build on them
+        # parents first (resolutions build on them); of one directory's entries, the last wins
+        for path, mtime in sorted(self._dir_times, key=lambda item: item[0]):
             if not path:
                 self._utime(self.root.fd, mtime)
                 continue
