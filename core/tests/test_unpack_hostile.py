@@ -69,6 +69,19 @@ def device(name: str, kind: bytes, major: int, minor: int, mode: int = 0o666) ->
     return info, None
 
 
+def sparse(name: str, size: int) -> Member:
+    """A GNU sparse file (PAX format 1.0) of ``size`` bytes, a hole but for its last 512 bytes:
+    1 KiB in the tar, whatever ``size`` is."""
+    sparse_map = f"1\n{size - 512}\n512\n".encode().ljust(512, b"\0")
+    pax = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(size),
+    }
+    return entry(f"GNUSparseFile.0/{name}", data=sparse_map + b"s" * 512, pax=pax)
+
+
 def tar_of(*members: Member) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -455,6 +468,19 @@ def test_decompression_bomb_after_the_last_entry_stops_at_the_limit(world: World
         image_of(layer), "uncompressed size exceeds the limit", limits=Limits(max_bytes=16 << 20)
     )
     assert "after" in message
+
+
+def test_sparse_files_count_at_the_size_they_unpack_to(world: World) -> None:
+    """A sparse file's holes cost nothing in the stream but are written out in full: five
+    10 MiB files in 5 KiB of tar must not get past a 16 MiB limit."""
+    one = tar_of(sparse("small", 4096))
+    two = tar_of(*(sparse(f"big{i}", 10 << 20) for i in range(5)))
+    message = world.refuses(
+        image_of(one, two), "exceeds the limit", layer=1, limits=Limits(max_bytes=16 << 20)
+    )
+    assert "entry 'big1'" in message
+    assert sum(p.stat().st_size for p in world.dest.iterdir()) <= 16 << 20
+    assert (world.dest / "small").read_bytes() == bytes(3584) + b"s" * 512
 
 
 def test_total_size_is_bounded_across_layers(world: World) -> None:

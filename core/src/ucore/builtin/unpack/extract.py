@@ -72,7 +72,8 @@ class Limits:
     header that claims gigabytes stops with a clear error instead of filling the disk or memory.
     """
 
-    #: Uncompressed bytes of all layers together (tar stream, headers and padding included).
+    #: Uncompressed bytes of all layers together (tar stream, headers and padding included),
+    #: and bytes of all the files they write (a sparse file writes more than its stream holds).
     max_bytes: int = 64 << 30
     #: Entries of all layers together.
     max_members: int = 10_000_000
@@ -311,8 +312,12 @@ class Unpacker:
         path = join(parent.path, base)
         self._touched.add(path)
         if info.isreg():
-            if info.offset_data + info.size > budget:
-                raise BadLayer(f"a {info.size}-byte file exceeds the limit of {budget} bytes")
+            # a sparse file's holes are not in the stream, so they count against the contents
+            room = min(budget - info.offset_data, self.limits.max_bytes - self.bytes)
+            if info.size > room:
+                raise BadLayer(
+                    f"a {info.size}-byte file exceeds the limit of {self.limits.max_bytes} bytes"
+                )
             self._file(tar, info, parent, base, path)
         elif info.isdir():
             self._dir(info, parent, base, name, path)
