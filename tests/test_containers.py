@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import Optional
 
+import pytest
 from support.cli import Ucore, assert_error_line
 
 from ucore.testing import images as im
@@ -464,3 +465,30 @@ def test_import_refuses_what_is_not_a_tarball(ucore_cli: Ucore, tmp_path: Path) 
 
     err = assert_error_line(ucore_cli.fails(2, "import", "--clone", str(junk)))
     assert "--clone" in err
+
+
+def _huge_extended_header(size: int) -> bytes:
+    """A gzip'd tarball whose one file has a PAX header of ``size`` bytes (a comment): small on
+    disk, but :mod:`tarfile` alone reads an extended header whole into memory."""
+    comment = "x" * (size - len(f"{size} comment=\n"))
+    record = f"{size} comment={comment}\n".encode()
+    assert len(record) == size
+    header = tarfile.TarInfo("PaxHeaders/f")
+    header.type, header.size = tarfile.XHDTYPE, size
+    body = tarfile.TarInfo("f")
+    body.size = 1
+    padding = bytes(-size % tarfile.BLOCKSIZE)
+    tar = b"".join([header.tobuf(tarfile.USTAR_FORMAT), record, padding, body.tobuf(), b"f"])
+    return gzip.compress(tar + bytes(511 + 2 * tarfile.BLOCKSIZE))  # padding, end of archive
+
+
+@pytest.mark.parametrize("command", [["import", "{}", "huge:1"], ["load", "-i", "{}"]])
+def test_huge_extended_headers_are_refused(
+    ucore_cli: Ucore, tmp_path: Path, command: list[str]
+) -> None:
+    tarball = tmp_path / "huge.tar.gz"
+    tarball.write_bytes(_huge_extended_header(64 << 20))
+    err = assert_error_line(ucore_cli.fails(6, *(a.format(tarball) for a in command)))
+    assert "extended header of 67108864 bytes exceeds" in err
+    assert ucore_cli.blobs() == set()
+    ucore_cli.check_store()

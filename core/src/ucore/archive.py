@@ -24,6 +24,8 @@ from typing import IO, Any, Optional
 
 from ucore import images
 from ucore import manifest as mf
+from ucore.builtin.unpack.extract import open_stream
+from ucore.builtin.unpack.stream import BadLayer
 from ucore.errors import IntegrityError, UsageError
 from ucore.layers import compression, open_decompressed
 from ucore.oci import Descriptor, Digest, Image, ImageRef
@@ -67,8 +69,8 @@ class _Contents:
 
 def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - a stream: nothing to close
-    except tarfile.TarError as exc:
+        tar = open_stream(stream, mode="r|*")
+    except (tarfile.TarError, BadLayer) as exc:
         raise IntegrityError(f"not a tar archive: {exc}") from None
     count = 0
     try:
@@ -111,7 +113,7 @@ def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
             if not existed:
                 contents.new.add(digest)
             contents.blobs[name] = (digest, member.size)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, BadLayer, EOFError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise store_error(exc, "loading the archive") from exc
         raise IntegrityError(f"corrupt or truncated archive: {exc}") from None

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, cast
 
 from ucore.builtin.unpack.rootfs import DIR_FLAGS, Dir, PathError, RootFS, join, show
 from ucore.builtin.unpack.stream import BadLayer, LayerStream
@@ -148,6 +148,17 @@ class _StreamTar(tarfile.TarFile):
         return info
 
 
+def open_stream(
+    fileobj: IO[bytes], mode: Literal["r|", "r|*"] = "r|", max_header: int = Limits.max_header
+) -> tarfile.TarFile:
+    """:mod:`tarfile` reading an untrusted tarball as a stream (``mode`` ``r|`` or ``r|*``),
+    as :class:`Unpacker` reads layers: extended headers bounded, a corrupt header an error
+    (:class:`BadLayer`), and no list of every member read kept in memory."""
+    return _StreamTar.open(
+        fileobj=fileobj, mode=mode, tarinfo=_bounded_tarinfo(max_header), bufsize=_TAR_BUFFER
+    )
+
+
 def _mtime_ns(info: tarfile.TarInfo) -> Optional[int]:
     """The entry's mtime in nanoseconds: exact from a PAX record, which tarfile turns into a
     float that cannot hold today's times to the nanosecond. None for a time no file can have
@@ -186,7 +197,6 @@ class Unpacker:
         self.limits = limits
         self.rootless = rootless
         self.root = RootFS(dest)
-        self._tarinfo = _bounded_tarinfo(limits.max_header)
         self._umask = _umask()
         self.modes: dict[str, int] = {}
         self.devices: dict[str, dict[str, Any]] = {}
@@ -239,9 +249,7 @@ class Unpacker:
         self._report()
 
     def _read(self, stream: LayerStream, budget: int) -> None:
-        with _StreamTar.open(
-            fileobj=cast(IO[bytes], stream), mode="r|", tarinfo=self._tarinfo, bufsize=_TAR_BUFFER
-        ) as tar:
+        with open_stream(cast(IO[bytes], stream), max_header=self.limits.max_header) as tar:
             while True:
                 self.root.settle()
                 info = tar.next()
