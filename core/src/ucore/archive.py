@@ -1,10 +1,10 @@
 """``load`` and ``save``: docker-save tarballs and OCI image layouts, to and from the store.
 
 Loading reads the tarball once, as a stream (stdin works): every member is hashed into the
-store as it passes, small JSON documents are kept in memory, and only once the whole archive
-is read are manifests interpreted. Member names are only keys; nothing is written by name, so
-a hostile archive cannot write outside the store. Blobs the archive brought but no loaded
-image references are removed again.
+store as it passes (one member at a time in memory at most), and only once the whole archive
+is read are manifests interpreted, read back from the store. Member names are only keys;
+nothing is written by name, so a hostile archive cannot write outside the store. Blobs the
+archive brought but no loaded image references are removed again.
 
 Saving writes what ``docker load`` and ``skopeo`` accept: Docker 25's layout, which is both a
 docker-save archive (``manifest.json``) and an OCI image layout (``index.json``), with
@@ -42,11 +42,12 @@ LAYER_TYPES = {
 
 
 class _Contents:
-    """What was read from the archive: blob digests by member name, small files' bytes."""
+    """What was read from the archive: blob digests by member name. Even small files are read
+    back from the store when needed rather than kept: an archive can hold thousands."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.blobs: dict[str, tuple[Digest, int]] = {}
-        self.small: dict[str, bytes] = {}
         self.links: dict[str, str] = {}
         self.new: set[Digest] = set()
 
@@ -64,7 +65,8 @@ class _Contents:
         return self.blobs[key]
 
     def text(self, name: str) -> Optional[bytes]:
-        return self.small.get(self.resolve(posixpath.normpath(name.lstrip("/"))))
+        found = self.blobs.get(self.resolve(posixpath.normpath(name.lstrip("/"))))
+        return self.store.read_blob(found[0], MAX_SMALL) if found else None
 
 
 def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
@@ -94,7 +96,6 @@ def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
             )
             if small:
                 data = fileobj.read()
-                contents.small[name] = data
                 digest = Digest(hashlib.sha256(data).hexdigest())
                 if not store.has_blob(digest):
                     store.put_bytes(data)
@@ -201,7 +202,7 @@ def load(store: Store, stream: IO[bytes], tag: Optional[str] = None) -> list[Ima
     so a refused archive leaves the store as it was.
     """
     store.ensure()
-    contents = _Contents()
+    contents = _Contents(store)
     with store.shared_lock("gc"):
         try:
             _read(store, stream, contents)
