@@ -139,6 +139,28 @@ def _tar(members: dict[str, bytes]) -> bytes:
             6,
         ),
         ({}, 6),
+        ({"manifest.json": b"[" * 100_000 + b"]" * 100_000}, 6),
+        (
+            {
+                "x.json": b"[" * 100_000 + b"]" * 100_000,
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": ["a/b:c"]}]',
+            },
+            6,
+        ),
+        (
+            {
+                "x.json": b'{"rootfs": "layers"}',
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": ["a/b:c"]}]',
+            },
+            6,
+        ),
+        (
+            {
+                "x.json": b'{"rootfs": {"diff_ids": []}}',
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": "a/b:c"}]',
+            },
+            6,
+        ),
     ],
 )
 def test_hostile_archives_are_refused_without_writing_outside_the_store(

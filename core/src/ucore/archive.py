@@ -123,10 +123,7 @@ def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
 def _json(data: Optional[bytes], what: str) -> Any:
     if data is None:
         raise IntegrityError(f"archive has no {what}")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise IntegrityError(f"archive's {what} is not valid JSON") from None
+    return mf.load_json(data, f"archive's {what}")
 
 
 def _oci_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Digest]]:
@@ -174,7 +171,7 @@ def _docker_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Di
             raise IntegrityError("archive's manifest.json has an entry without Config")
         config_digest, config_size = contents.blob(entry["Config"])
         config = mf.parse_config(store.read_blob(config_digest, mf.MAX_CONFIG))
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        diff_ids = mf.config_diff_ids(config)
         layer_names = entry.get("Layers") or []
         if not isinstance(layer_names, list) or len(layer_names) != len(diff_ids):
             raise IntegrityError("archive's layer list does not match the image config")
@@ -183,15 +180,17 @@ def _docker_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Di
             digest, size = contents.blob(str(name))
             with open(store.blob_path(digest), "rb") as f:
                 kind = compression(f.read(4))
-            if kind == "none" and str(digest) != diff_id:
+            if kind == "none" and digest != diff_id:
                 raise IntegrityError(f"layer {name} does not match diff_id {diff_id}")
             layers.append({"mediaType": LAYER_TYPES[kind], "digest": str(digest), "size": size})
         manifest_digest = store.put_bytes(mf.write_manifest(config_digest, config_size, layers))
         contents.new.add(manifest_digest)
         tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise IntegrityError("archive's manifest.json has RepoTags that are not names")
         if not tags:
             raise UsageError("the archive does not name its image: give one with --tag NAME")
-        out.extend((ImageRef.parse(str(tag)), manifest_digest) for tag in tags)
+        out.extend((ImageRef.parse(tag), manifest_digest) for tag in tags)
     return out
 
 
@@ -317,7 +316,7 @@ def save(store: Store, refs: list[ImageRef], out: IO[bytes]) -> None:
         for image in loaded:
             config_raw = store.read_blob(image.config_digest, mf.MAX_CONFIG)
             config = mf.parse_config(config_raw)
-            diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+            diff_ids = mf.config_diff_ids(config)
             if len(diff_ids) != len(image.layers):
                 raise IntegrityError(f"{image.ref.familiar}: config and manifest disagree")
             if image.config_digest.hex not in written:

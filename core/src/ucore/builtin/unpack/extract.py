@@ -30,6 +30,7 @@ from ucore.builtin.unpack.stream import BadLayer, LayerStream
 from ucore.errors import IntegrityError, NotFoundError
 from ucore.images import read_config
 from ucore.log import get_logger
+from ucore.manifest import config_diff_ids
 from ucore.oci import Descriptor, Digest, Image
 from ucore.store import Store, store_error
 
@@ -618,17 +619,13 @@ def _chmod_name(parent: Dir, base: str, mode: int) -> None:
 
 def diff_ids(store: Store, image: Image) -> list[Digest]:
     """The image config's ``rootfs.diff_ids``, one per layer of the manifest."""
-    config = read_config(store, image)
-    rootfs = config.get("rootfs")
-    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(ids, list):
-        raise IntegrityError(f"image config {image.config_digest.short} has no rootfs.diff_ids")
+    ids = config_diff_ids(read_config(store, image))
     if len(ids) != len(image.layers):
         raise IntegrityError(
             f"image config {image.config_digest.short} lists {len(ids)} diff_ids for"
             f" {len(image.layers)} layers"
         )
-    return [Digest.parse(d) for d in ids]
+    return ids
 
 
 @contextlib.contextmanager
