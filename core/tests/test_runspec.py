@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -363,3 +365,28 @@ def test_inroot_resolution(root: Path, tmp_path: Path) -> None:
     os.mkfifo(root / "etc" / "fifo")
     assert inroot.read_file(root, "/etc/fifo", 100) is None  # never blocks on a FIFO
     assert inroot.read_file(root, "/etc/passwd", 4) == b"root"
+
+
+def test_account_files_that_are_not_regular_files_are_never_opened(root: Path) -> None:
+    """Opening a FIFO releases whatever waits to write to it, and opening a device node (which
+    a privileged unpack makes) can act on hardware: a watchdog starts, a tape rewinds."""
+    passwd = root / "etc" / "passwd"
+    passwd.unlink()
+    os.mkfifo(passwd)
+    waiting, released = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        waiting.set()
+        with open(passwd, "wb"):  # blocks until the FIFO is opened for reading
+            released.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    waiting.wait(5)
+    time.sleep(0.2)  # into the blocking open
+    assert inroot.read_file(root, "/etc/passwd", 100) is None
+    assert hostauth.container_accounts(root).passwd == ""
+    assert build(root, hostauth=True).uid is None
+    assert not released.wait(0.2), "the FIFO was opened"
+    os.close(os.open(passwd, os.O_RDONLY | os.O_NONBLOCK))
+    thread.join(5)
