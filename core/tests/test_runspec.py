@@ -101,6 +101,24 @@ def test_malformed_config_is_refused(root: Path) -> None:
         build(root, {"Cmd": ["sh"], "Env": [1, 2]})
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"Cmd": ["s\0h"]},
+        {"Entrypoint": ["sh", "-c\0"]},
+        {"Cmd": ["sh"], "Env": ["A=b\0c"]},
+        {"Cmd": ["sh"], "Env": ["A\0=b"]},
+        {"Cmd": ["sh"], "WorkingDir": "/tmp\0/x"},
+        {"Cmd": ["sh"], "User": "app\0"},
+    ],
+)
+def test_nul_bytes_in_the_config_are_refused(root: Path, config: dict[str, Any]) -> None:
+    """No path, argument or environment entry can hold one: each would fail, later and
+    somewhere else (a stat, an ``execve``, a runtime's JSON), as an internal error."""
+    with pytest.raises(IntegrityError, match="NUL"):
+        build(root, config)
+
+
 def test_command_not_found_and_not_executable(root: Path) -> None:
     with pytest.raises(CommandNotFoundError, match="nope"):
         build(root, command=("nope",))

@@ -170,13 +170,23 @@ def _string(meta: Mapping[str, Any], key: str) -> str:
     value = meta.get(key) or ""
     if not isinstance(value, str):
         raise IntegrityError(f"the image config's {key} is not a string")
-    return value
+    return _no_nul(value, key)
 
 
 def _strings(meta: Mapping[str, Any], key: str) -> list[str]:
     value = meta.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise IntegrityError(f"the image config's {key} is not a list of strings")
+    for v in value:
+        _no_nul(v, key)
+    return value
+
+
+def _no_nul(value: str, key: str) -> str:
+    """No path, argument or environment entry can hold a NUL byte: refused here, rather than
+    failing later in a stat, an ``execve`` or a runtime's JSON."""
+    if "\0" in value:
+        raise IntegrityError(f"the image config's {key} contains a NUL byte")
     return value
 
 
