@@ -227,6 +227,28 @@ def test_image_user_and_unknown_names(root: Path) -> None:
         build(root, {"Cmd": ["sh"], "User": "ghost"})
 
 
+def test_user_and_group_ids_are_ascii_numbers_in_range(root: Path) -> None:
+    """``str.isdigit`` takes ``²`` and ``٣``, and ``int`` refuses numbers of over 4300 digits:
+    a User, a ``-u`` or an account line with those was an internal error, and an id beyond 32
+    bits reached the engine."""
+    huge = "9" * 5000
+    for user in ("²", "0:²", f"0:{huge}", "app:٣"):
+        with pytest.raises(IntegrityError, match=r"no (user|group)|not a valid"):
+            build(root, {"Cmd": ["sh"], "User": user})
+    with pytest.raises(UsageError, match="not a valid user or group id"):
+        build(root, user=huge)
+    (root / "etc" / "passwd").write_text(
+        f"sup:x:²:0::/:/bin/sh\nlong:x:{huge}:0::/:/bin/sh\nbig:x:4294967296:0::/:/bin/sh\n"
+        "odd:x:7:³::/odd:/bin/sh\n"
+    )
+    (root / "etc" / "group").write_text(f"sup:x:²:\nlong:x:{huge}:\n")
+    for user in ("sup", "long", "big", "0:sup", "0:long"):
+        with pytest.raises(IntegrityError, match=r"no (user|group)"):
+            build(root, {"Cmd": ["sh"], "User": user})
+    spec = build(root, user="odd")
+    assert (spec.uid, spec.gid, dict(spec.env)["HOME"]) == (7, 7, "/odd")
+
+
 def test_passwd_symlinked_out_of_the_root_is_read_inside(root: Path, tmp_path: Path) -> None:
     """An image whose /etc/passwd points at a host file: the host file is never read."""
     host_file = tmp_path / "host-passwd"
