@@ -283,6 +283,31 @@ def test_clone(ucore_cli: Ucore, registry: RegistryServer) -> None:
     assert len(ps(ucore_cli)) == 2
 
 
+def test_clone_copies_fifos_sockets_and_device_nodes_as_nodes(
+    ucore_cli: Ucore, tmp_path: Path
+) -> None:
+    """Copying them as files would fail on a FIFO (or hang, opening it), and as root would
+    read a device: a clone of an image with /dev/zero would fill the disk."""
+    nodes = [("run/fifo", tarfile.FIFOTYPE), ("dev/null", tarfile.CHRTYPE)]
+    tarball = tmp_path / "nodes.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for name, kind in nodes:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.devmajor, info.devminor = kind, 0o640, 1, 3
+            tar.addfile(info)
+    ucore_cli.ok("import", "--tocontainer", "--name", "src", str(tarball))
+    src = root_of(ucore_cli, "src")
+    os.mknod(src / "run" / "sock", stat.S_IFSOCK | 0o600)  # left by a program in the container
+    ucore_cli.ok("clone", "--name", "copy", "src")
+    copy = root_of(ucore_cli, "copy")
+    for path in ("run/fifo", "run/sock", "dev/null"):
+        a, b = (src / path).lstat(), (copy / path).lstat()
+        assert (stat.S_IFMT(b.st_mode), b.st_mode, b.st_rdev, b.st_size) == (
+            stat.S_IFMT(a.st_mode), a.st_mode, a.st_rdev, a.st_size
+        ), path  # fmt: skip
+    ucore_cli.check_store()
+
+
 def test_protect_image_refuses_rmi(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ref = f"{registry.address}/busybox:latest"
     ucore_cli.ok("pull", ref)
