@@ -275,6 +275,16 @@ def test_a_file_is_not_a_directory(world: World) -> None:
     assert "entry 'l/x'" in message
 
 
+@pytest.mark.parametrize(
+    "member",
+    [entry("d/" + "x" * 256, data=b"x"), symlink("l", "x" * 5000)],
+    ids=["component", "link-target"],
+)
+def test_names_too_long_are_the_layers_fault(world: World, member: Member) -> None:
+    """Not a "store error": nothing is wrong with the store, and retrying will not help."""
+    world.refuses(image_of(tar_of(member)), "too long")
+
+
 def test_symlink_with_an_empty_target_is_refused(world: World) -> None:
     world.refuses(image_of(tar_of(symlink("empty", ""))), "empty target")
 

@@ -244,6 +244,8 @@ class Unpacker:
         except (BadLayer, PathError, tarfile.TarError, ValueError, OverflowError) as exc:
             raise self._integrity_error(str(exc)) from None
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG and exc.filename != str(blob):  # the layer's fault
+                raise self._integrity_error("a name or link target is too long") from None
             raise self._store_error(exc) from exc
         self._verify(packed, desc, plain, diff_id)
         self.tar_bytes += plain[1]
