@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import Optional
 
+import pytest
 from support.cli import Ucore, assert_error_line
 
 from ucore.testing import images as im
@@ -282,6 +283,31 @@ def test_clone(ucore_cli: Ucore, registry: RegistryServer) -> None:
     assert len(ps(ucore_cli)) == 2
 
 
+def test_clone_copies_fifos_sockets_and_device_nodes_as_nodes(
+    ucore_cli: Ucore, tmp_path: Path
+) -> None:
+    """Copying them as files would fail on a FIFO (or hang, opening it), and as root would
+    read a device: a clone of an image with /dev/zero would fill the disk."""
+    nodes = [("run/fifo", tarfile.FIFOTYPE), ("dev/null", tarfile.CHRTYPE)]
+    tarball = tmp_path / "nodes.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for name, kind in nodes:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.devmajor, info.devminor = kind, 0o640, 1, 3
+            tar.addfile(info)
+    ucore_cli.ok("import", "--tocontainer", "--name", "src", str(tarball))
+    src = root_of(ucore_cli, "src")
+    os.mknod(src / "run" / "sock", stat.S_IFSOCK | 0o600)  # left by a program in the container
+    ucore_cli.ok("clone", "--name", "copy", "src")
+    copy = root_of(ucore_cli, "copy")
+    for path in ("run/fifo", "run/sock", "dev/null"):
+        a, b = (src / path).lstat(), (copy / path).lstat()
+        assert (stat.S_IFMT(b.st_mode), b.st_mode, b.st_rdev, b.st_size) == (
+            stat.S_IFMT(a.st_mode), a.st_mode, a.st_rdev, a.st_size
+        ), path  # fmt: skip
+    ucore_cli.check_store()
+
+
 def test_protect_image_refuses_rmi(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ref = f"{registry.address}/busybox:latest"
     ucore_cli.ok("pull", ref)
@@ -464,3 +490,30 @@ def test_import_refuses_what_is_not_a_tarball(ucore_cli: Ucore, tmp_path: Path) 
 
     err = assert_error_line(ucore_cli.fails(2, "import", "--clone", str(junk)))
     assert "--clone" in err
+
+
+def _huge_extended_header(size: int) -> bytes:
+    """A gzip'd tarball whose one file has a PAX header of ``size`` bytes (a comment): small on
+    disk, but :mod:`tarfile` alone reads an extended header whole into memory."""
+    comment = "x" * (size - len(f"{size} comment=\n"))
+    record = f"{size} comment={comment}\n".encode()
+    assert len(record) == size
+    header = tarfile.TarInfo("PaxHeaders/f")
+    header.type, header.size = tarfile.XHDTYPE, size
+    body = tarfile.TarInfo("f")
+    body.size = 1
+    padding = bytes(-size % tarfile.BLOCKSIZE)
+    tar = b"".join([header.tobuf(tarfile.USTAR_FORMAT), record, padding, body.tobuf(), b"f"])
+    return gzip.compress(tar + bytes(511 + 2 * tarfile.BLOCKSIZE))  # padding, end of archive
+
+
+@pytest.mark.parametrize("command", [["import", "{}", "huge:1"], ["load", "-i", "{}"]])
+def test_huge_extended_headers_are_refused(
+    ucore_cli: Ucore, tmp_path: Path, command: list[str]
+) -> None:
+    tarball = tmp_path / "huge.tar.gz"
+    tarball.write_bytes(_huge_extended_header(64 << 20))
+    err = assert_error_line(ucore_cli.fails(6, *(a.format(tarball) for a in command)))
+    assert "extended header of 67108864 bytes exceeds" in err
+    assert ucore_cli.blobs() == set()
+    ucore_cli.check_store()

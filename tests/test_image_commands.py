@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pty
+import resource
 import select
 import subprocess
 import tarfile
@@ -138,6 +139,28 @@ def _tar(members: dict[str, bytes]) -> bytes:
             6,
         ),
         ({}, 6),
+        ({"manifest.json": b"[" * 100_000 + b"]" * 100_000}, 6),
+        (
+            {
+                "x.json": b"[" * 100_000 + b"]" * 100_000,
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": ["a/b:c"]}]',
+            },
+            6,
+        ),
+        (
+            {
+                "x.json": b'{"rootfs": "layers"}',
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": ["a/b:c"]}]',
+            },
+            6,
+        ),
+        (
+            {
+                "x.json": b'{"rootfs": {"diff_ids": []}}',
+                "manifest.json": b'[{"Config": "x.json", "RepoTags": "a/b:c"}]',
+            },
+            6,
+        ),
     ],
 )
 def test_hostile_archives_are_refused_without_writing_outside_the_store(
@@ -153,6 +176,29 @@ def test_hostile_archives_are_refused_without_writing_outside_the_store(
     assert ucore_cli.refs() == []
     assert ucore_cli.blobs() == set(), "blobs of a refused archive were left behind"
     ucore_cli.check_store()
+
+
+def test_load_holds_one_member_in_memory_at_a_time(ucore_cli: Ucore, tmp_path: Path) -> None:
+    """Twenty-four 16 MiB JSON members (384 MiB, a few hundred KiB gzip'd) under a 256 MiB
+    data limit: each goes to the store and is read back only if a manifest names it."""
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for i in range(24):
+            info = tarfile.TarInfo(f"config{i}.json")
+            info.size = 16 << 20
+            tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
+    limit = 256 << 20
+    result = subprocess.run(
+        ucore_cli.argv("load", "-i", str(archive)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ucore_cli.env,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)),
+    )
+    assert (result.returncode, result.stderr) == (6, "ucore: archive has no manifest.json\n")
+    assert ucore_cli.blobs() == set()
 
 
 def test_manifest_inspect_prints_what_the_registry_serves(

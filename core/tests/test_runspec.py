@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,6 +99,24 @@ def test_malformed_config_is_refused(root: Path) -> None:
         build(root, {"Cmd": "sh -c true"})
     with pytest.raises(IntegrityError):
         build(root, {"Cmd": ["sh"], "Env": [1, 2]})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"Cmd": ["s\0h"]},
+        {"Entrypoint": ["sh", "-c\0"]},
+        {"Cmd": ["sh"], "Env": ["A=b\0c"]},
+        {"Cmd": ["sh"], "Env": ["A\0=b"]},
+        {"Cmd": ["sh"], "WorkingDir": "/tmp\0/x"},
+        {"Cmd": ["sh"], "User": "app\0"},
+    ],
+)
+def test_nul_bytes_in_the_config_are_refused(root: Path, config: dict[str, Any]) -> None:
+    """No path, argument or environment entry can hold one: each would fail, later and
+    somewhere else (a stat, an ``execve``, a runtime's JSON), as an internal error."""
+    with pytest.raises(IntegrityError, match="NUL"):
+        build(root, config)
 
 
 def test_command_not_found_and_not_executable(root: Path) -> None:
@@ -205,6 +225,28 @@ def test_image_user_and_unknown_names(root: Path) -> None:
         build(root, user="app:ghosts")
     with pytest.raises(IntegrityError):
         build(root, {"Cmd": ["sh"], "User": "ghost"})
+
+
+def test_user_and_group_ids_are_ascii_numbers_in_range(root: Path) -> None:
+    """``str.isdigit`` takes ``²`` and ``٣``, and ``int`` refuses numbers of over 4300 digits:
+    a User, a ``-u`` or an account line with those was an internal error, and an id beyond 32
+    bits reached the engine."""
+    huge = "9" * 5000
+    for user in ("²", "0:²", f"0:{huge}", "app:٣"):
+        with pytest.raises(IntegrityError, match=r"no (user|group)|not a valid"):
+            build(root, {"Cmd": ["sh"], "User": user})
+    with pytest.raises(UsageError, match="not a valid user or group id"):
+        build(root, user=huge)
+    (root / "etc" / "passwd").write_text(
+        f"sup:x:²:0::/:/bin/sh\nlong:x:{huge}:0::/:/bin/sh\nbig:x:4294967296:0::/:/bin/sh\n"
+        "odd:x:7:³::/odd:/bin/sh\n"
+    )
+    (root / "etc" / "group").write_text(f"sup:x:²:\nlong:x:{huge}:\n")
+    for user in ("sup", "long", "big", "0:sup", "0:long"):
+        with pytest.raises(IntegrityError, match=r"no (user|group)"):
+            build(root, {"Cmd": ["sh"], "User": user})
+    spec = build(root, user="odd")
+    assert (spec.uid, spec.gid, dict(spec.env)["HOME"]) == (7, 7, "/odd")
 
 
 def test_passwd_symlinked_out_of_the_root_is_read_inside(root: Path, tmp_path: Path) -> None:
@@ -363,3 +405,28 @@ def test_inroot_resolution(root: Path, tmp_path: Path) -> None:
     os.mkfifo(root / "etc" / "fifo")
     assert inroot.read_file(root, "/etc/fifo", 100) is None  # never blocks on a FIFO
     assert inroot.read_file(root, "/etc/passwd", 4) == b"root"
+
+
+def test_account_files_that_are_not_regular_files_are_never_opened(root: Path) -> None:
+    """Opening a FIFO releases whatever waits to write to it, and opening a device node (which
+    a privileged unpack makes) can act on hardware: a watchdog starts, a tape rewinds."""
+    passwd = root / "etc" / "passwd"
+    passwd.unlink()
+    os.mkfifo(passwd)
+    waiting, released = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        waiting.set()
+        with open(passwd, "wb"):  # blocks until the FIFO is opened for reading
+            released.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    waiting.wait(5)
+    time.sleep(0.2)  # into the blocking open
+    assert inroot.read_file(root, "/etc/passwd", 100) is None
+    assert hostauth.container_accounts(root).passwd == ""
+    assert build(root, hostauth=True).uid is None
+    assert not released.wait(0.2), "the FIFO was opened"
+    os.close(os.open(passwd, os.O_RDONLY | os.O_NONBLOCK))
+    thread.join(5)

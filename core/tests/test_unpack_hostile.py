@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import tarfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,6 +67,19 @@ def device(name: str, kind: bytes, major: int, minor: int, mode: int = 0o666) ->
     info, _ = entry(name, kind, mode=mode)
     info.devmajor, info.devminor = major, minor
     return info, None
+
+
+def sparse(name: str, size: int) -> Member:
+    """A GNU sparse file (PAX format 1.0) of ``size`` bytes, a hole but for its last 512 bytes:
+    1 KiB in the tar, whatever ``size`` is."""
+    sparse_map = f"1\n{size - 512}\n512\n".encode().ljust(512, b"\0")
+    pax = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(size),
+    }
+    return entry(f"GNUSparseFile.0/{name}", data=sparse_map + b"s" * 512, pax=pax)
 
 
 def tar_of(*members: Member) -> bytes:
@@ -261,6 +275,16 @@ def test_a_file_is_not_a_directory(world: World) -> None:
     assert "entry 'l/x'" in message
 
 
+@pytest.mark.parametrize(
+    "member",
+    [entry("d/" + "x" * 256, data=b"x"), symlink("l", "x" * 5000)],
+    ids=["component", "link-target"],
+)
+def test_names_too_long_are_the_layers_fault(world: World, member: Member) -> None:
+    """Not a "store error": nothing is wrong with the store, and retrying will not help."""
+    world.refuses(image_of(tar_of(member)), "too long")
+
+
 def test_symlink_with_an_empty_target_is_refused(world: World) -> None:
     world.refuses(image_of(tar_of(symlink("empty", ""))), "empty target")
 
@@ -395,6 +419,22 @@ def test_unsupported_entry_types_are_refused(world: World) -> None:
     world.refuses(image_of(tar_of(entry("odd", b"Z"))), "unsupported entry type")
 
 
+def test_absurd_times_are_skipped_quickly(world: World) -> None:
+    """Turning the PAX time ``1e400000`` into nanoseconds exactly takes seconds of CPU (the
+    digits grow quadratically); a few hundred such entries would stall the unpack for hours."""
+    absurd = ["1e400000", "-1e400000", "inf", "nan", "9" * 30]
+    layer = tar_of(
+        *(entry(f"f{i}", data=b"x", pax={"mtime": t}) for i, t in enumerate(absurd * 2)),
+        entry("d/", tarfile.DIRTYPE, pax={"mtime": "1e400000"}),
+        entry("ok", data=b"x", pax={"mtime": "1700000000.123456789"}),
+    )
+    started = time.monotonic()
+    world.unpack(image_of(layer))
+    assert time.monotonic() - started < 5
+    assert (world.dest / "f0").read_bytes() == b"x" and (world.dest / "d").is_dir()
+    assert (world.dest / "ok").stat().st_mtime_ns == 1_700_000_000_123_456_789
+
+
 # --- limits ---------------------------------------------------------------------------------
 
 
@@ -438,6 +478,19 @@ def test_decompression_bomb_after_the_last_entry_stops_at_the_limit(world: World
         image_of(layer), "uncompressed size exceeds the limit", limits=Limits(max_bytes=16 << 20)
     )
     assert "after" in message
+
+
+def test_sparse_files_count_at_the_size_they_unpack_to(world: World) -> None:
+    """A sparse file's holes cost nothing in the stream but are written out in full: five
+    10 MiB files in 5 KiB of tar must not get past a 16 MiB limit."""
+    one = tar_of(sparse("small", 4096))
+    two = tar_of(*(sparse(f"big{i}", 10 << 20) for i in range(5)))
+    message = world.refuses(
+        image_of(one, two), "exceeds the limit", layer=1, limits=Limits(max_bytes=16 << 20)
+    )
+    assert "entry 'big1'" in message
+    assert sum(p.stat().st_size for p in world.dest.iterdir()) <= 16 << 20
+    assert (world.dest / "small").read_bytes() == bytes(3584) + b"s" * 512
 
 
 def test_total_size_is_bounded_across_layers(world: World) -> None:

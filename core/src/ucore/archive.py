@@ -1,10 +1,10 @@
 """``load`` and ``save``: docker-save tarballs and OCI image layouts, to and from the store.
 
 Loading reads the tarball once, as a stream (stdin works): every member is hashed into the
-store as it passes, small JSON documents are kept in memory, and only once the whole archive
-is read are manifests interpreted. Member names are only keys; nothing is written by name, so
-a hostile archive cannot write outside the store. Blobs the archive brought but no loaded
-image references are removed again.
+store as it passes (one member at a time in memory at most), and only once the whole archive
+is read are manifests interpreted, read back from the store. Member names are only keys;
+nothing is written by name, so a hostile archive cannot write outside the store. Blobs the
+archive brought but no loaded image references are removed again.
 
 Saving writes what ``docker load`` and ``skopeo`` accept: Docker 25's layout, which is both a
 docker-save archive (``manifest.json``) and an OCI image layout (``index.json``), with
@@ -24,6 +24,8 @@ from typing import IO, Any, Optional
 
 from ucore import images
 from ucore import manifest as mf
+from ucore.builtin.unpack.extract import open_stream
+from ucore.builtin.unpack.stream import BadLayer
 from ucore.errors import IntegrityError, UsageError
 from ucore.layers import compression, open_decompressed
 from ucore.oci import Descriptor, Digest, Image, ImageRef
@@ -40,11 +42,12 @@ LAYER_TYPES = {
 
 
 class _Contents:
-    """What was read from the archive: blob digests by member name, small files' bytes."""
+    """What was read from the archive: blob digests by member name. Even small files are read
+    back from the store when needed rather than kept: an archive can hold thousands."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.blobs: dict[str, tuple[Digest, int]] = {}
-        self.small: dict[str, bytes] = {}
         self.links: dict[str, str] = {}
         self.new: set[Digest] = set()
 
@@ -62,13 +65,14 @@ class _Contents:
         return self.blobs[key]
 
     def text(self, name: str) -> Optional[bytes]:
-        return self.small.get(self.resolve(posixpath.normpath(name.lstrip("/"))))
+        found = self.blobs.get(self.resolve(posixpath.normpath(name.lstrip("/"))))
+        return self.store.read_blob(found[0], MAX_SMALL) if found else None
 
 
 def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - a stream: nothing to close
-    except tarfile.TarError as exc:
+        tar = open_stream(stream, mode="r|*")
+    except (tarfile.TarError, BadLayer) as exc:
         raise IntegrityError(f"not a tar archive: {exc}") from None
     count = 0
     try:
@@ -92,7 +96,6 @@ def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
             )
             if small:
                 data = fileobj.read()
-                contents.small[name] = data
                 digest = Digest(hashlib.sha256(data).hexdigest())
                 if not store.has_blob(digest):
                     store.put_bytes(data)
@@ -111,7 +114,7 @@ def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
             if not existed:
                 contents.new.add(digest)
             contents.blobs[name] = (digest, member.size)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, BadLayer, EOFError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise store_error(exc, "loading the archive") from exc
         raise IntegrityError(f"corrupt or truncated archive: {exc}") from None
@@ -120,10 +123,7 @@ def _read(store: Store, stream: IO[bytes], contents: _Contents) -> None:
 def _json(data: Optional[bytes], what: str) -> Any:
     if data is None:
         raise IntegrityError(f"archive has no {what}")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise IntegrityError(f"archive's {what} is not valid JSON") from None
+    return mf.load_json(data, f"archive's {what}")
 
 
 def _oci_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Digest]]:
@@ -171,7 +171,7 @@ def _docker_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Di
             raise IntegrityError("archive's manifest.json has an entry without Config")
         config_digest, config_size = contents.blob(entry["Config"])
         config = mf.parse_config(store.read_blob(config_digest, mf.MAX_CONFIG))
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        diff_ids = mf.config_diff_ids(config)
         layer_names = entry.get("Layers") or []
         if not isinstance(layer_names, list) or len(layer_names) != len(diff_ids):
             raise IntegrityError("archive's layer list does not match the image config")
@@ -180,15 +180,17 @@ def _docker_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Di
             digest, size = contents.blob(str(name))
             with open(store.blob_path(digest), "rb") as f:
                 kind = compression(f.read(4))
-            if kind == "none" and str(digest) != diff_id:
+            if kind == "none" and digest != diff_id:
                 raise IntegrityError(f"layer {name} does not match diff_id {diff_id}")
             layers.append({"mediaType": LAYER_TYPES[kind], "digest": str(digest), "size": size})
         manifest_digest = store.put_bytes(mf.write_manifest(config_digest, config_size, layers))
         contents.new.add(manifest_digest)
         tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise IntegrityError("archive's manifest.json has RepoTags that are not names")
         if not tags:
             raise UsageError("the archive does not name its image: give one with --tag NAME")
-        out.extend((ImageRef.parse(str(tag)), manifest_digest) for tag in tags)
+        out.extend((ImageRef.parse(tag), manifest_digest) for tag in tags)
     return out
 
 
@@ -199,7 +201,7 @@ def load(store: Store, stream: IO[bytes], tag: Optional[str] = None) -> list[Ima
     so a refused archive leaves the store as it was.
     """
     store.ensure()
-    contents = _Contents()
+    contents = _Contents(store)
     with store.shared_lock("gc"):
         try:
             _read(store, stream, contents)
@@ -314,7 +316,7 @@ def save(store: Store, refs: list[ImageRef], out: IO[bytes]) -> None:
         for image in loaded:
             config_raw = store.read_blob(image.config_digest, mf.MAX_CONFIG)
             config = mf.parse_config(config_raw)
-            diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+            diff_ids = mf.config_diff_ids(config)
             if len(diff_ids) != len(image.layers):
                 raise IntegrityError(f"{image.ref.familiar}: config and manifest disagree")
             if image.config_digest.hex not in written:

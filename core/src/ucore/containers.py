@@ -420,14 +420,22 @@ def clone(session: Session, source: Container, name: Optional[str] = None) -> Co
 def _copy_owned(src: str, dst: str) -> Any:
     """``copy2`` that can also copy a file its owner may not read (an image's mode 0000
     file, kept as it is by an unprivileged unpack): read permission is granted for the copy,
-    through a descriptor checked to be a regular file (never a symlink), and taken back."""
+    through a descriptor checked to be a regular file (never a symlink), and taken back.
+
+    FIFOs, sockets and device nodes are made anew, never opened: ``copy2`` refuses a FIFO,
+    and would read a device (as root, a clone of an image with ``/dev/zero`` fills the disk).
+    """
     import shutil
 
+    st = os.lstat(src)
+    if not stat.S_ISREG(st.st_mode):
+        os.mknod(dst, st.st_mode, st.st_rdev)
+        shutil.copystat(src, dst, follow_symlinks=False)
+        return dst
     try:
         return shutil.copy2(src, dst, follow_symlinks=False)
     except PermissionError:
-        st = os.lstat(src)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        if st.st_uid != os.geteuid():
             raise
     fd = os.open(src, getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

@@ -39,7 +39,9 @@ def resolve(root: Path, path: str) -> Walk:
 
 def read_file(root: Path, path: str, limit: int) -> Optional[bytes]:
     """At most ``limit`` bytes of a regular file inside ``root``, or None when it is missing or
-    not a regular file (a FIFO planted as ``/etc/passwd`` must not hang us)."""
+    not a regular file. Anything else is never opened: opening a FIFO planted as
+    ``/etc/passwd`` releases whoever waits to write to it, and opening a device node (a
+    privileged unpack makes them) can act on hardware, such as starting a watchdog."""
     box: list[Optional[bytes]] = []
     _walk(root, path, lambda fd, name: box.append(_read(fd, name, limit)))
     return box[0] if box else None
@@ -72,7 +74,7 @@ def _swap(old: int, new: int) -> int:
 def _read(dir_fd: int, name: str, limit: int) -> Optional[bytes]:
     fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at
             return None
         chunks = []
         size = 0
@@ -134,7 +136,7 @@ def _walk(root: Path, path: str, leaf: Optional[Callable[[int, str], None]]) -> 
                 continue
             if any(p not in ("", ".") for p in pending):  # a file used as a directory
                 return _missing([*names, comp], list(reversed(pending)))
-            if leaf is not None:
+            if leaf is not None and stat.S_ISREG(mode):
                 leaf(fds[-1], comp)
             return Walk("/" + "/".join([*names, comp]), 0, mode)
         return Walk("/" + "/".join(names), 0, stat.S_IFDIR)

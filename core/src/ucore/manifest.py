@@ -92,10 +92,7 @@ def parse(raw: bytes, content_type: Optional[str] = None) -> Union[Manifest, Ind
             "the registry serves this image only as a Docker schema-1 manifest, which is"
             " deprecated and unsupported; push it again with a current client"
         )
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise IntegrityError("manifest is not valid JSON") from None
+    doc = load_json(raw, "manifest")
     if not isinstance(doc, dict):
         raise IntegrityError("manifest is not a JSON object")
     if doc.get("schemaVersion") == 1:
@@ -170,14 +167,29 @@ def write_manifest(config_digest: Digest, config_size: int, layers: list[dict[st
     return json.dumps(manifest, separators=(",", ":")).encode()
 
 
-def parse_config(raw: bytes) -> dict[str, Any]:
+def load_json(raw: bytes, what: str) -> Any:
+    """JSON from outside; ``what`` names it in the error. Arrays nested a few thousand deep
+    exhaust :mod:`json`'s recursion, which is malformed input too, not a bug of ours."""
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise IntegrityError("image config is not valid JSON") from None
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise IntegrityError(f"{what} is not valid JSON") from None
+
+
+def parse_config(raw: bytes) -> dict[str, Any]:
+    doc = load_json(raw, "image config")
     if not isinstance(doc, dict):
         raise IntegrityError("image config is not a JSON object")
     return doc
+
+
+def config_diff_ids(config: dict[str, Any]) -> list[Digest]:
+    """The config's ``rootfs.diff_ids``: the digest of each layer's tar, in order."""
+    rootfs = config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list):
+        raise IntegrityError("image config has no rootfs.diff_ids")
+    return [Digest.parse(d) for d in ids]
 
 
 def config_platform(config: dict[str, Any]) -> Optional[Platform]:

@@ -38,6 +38,8 @@ from typing import IO, TYPE_CHECKING, Any, Optional, cast
 from ucore import images
 from ucore import manifest as mf
 from ucore.archive import LAYER_TYPES
+from ucore.builtin.unpack.extract import open_stream
+from ucore.builtin.unpack.stream import BadLayer
 from ucore.errors import IntegrityError, StoreError, UcoreError, UsageError
 from ucore.layers import compression
 from ucore.model import Container
@@ -358,14 +360,14 @@ def store_layer(store: Store, stream: IO[bytes]) -> Layer:
             inner = tee
         hashing = _Hashing(inner)
         members = 0
-        with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
+        with open_stream(cast(IO[bytes], hashing)) as tar:
             for _member in tar:
                 members += 1
         while hashing.read(_CHUNK):
             pass
         while tee.read(_CHUNK):
             pass
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+    except (tarfile.TarError, BadLayer, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         writer.discard()
         raise IntegrityError(f"import: not a valid tar archive: {exc}".splitlines()[0]) from None
     except BaseException as exc:

@@ -170,13 +170,23 @@ def _string(meta: Mapping[str, Any], key: str) -> str:
     value = meta.get(key) or ""
     if not isinstance(value, str):
         raise IntegrityError(f"the image config's {key} is not a string")
-    return value
+    return _no_nul(value, key)
 
 
 def _strings(meta: Mapping[str, Any], key: str) -> list[str]:
     value = meta.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise IntegrityError(f"the image config's {key} is not a list of strings")
+    for v in value:
+        _no_nul(v, key)
+    return value
+
+
+def _no_nul(value: str, key: str) -> str:
+    """No path, argument or environment entry can hold a NUL byte: refused here, rather than
+    failing later in a stat, an ``execve`` or a runtime's JSON."""
+    if "\0" in value:
+        raise IntegrityError(f"the image config's {key} contains a NUL byte")
     return value
 
 
@@ -263,8 +273,8 @@ def _user(
     user, _, group = text.partition(":")
     where = f"the image's User {text!r}" if from_image else f"-u {text}"
     error = IntegrityError if from_image else UsageError
-    if user.isdigit():
-        uid = _id(user, where)
+    if _is_number(user):
+        uid = _id(user, where, error)
         entry = _lookup(accounts.passwd, user, by_id=True)
     else:
         entry = _lookup(accounts.passwd, user, by_id=False)
@@ -273,8 +283,8 @@ def _user(
         uid = entry.uid
     if not group:
         gid = entry.gid if entry else 0
-    elif group.isdigit():
-        gid = _id(group, where)
+    elif _is_number(group):
+        gid = _id(group, where, error)
     else:
         found = _lookup(accounts.group, group, by_id=False, fields=3)
         if found is None:
@@ -283,22 +293,38 @@ def _user(
     return uid, gid, entry.home if entry and entry.home else "/"
 
 
-def _id(text: str, where: str) -> int:
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _number(text: str) -> Optional[int]:
+    """``text`` as a user or group id, or None when it is not one (``int`` would also spend
+    quadratic time on, or refuse, a number thousands of digits long)."""
+    if not _is_number(text) or len(text) > len(str(_MAX_UID)):
+        return None
     value = int(text)
-    if value > _MAX_UID:
-        raise UsageError(f"{where}: {value} is not a valid user or group id")
+    return value if value <= _MAX_UID else None
+
+
+def _id(text: str, where: str, error: type[UsageError] | type[IntegrityError]) -> int:
+    value = _number(text)
+    if value is None:
+        raise error(f"{where}: not a valid user or group id")
     return value
 
 
 def _lookup(text: str, key: str, by_id: bool, fields: int = 7) -> Optional[_Account]:
-    """The first entry of a passwd (or, with ``fields=3``, group) file matching ``key``."""
+    """The first entry of a passwd (or, with ``fields=3``, group) file matching ``key``;
+    entries whose id is not a valid one are skipped."""
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) < fields or not parts[2].isdigit():
+        number = _number(parts[2]) if len(parts) >= fields else None
+        if number is None:
             continue
         if (parts[2] if by_id else parts[0]) == key:
-            gid = int(parts[3]) if fields == 7 and parts[3].isdigit() else int(parts[2])
-            return _Account(int(parts[2]), gid, parts[5] if fields == 7 else "")
+            gid = _number(parts[3]) if fields == 7 else None
+            return _Account(number, number if gid is None else gid, parts[5] if fields == 7 else "")
     return None
 
 

@@ -23,13 +23,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, cast
 
 from ucore.builtin.unpack.rootfs import DIR_FLAGS, Dir, PathError, RootFS, join, show
 from ucore.builtin.unpack.stream import BadLayer, LayerStream
 from ucore.errors import IntegrityError, NotFoundError
 from ucore.images import read_config
 from ucore.log import get_logger
+from ucore.manifest import config_diff_ids
 from ucore.oci import Descriptor, Digest, Image
 from ucore.store import Store, store_error
 
@@ -48,6 +49,8 @@ AUFS_META = ".wh..wh."
 _SETID = stat.S_ISUID | stat.S_ISGID
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+#: Seconds from the epoch beyond which a time in nanoseconds no longer fits 64 bits.
+_MAX_SECONDS = (1 << 63) // 1_000_000_000
 #: tarfile's read-ahead: large enough for few calls per megabyte, small enough that the copy it
 #: makes of its buffer on every header read stays cheap.
 _TAR_BUFFER = 64 << 10
@@ -70,7 +73,8 @@ class Limits:
     header that claims gigabytes stops with a clear error instead of filling the disk or memory.
     """
 
-    #: Uncompressed bytes of all layers together (tar stream, headers and padding included).
+    #: Uncompressed bytes of all layers together (tar stream, headers and padding included),
+    #: and bytes of all the files they write (a sparse file writes more than its stream holds).
     max_bytes: int = 64 << 30
     #: Entries of all layers together.
     max_members: int = 10_000_000
@@ -145,14 +149,30 @@ class _StreamTar(tarfile.TarFile):
         return info
 
 
-def _mtime_ns(info: tarfile.TarInfo) -> int:
+def open_stream(
+    fileobj: IO[bytes], mode: Literal["r|", "r|*"] = "r|", max_header: int = Limits.max_header
+) -> tarfile.TarFile:
+    """:mod:`tarfile` reading an untrusted tarball as a stream (``mode`` ``r|`` or ``r|*``),
+    as :class:`Unpacker` reads layers: extended headers bounded, a corrupt header an error
+    (:class:`BadLayer`), and no list of every member read kept in memory."""
+    return _StreamTar.open(
+        fileobj=fileobj, mode=mode, tarinfo=_bounded_tarinfo(max_header), bufsize=_TAR_BUFFER
+    )
+
+
+def _mtime_ns(info: tarfile.TarInfo) -> Optional[int]:
     """The entry's mtime in nanoseconds: exact from a PAX record, which tarfile turns into a
-    float that cannot hold today's times to the nanosecond."""
+    float that cannot hold today's times to the nanosecond. None for a time no file can have
+    (infinite, or centuries away): an absurd date is not worth failing over, and turning a
+    record such as ``1e999990`` into an integer would take minutes."""
+    seconds = Decimal(info.mtime)  # exact, whether tarfile made an int or a float of it
     text = info.pax_headers.get("mtime") if info.pax_headers else None
     if text:
         with contextlib.suppress(ArithmeticError, ValueError):
-            return int(Decimal(text).scaleb(9))
-    return int(info.mtime * 1_000_000_000)
+            seconds = Decimal(text)
+    if not seconds.is_finite() or seconds.copy_abs() >= _MAX_SECONDS:
+        return None
+    return int(seconds.scaleb(9))
 
 
 def _copy(src: IO[bytes], fd: int, size: int) -> None:
@@ -178,7 +198,6 @@ class Unpacker:
         self.limits = limits
         self.rootless = rootless
         self.root = RootFS(dest)
-        self._tarinfo = _bounded_tarinfo(limits.max_header)
         self._umask = _umask()
         self.modes: dict[str, int] = {}
         self.devices: dict[str, dict[str, Any]] = {}
@@ -189,7 +208,7 @@ class Unpacker:
         self._layer = ""
         self._where = ""
         self._touched: set[str] = set()
-        self._dir_times: list[tuple[str, int]] = []
+        self._dir_times: list[tuple[str, Optional[int]]] = []
         self._placeholders: list[str] = []
         self._xattr_failures = 0
 
@@ -225,15 +244,15 @@ class Unpacker:
         except (BadLayer, PathError, tarfile.TarError, ValueError, OverflowError) as exc:
             raise self._integrity_error(str(exc)) from None
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG and exc.filename != str(blob):  # the layer's fault
+                raise self._integrity_error("a name or link target is too long") from None
             raise self._store_error(exc) from exc
         self._verify(packed, desc, plain, diff_id)
         self.tar_bytes += plain[1]
         self._report()
 
     def _read(self, stream: LayerStream, budget: int) -> None:
-        with _StreamTar.open(
-            fileobj=cast(IO[bytes], stream), mode="r|", tarinfo=self._tarinfo, bufsize=_TAR_BUFFER
-        ) as tar:
+        with open_stream(cast(IO[bytes], stream), max_header=self.limits.max_header) as tar:
             while True:
                 self.root.settle()
                 info = tar.next()
@@ -304,8 +323,12 @@ class Unpacker:
         path = join(parent.path, base)
         self._touched.add(path)
         if info.isreg():
-            if info.offset_data + info.size > budget:
-                raise BadLayer(f"a {info.size}-byte file exceeds the limit of {budget} bytes")
+            # a sparse file's holes are not in the stream, so they count against the contents
+            room = min(budget - info.offset_data, self.limits.max_bytes - self.bytes)
+            if info.size > room:
+                raise BadLayer(
+                    f"a {info.size}-byte file exceeds the limit of {self.limits.max_bytes} bytes"
+                )
             self._file(tar, info, parent, base, path)
         elif info.isdir():
             self._dir(info, parent, base, name, path)
@@ -513,18 +536,21 @@ class Unpacker:
                 self._xattr_failures += 1
 
     @staticmethod
-    def _utime(fd: int, mtime: int) -> None:
-        with contextlib.suppress(OverflowError):  # an absurd date is not worth failing over
-            os.utime(fd, ns=(mtime, mtime))
+    def _utime(fd: int, mtime: Optional[int]) -> None:
+        if mtime is not None:
+            with contextlib.suppress(OverflowError):  # beyond this platform's time_t
+                os.utime(fd, ns=(mtime, mtime))
 
     @staticmethod
-    def _utime_name(parent: Dir, base: str, mtime: int) -> None:
-        with contextlib.suppress(OverflowError):
-            os.utime(base, ns=(mtime, mtime), dir_fd=parent.fd, follow_symlinks=False)
+    def _utime_name(parent: Dir, base: str, mtime: Optional[int]) -> None:
+        if mtime is not None:
+            with contextlib.suppress(OverflowError):
+                os.utime(base, ns=(mtime, mtime), dir_fd=parent.fd, follow_symlinks=False)
 
     def _set_dir_times(self) -> None:
         """Directory times last: every entry made inside a directory changed its mtime."""
-        for path, mtime in sorted(self._dir_times):  # parents first: resolutions build on them
+        # parents first (resolutions build on them); of one directory's entries, the last wins
+        for path, mtime in sorted(self._dir_times, key=lambda item: item[0]):
             if not path:
                 self._utime(self.root.fd, mtime)
                 continue
@@ -595,17 +621,13 @@ def _chmod_name(parent: Dir, base: str, mode: int) -> None:
 
 def diff_ids(store: Store, image: Image) -> list[Digest]:
     """The image config's ``rootfs.diff_ids``, one per layer of the manifest."""
-    config = read_config(store, image)
-    rootfs = config.get("rootfs")
-    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(ids, list):
-        raise IntegrityError(f"image config {image.config_digest.short} has no rootfs.diff_ids")
+    ids = config_diff_ids(read_config(store, image))
     if len(ids) != len(image.layers):
         raise IntegrityError(
             f"image config {image.config_digest.short} lists {len(ids)} diff_ids for"
             f" {len(image.layers)} layers"
         )
-    return [Digest.parse(d) for d in ids]
+    return ids
 
 
 @contextlib.contextmanager
