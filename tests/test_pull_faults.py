@@ -10,7 +10,7 @@ import time
 
 import pytest
 from support.cli import Ucore, assert_error_line, describe, json_events, kill, write_docker_config
-from support.faultproxy import MANIFEST_PATH, FaultProxy, Recorded
+from support.faultproxy import BLOB_PATH, MANIFEST_PATH, FaultProxy, Recorded, raw_response
 from support.registries import AuthRegistry
 
 from ucore.testing import images as im
@@ -129,6 +129,52 @@ def test_resume_when_server_mishandles_range(
     assert mangled.fired == 1, "the client never resumed with Range"
     ucore_cli.check_store()
     ucore_cli.ok("verify", f"{proxy.address}/busybox:latest")
+
+
+def _challenge(realm: str) -> list[tuple[str, str]]:
+    return [("WWW-Authenticate", f'Bearer realm="{realm}",service="x"'), ("Content-Length", "0")]
+
+
+@pytest.mark.parametrize(
+    ("match", "response", "status"),
+    [
+        (
+            MANIFEST_PATH,
+            raw_response(200, [("Content-Length", "2"), ("Content-Length", "5")], b"{}abc"),
+            4,
+        ),
+        (BLOB_PATH, raw_response(200, [("Content-Length", "2"), ("Content-Length", "5")]), 4),
+        (
+            MANIFEST_PATH,
+            raw_response(307, [("Location", "http://[zz/x"), ("Content-Length", "0")]),
+            4,
+        ),
+        (
+            MANIFEST_PATH,
+            raw_response(307, [("Location", "http://127.0.0.1:99999/"), ("Content-Length", "0")]),
+            4,
+        ),
+        (MANIFEST_PATH, raw_response(401, _challenge("http://[zz/token")), 5),
+        (MANIFEST_PATH, raw_response(401, _challenge("http://127.0.0.1:99999/token")), 5),
+    ],
+    ids=[
+        "manifest-two-lengths",
+        "blob-two-lengths",
+        "redirect-bad-ipv6",
+        "redirect-bad-port",
+        "realm-bad-ipv6",
+        "realm-bad-port",
+    ],
+)
+def test_malformed_response_is_one_line(
+    ucore_cli: Ucore, proxy: FaultProxy, match: str, response: bytes, status: int
+) -> None:
+    """Responses no well-behaved server sends, which requests and urllib raise for outside the
+    errors a transfer is expected to meet."""
+    proxy.raw(response, match=match)
+    ucore_cli.fails(status, "pull", f"{proxy.address}/busybox:latest")
+    assert not ucore_cli.refs()
+    ucore_cli.check_store()
 
 
 # --- tokens expiring and refused mid-pull --------------------------------------------------

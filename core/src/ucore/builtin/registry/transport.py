@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
 import requests
 import requests.adapters
@@ -56,7 +56,23 @@ def is_loopback(host: str) -> bool:
     return name in {"localhost", "::1"} or name.startswith("127.")
 
 
+def split_url(url: str) -> Optional[SplitResult]:
+    """``urlsplit``, or None for a malformed URL: ``urlsplit`` raises ``ValueError`` for some
+    (``http://[x``) and only ``.port`` does for others (port 99999), and a registry's
+    ``Location`` header or token realm can be any of them."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError:
+        return None
+    return parts
+
+
 def short_reason(exc: BaseException) -> str:
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        return "malformed response headers"
+    if isinstance(exc, ValueError):  # requests' InvalidURL and InvalidSchema are ValueErrors
+        return "invalid URL"
     text = str(exc)
     for pattern, reason in (
         (r"Connection refused", "connection refused"),
@@ -142,8 +158,8 @@ class Transport:
         if scheme != "bearer" or not params.get("realm"):
             raise AuthError(f"{self.host} asked for unsupported authentication {header[:60]!r}")
         realm = params["realm"]
-        parts = urlsplit(realm)
-        if parts.scheme not in ("https", "http") or not parts.netloc:
+        parts = split_url(realm)
+        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
             raise AuthError(f"{self.host} named an invalid token server {realm!r}")
         if creds and parts.scheme == "http" and not (self.insecure or is_loopback(parts.netloc)):
             raise AuthError(f"refusing to send a password to token server {realm} over HTTP")
@@ -184,22 +200,34 @@ class Transport:
         """One request, following redirects by hand so credentials stay with their host."""
         origin = auth_host or self.host
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self.http.request(
-                method,
-                url,
-                headers=headers,
-                stream=stream,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
+            try:
+                resp = self.http.request(
+                    method,
+                    url,
+                    headers=headers,
+                    stream=stream,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except TRANSIENT:
+                raise
+            except (requests.RequestException, ValueError) as exc:
+                # ValueError: requests parses a malformed Location even with redirects off.
+                raise RegistryError(f"{self.host}: {short_reason(exc)}") from None
             if resp.status_code not in REDIRECT_STATUS or "Location" not in resp.headers:
                 return resp
-            target = urljoin(url, resp.headers["Location"])
+            location = resp.headers["Location"]
             resp.close()
-            old, new = urlsplit(url), urlsplit(target)
+            try:
+                target = urljoin(url, location)
+            except ValueError:
+                target = ""
+            old, new = urlsplit(url), split_url(target)
+            if new is None:
+                raise RegistryError(f"{self.host} sent an invalid redirect")
             if old.scheme == "https" and new.scheme != "https":
                 raise RegistryError(f"refusing redirect from https to {new.scheme}: {target}")
-            if new.scheme not in ("http", "https"):
+            if new.scheme not in ("http", "https") or not new.hostname:
                 raise RegistryError(f"refusing redirect to {target}")
             if new.netloc != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
