@@ -77,6 +77,21 @@ def test_429_honours_retry_after(
     ucore_cli.check_store()
 
 
+@pytest.mark.parametrize(
+    "retry_after", ["\u00b2", "Mon, 01 Jan 9999999999 00:00:00 GMT"], ids=["superscript", "year"]
+)
+def test_unparsable_retry_after_is_ignored(
+    ucore_cli: Ucore, proxy: FaultProxy, retry_after: str
+) -> None:
+    """A digit Python's ``str.isdigit`` accepts but ``float`` does not, and a date beyond what
+    a timestamp holds: both are as meaningless as any garbage, so the usual backoff applies."""
+    headers = [("Retry-After", retry_after), ("Content-Length", "0")]
+    fault = proxy.raw(raw_response(429, headers), match=MANIFEST_PATH, times=1)
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert fault.fired == 1
+    ucore_cli.check_store()
+
+
 def test_503_then_success(ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages) -> None:
     proxy.fail(503, times=2, match=MANIFEST_PATH)
     ucore_cli.ok("pull", f"{proxy.address}/multilayer:latest")
