@@ -308,8 +308,9 @@ def test_schema1_is_refused(ucore_cli: Ucore, proxy: FaultProxy) -> None:
         b'{"schemaVersion": 2, "mediaType": "%s", "config": 42, "layers": []}'
         % im.OCI_MANIFEST.encode(),
         b"[]",
+        b"[" * 100_000,
     ],
-    ids=["not-json", "config-not-a-descriptor", "json-array"],
+    ids=["not-json", "config-not-a-descriptor", "json-array", "nested-past-recursion-limit"],
 )
 def test_malformed_manifest(ucore_cli: Ucore, proxy: FaultProxy, body: bytes) -> None:
     ref = serve_manifest(proxy, "busybox", "malformed", body, im.OCI_MANIFEST)

@@ -94,6 +94,15 @@ def test_refuses_invalid_json_and_oversized_documents() -> None:
         mf.parse(b" " * (mf.MAX_MANIFEST + 1))
 
 
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_refuses_documents_nested_past_the_recursion_limit(opening: bytes) -> None:
+    deep = opening * 100_000
+    with pytest.raises(IntegrityError, match="manifest is not valid JSON"):
+        mf.parse(deep)
+    with pytest.raises(IntegrityError, match="image config is not valid JSON"):
+        mf.parse_config(deep)
+
+
 def test_refuses_artifacts_and_unknown_layers_and_foreign_layers_without_opt_in() -> None:
     artifact = mf.parse(
         raw(

@@ -92,12 +92,7 @@ def parse(raw: bytes, content_type: Optional[str] = None) -> Union[Manifest, Ind
             "the registry serves this image only as a Docker schema-1 manifest, which is"
             " deprecated and unsupported; push it again with a current client"
         )
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise IntegrityError("manifest is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise IntegrityError("manifest is not a JSON object")
+    doc = load_json(raw, "manifest")
     if doc.get("schemaVersion") == 1:
         raise RegistryError(
             "the registry serves this image only as a Docker schema-1 manifest, which is"
@@ -170,14 +165,21 @@ def write_manifest(config_digest: Digest, config_size: int, layers: list[dict[st
     return json.dumps(manifest, separators=(",", ":")).encode()
 
 
-def parse_config(raw: bytes) -> dict[str, Any]:
+def load_json(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a registry. Nesting deeper than Python's recursion limit (``[[[[``…,
+    a few kilobytes) makes the decoder raise ``RecursionError``, which is refused here with
+    every other malformed document instead of escaping as a crash."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise IntegrityError("image config is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise IntegrityError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
-        raise IntegrityError("image config is not a JSON object")
+        raise IntegrityError(f"{what} is not a JSON object")
     return doc
+
+
+def parse_config(raw: bytes) -> dict[str, Any]:
+    return load_json(raw, "image config")
 
 
 def config_platform(config: dict[str, Any]) -> Optional[Platform]:
