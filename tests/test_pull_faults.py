@@ -192,6 +192,41 @@ def test_malformed_response_is_one_line(
     ucore_cli.check_store()
 
 
+def _dripped(length: int) -> bytes:
+    return raw_response(200, [("Content-Length", str(length))], b"\0" * length)
+
+
+@pytest.mark.parametrize("what", ["manifest", "blob", "token"])
+def test_body_dripped_to_beat_the_read_timeout_is_abandoned(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages, what: str
+) -> None:
+    """Ten bytes every tenth of a second never trip a one-second read timeout: without a
+    minimum speed the blob would take three hours, the manifest and token a quarter of one."""
+    layer = test_images.busybox.layers[0].blob
+    if what == "token":
+        proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    match = {"manifest": MANIFEST_PATH, "blob": only(layer), "token": "^/token"}[what]
+    size = layer.size if what == "blob" else 100_000
+    proxy.raw(_dripped(size), match=match, piece=10, interval=0.1)
+    start = time.monotonic()
+    ref = f"{proxy.address}/busybox:latest"
+    result = ucore_cli.fails(4, "pull", ref, env={"UCORE_TIMEOUT": "1"}, timeout=60)
+    assert "too slow" in result.stderr
+    assert time.monotonic() - start < 30
+    assert layer.digest not in ucore_cli.blobs()
+    assert not ucore_cli.refs()
+    ucore_cli.check_store()
+
+
+def test_token_response_without_length_is_capped(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    huge = b'{"token": "' + b"a" * (64 << 20) + b'"}'
+    proxy.raw(raw_response(200, [], huge), match="^/token")
+    ucore_cli.fails(6, "pull", f"{proxy.address}/busybox:latest")
+    (answer,) = proxy.requests("GET", "^/token")
+    assert answer.bytes_sent < len(huge), "the whole 64 MiB token response was read"
+
+
 # --- tokens expiring and refused mid-pull --------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 """HTTP to one registry: authentication challenges, retries, redirects, timeouts.
 
-Rules kept here (from ``safety-rules.md``): every request has connect and read timeouts; 429
+Rules kept here (from ``safety-rules.md``): every request has connect and read timeouts, and
+every body a minimum speed (small documents a deadline), since a server that drips a byte before
+each read timeout never trips one; 429
 honours ``Retry-After`` up to a cap; 5xx, resets and timeouts retry with jittered backoff a
 bounded number of times; a 401 refreshes the token once, never in a loop; redirects never carry
 ``Authorization`` to another host and never downgrade https to http; Basic credentials go over
@@ -9,19 +11,24 @@ plain HTTP only to registries marked insecure (loopback counts, as in Docker).
 
 from __future__ import annotations
 
+import builtins
 import email.utils
+import http.client
+import json
 import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
 import requests
 import requests.adapters
+import urllib3
 
 from ucore import __version__
-from ucore.errors import AuthError, RegistryError
+from ucore.errors import AuthError, IntegrityError, RegistryError
 from ucore.events import Retrying
 from ucore.log import get_logger
 
@@ -40,6 +47,29 @@ TRANSIENT = (
 )
 #: Failures that another attempt a second later would not change.
 PERMANENT = ("connection refused", "unknown host")
+#: The least a body must average, in bytes a second, over each read-timeout window (curl's
+#: ``--speed-limit``): far below any real link, far above a server dripping to hold a pull.
+MIN_RATE = 1024
+#: The most one read asks for: what arrives is written at once, so an interrupted download
+#: keeps nearly all it received for a resume.
+READ_SIZE = 256 << 10
+#: A token response is a few kilobytes of JSON.
+MAX_TOKEN_RESPONSE = 1 << 20
+
+
+class TooSlow(TimeoutError):
+    """A body arrived slower than :data:`MIN_RATE`, or a small document not within the read
+    timeout."""
+
+
+#: What a body read raises when the connection breaks, stalls or crawls mid-transfer.
+BROKEN = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    builtins.ConnectionError,
+    TimeoutError,
+    http.client.HTTPException,
+)
 _CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 
@@ -69,6 +99,8 @@ def split_url(url: str) -> Optional[SplitResult]:
 
 
 def short_reason(exc: BaseException) -> str:
+    if isinstance(exc, TooSlow):
+        return f"too slow ({exc})"
     if isinstance(exc, requests.exceptions.InvalidHeader):
         return "malformed response headers"
     if isinstance(exc, ValueError):  # requests' InvalidURL and InvalidSchema are ValueErrors
@@ -168,17 +200,19 @@ class Transport:
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = {"Authorization": _basic(*creds)} if creds else {}
         try:
-            tresp = self._send("GET", url, headers, stream=False, auth_host=parts.netloc)
+            tresp = self._send("GET", url, headers, stream=True, auth_host=parts.netloc)
         except TRANSIENT as exc:
             raise RegistryError(f"token server {parts.netloc}: {short_reason(exc)}") from None
-        if tresp.status_code in (401, 403):
-            if creds:
-                raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
-            raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
-        if tresp.status_code != 200:
-            raise RegistryError(f"token server {parts.netloc} answered {tresp.status_code}")
+        with tresp:
+            if tresp.status_code in (401, 403):
+                if creds:
+                    raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
+                raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
+            if tresp.status_code != 200:
+                raise RegistryError(f"token server {parts.netloc} answered {tresp.status_code}")
+            raw = self.read_document(tresp, MAX_TOKEN_RESPONSE, f"token server {parts.netloc}")
         try:
-            body = tresp.json()
+            body = json.loads(raw)
             token = body.get("token") or body.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -186,6 +220,53 @@ class Transport:
             raise RegistryError(f"token server {parts.netloc} returned no token")
         with self._lock:
             self._tokens[scope] = token
+
+    # --- bodies -----------------------------------------------------------------------------
+
+    def body(self, resp: requests.Response) -> Iterator[bytes]:
+        """The body as sent (never content-decoded: digests are of these bytes), what one
+        system call brings at a time (``read1``: a plain read waits to fill its buffer, one
+        read timeout per dripped byte), so that a crawling server is noticed between reads.
+
+        Raises :class:`TooSlow` when less than :data:`MIN_RATE` bytes a second arrived over a
+        read-timeout window.
+        """
+        fp = resp.raw._fp  # the http.client response, as urllib3 1.26 and 2 keep it
+        assert fp is not None, "a response opened with stream=True has its body unread"
+        read1 = fp.read1
+        window = self.timeout[1]
+        start, received = time.monotonic(), 0
+        while chunk := read1(READ_SIZE):
+            yield chunk
+            received += len(chunk)
+            elapsed = time.monotonic() - start
+            if elapsed >= window:
+                if received < MIN_RATE * elapsed:
+                    raise TooSlow(f"under {MIN_RATE} bytes a second")
+                start, received = time.monotonic(), 0
+
+    def read_document(self, resp: requests.Response, limit: int, what: str) -> bytes:
+        """A small document (manifest, token response) whole: one over ``limit`` bytes is
+        refused, and so is one still arriving after the read timeout or cut short. ``what``
+        names it in messages."""
+        length = resp.headers.get("Content-Length", "")
+        expected = int(length) if length.isascii() and length.isdigit() else None
+        if expected is not None and expected > limit:
+            raise IntegrityError(f"{what} is larger than the limit")
+        deadline = time.monotonic() + self.timeout[1]
+        data = bytearray()
+        try:
+            for chunk in self.body(resp):
+                data += chunk
+                if len(data) > limit:
+                    raise IntegrityError(f"{what} is larger than the limit")
+                if time.monotonic() > deadline:
+                    raise TooSlow(f"not complete after {self.timeout[1]:g} seconds")
+            if expected is not None and len(data) < expected:
+                raise http.client.IncompleteRead(bytes(data), expected - len(data))
+        except BROKEN as exc:
+            raise RegistryError(f"{what}: {short_reason(exc)}") from None
+        return bytes(data)
 
     # --- sending ----------------------------------------------------------------------------
 
