@@ -227,6 +227,20 @@ def test_token_response_without_length_is_capped(ucore_cli: Ucore, proxy: FaultP
     assert answer.bytes_sent < len(huge), "the whole 64 MiB token response was read"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"token": "ab\\r\\nX-Injected: secret-token"}', b'{"token": "\\u20ac"}', b'{"a":' * 100_000],
+    ids=["line-break", "not-ascii", "nested-past-recursion-limit"],
+)
+def test_unusable_token_is_refused(ucore_cli: Ucore, proxy: FaultProxy, body: bytes) -> None:
+    proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    proxy.raw(raw_response(200, [("Content-Length", str(len(body)))], body), match="^/token")
+    result = ucore_cli.fails(4, "pull", f"{proxy.address}/busybox:latest")
+    assert "no usable token" in result.stderr
+    assert "secret-token" not in result.stderr
+    assert not [r for r in proxy.requests() if "x-injected" in r.headers]
+
+
 # --- tokens expiring and refused mid-pull --------------------------------------------------
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import email.utils
 import http.client
-import json
 import random
 import re
 import threading
@@ -31,6 +30,7 @@ from ucore import __version__
 from ucore.errors import AuthError, IntegrityError, RegistryError
 from ucore.events import Retrying
 from ucore.log import get_logger
+from ucore.manifest import load_json
 
 if TYPE_CHECKING:
     from ucore.builtin.registry.credentials import Credentials
@@ -70,6 +70,9 @@ BROKEN = (
     TimeoutError,
     http.client.HTTPException,
 )
+#: A token goes verbatim into an ``Authorization`` header: visible ASCII only (a line break
+#: would make requests refuse the header, quoting the token in its error).
+_TOKEN = re.compile(r"[!-~]+")
 _CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 
@@ -212,12 +215,12 @@ class Transport:
                 raise RegistryError(f"token server {parts.netloc} answered {tresp.status_code}")
             raw = self.read_document(tresp, MAX_TOKEN_RESPONSE, f"token server {parts.netloc}")
         try:
-            body = json.loads(raw)
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not isinstance(token, str) or not token:
-            raise RegistryError(f"token server {parts.netloc} returned no token")
+            body = load_json(raw, "token response")
+        except IntegrityError:
+            body = {}
+        token = body.get("token") or body.get("access_token")
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise RegistryError(f"token server {parts.netloc} returned no usable token")
         with self._lock:
             self._tokens[scope] = token
 
