@@ -297,6 +297,23 @@ def test_redirect_to_other_host_drops_basic_credentials(
     ucore_cli.check_store()
 
 
+def test_redirect_does_not_send_netrc_passwords(
+    ucore_cli: Ucore, proxy: FaultProxy, blob_host: FaultProxy, test_images: TestImages
+) -> None:
+    """requests reads ``~/.netrc`` for any host without an ``Authorization`` header: a
+    registry could make ucore send the user's password for any host it names."""
+    netrc = ucore_cli.home / ".netrc"
+    netrc.write_text(f"machine {blob_host.host} login alice password netrc-secret\n")
+    netrc.chmod(0o600)
+    proxy.redirect(blob_host.url)
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert {b.digest for b in test_images.busybox.blobs} <= {
+        r.digest for r in blob_host.requests("GET")
+    }
+    leaked = [r.path for r in blob_host.requests() if "authorization" in r.headers]
+    assert not leaked, f"~/.netrc credentials sent to {blob_host.host}: {leaked}"
+
+
 def test_redirect_to_other_host_drops_bearer_token(
     ucore_cli: Ucore,
     private_token_registry: AuthRegistry,

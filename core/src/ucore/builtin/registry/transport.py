@@ -24,6 +24,7 @@ from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
 import requests
 import requests.adapters
+import requests.auth
 import urllib3
 
 from ucore import __version__
@@ -122,6 +123,15 @@ def short_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _NoImplicitAuth(requests.auth.AuthBase):
+    """The session's auth, adding nothing: without one, requests sends a ``~/.netrc`` password
+    (or a URL's ``user:password``) to any host the URL names, such as the one a registry
+    redirects a blob download to, or a foreign layer's."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
 class Transport:
     """Requests to one registry host, shared by the download threads of one pull."""
 
@@ -147,6 +157,7 @@ class Transport:
         self.max_retry_after = max_retry_after
         self.emit = emit
         self.http = requests.Session()
+        self.http.auth = _NoImplicitAuth()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool + 2)
         self.http.mount("https://", adapter)
         self.http.mount("http://", adapter)
