@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import email.utils
 import http.client
+import ipaddress
 import random
 import re
 import threading
@@ -85,9 +86,16 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
-    return name in {"localhost", "::1"} or name.startswith("127.")
+    """Whether ``host[:port]`` is this machine by name or address (so plain HTTP to it is
+    allowed, as Docker allows it): ``127.0.0.1.example.com`` is not."""
+    split = split_url(f"//{host}")
+    name = split.hostname if split is not None else None
+    if name == "localhost":
+        return True
+    try:
+        return name is not None and ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def split_url(url: str) -> Optional[SplitResult]:
