@@ -396,6 +396,27 @@ def test_manifest_not_matching_requested_digest(
     assert not ucore_cli.blobs() and not ucore_cli.refs()
 
 
+def test_config_platform_the_store_cannot_record_is_left_out(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """An ``architecture`` of ``AMD 64`` was recorded as the platform ``linux/AMD 64``, which
+    no later load parses: the image became unusable, and so did ``rmi`` of any other image."""
+    image = test_images.busybox
+    config = json.loads(image.config.data)
+    config["architecture"] = "AMD 64"
+    config_bytes = im.canonical_json(config)
+    manifest = json.loads(image.manifest.data)
+    manifest["config"].update(digest=im.sha256_digest(config_bytes), size=len(config_bytes))
+    proxy.serve(f"/v2/busybox/blobs/{im.sha256_digest(config_bytes)}", body=config_bytes)
+    odd = serve_manifest(proxy, "busybox", "odd", im.canonical_json(manifest), im.OCI_MANIFEST)
+    ucore_cli.ok("pull", odd)
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("inspect", odd)
+    ucore_cli.ok("rmi", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("rmi", odd)
+    assert not ucore_cli.refs()
+
+
 def test_layer_size_lie(ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages) -> None:
     manifest = json.loads(test_images.busybox.manifest.data)
     manifest["layers"][0]["size"] -= 1

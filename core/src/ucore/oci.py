@@ -26,6 +26,7 @@ _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _DOMAIN_COMPONENT = re.compile(r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])")
 _PORT = re.compile(r"[0-9]{1,5}")
 _MAX_NAME = 255
+_PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -220,9 +221,7 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> Platform:
         parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(
-            re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", p) for p in parts
-        ):
+        if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
             raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant]")
         arch, variant = _ARCH_ALIASES.get(parts[1], (parts[1], None))
         if len(parts) == 3:
@@ -238,12 +237,20 @@ class Platform:
 
     @classmethod
     def from_json(cls, data: Any) -> Optional[Platform]:
+        """The platform an index entry or image config states, or None where it states none
+        that :meth:`parse` accepts: the store records it as text and parses it back on every
+        load, so one such as ``linux/AMD 64`` would make the image, and ``rmi`` of any image
+        (which loads them all), fail from then on."""
         if not isinstance(data, dict):
             return None
         os_, arch, variant = data.get("os"), data.get("architecture"), data.get("variant")
         if not isinstance(os_, str) or not isinstance(arch, str):
             return None
-        return cls(os_, arch, variant if isinstance(variant, str) and variant else None)
+        variant = variant if isinstance(variant, str) and variant else None
+        named = (os_, arch) if variant is None else (os_, arch, variant)
+        if not all(_PLATFORM_PART.fullmatch(p) for p in named):
+            return None
+        return cls(os_, arch, variant)
 
     def matches(self, other: Platform) -> bool:
         """Whether an image built for ``other`` satisfies a request for ``self``.
