@@ -227,6 +227,41 @@ def test_invalid_reference(ucore_cli: Ucore, proxy: FaultProxy, name: str) -> No
     assert not ucore_cli.blobs() and not ucore_cli.refs()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pull", "127.0.0.1:99999/busybox"],
+        ["pull", "127.0.0.1:0/busybox"],
+        ["pull", "127.0.0.1:/busybox"],
+        ["pull", "[:::::]/busybox"],
+        ["pull", "[::1/busybox"],
+        ["pull", "user:s3cret@{proxy}/busybox"],
+        ["pull", "--registry=http://user:s3cret@{proxy}", "busybox"],
+        ["pull", "--registry={proxy}#fragment", "busybox"],
+        ["login", "--username=u", "--password-stdin", "user:s3cret@{proxy}"],
+    ],
+    ids=[
+        "port-out-of-range",
+        "port-zero",
+        "port-empty",
+        "bad-ipv6",
+        "unclosed-ipv6",
+        "userinfo",
+        "userinfo-in-registry-option",
+        "fragment-in-registry-option",
+        "userinfo-in-login",
+    ],
+)
+def test_invalid_registry_part(ucore_cli: Ucore, proxy: FaultProxy, args: list[str]) -> None:
+    """Refused before any URL is built (urllib3 would take port 0 for 80; requests would send
+    ``user:password`` as Basic credentials), and credentials are never quoted back."""
+    argv = [arg.replace("{proxy}", proxy.address) for arg in args]
+    result = ucore_cli.fails(2, *argv, input="password\n")
+    assert "s3cret" not in result.stderr
+    assert proxy.requests() == []
+    assert not ucore_cli.refs()
+
+
 def _snapshot(store: Path) -> dict[str, tuple[int, int]]:
     return {
         str(p.relative_to(store)): (p.lstat().st_size, p.lstat().st_mtime_ns)

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from support.cli import Ucore, assert_error_line, describe, json_events, kill, write_docker_config
-from support.faultproxy import MANIFEST_PATH, FaultProxy, Recorded
+from support.cli import (
+    Ucore,
+    assert_error_line,
+    check_store,
+    describe,
+    json_events,
+    kill,
+    write_docker_config,
+)
+from support.faultproxy import BLOB_PATH, MANIFEST_PATH, FaultProxy, Recorded, raw_response
 from support.registries import AuthRegistry
 
 from ucore.testing import images as im
@@ -77,6 +88,21 @@ def test_429_honours_retry_after(
     ucore_cli.check_store()
 
 
+@pytest.mark.parametrize(
+    "retry_after", ["\u00b2", "Mon, 01 Jan 9999999999 00:00:00 GMT"], ids=["superscript", "year"]
+)
+def test_unparsable_retry_after_is_ignored(
+    ucore_cli: Ucore, proxy: FaultProxy, retry_after: str
+) -> None:
+    """A digit Python's ``str.isdigit`` accepts but ``float`` does not, and a date beyond what
+    a timestamp holds: both are as meaningless as any garbage, so the usual backoff applies."""
+    headers = [("Retry-After", retry_after), ("Content-Length", "0")]
+    fault = proxy.raw(raw_response(429, headers), match=MANIFEST_PATH, times=1)
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert fault.fired == 1
+    ucore_cli.check_store()
+
+
 def test_503_then_success(ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages) -> None:
     proxy.fail(503, times=2, match=MANIFEST_PATH)
     ucore_cli.ok("pull", f"{proxy.address}/multilayer:latest")
@@ -129,6 +155,101 @@ def test_resume_when_server_mishandles_range(
     assert mangled.fired == 1, "the client never resumed with Range"
     ucore_cli.check_store()
     ucore_cli.ok("verify", f"{proxy.address}/busybox:latest")
+
+
+def _challenge(realm: str) -> list[tuple[str, str]]:
+    return [("WWW-Authenticate", f'Bearer realm="{realm}",service="x"'), ("Content-Length", "0")]
+
+
+@pytest.mark.parametrize(
+    ("match", "response", "status"),
+    [
+        (
+            MANIFEST_PATH,
+            raw_response(200, [("Content-Length", "2"), ("Content-Length", "5")], b"{}abc"),
+            4,
+        ),
+        (BLOB_PATH, raw_response(200, [("Content-Length", "2"), ("Content-Length", "5")]), 4),
+        (
+            MANIFEST_PATH,
+            raw_response(307, [("Location", "http://[zz/x"), ("Content-Length", "0")]),
+            4,
+        ),
+        (
+            MANIFEST_PATH,
+            raw_response(307, [("Location", "http://127.0.0.1:99999/"), ("Content-Length", "0")]),
+            4,
+        ),
+        (MANIFEST_PATH, raw_response(401, _challenge("http://[zz/token")), 5),
+        (MANIFEST_PATH, raw_response(401, _challenge("http://127.0.0.1:99999/token")), 5),
+    ],
+    ids=[
+        "manifest-two-lengths",
+        "blob-two-lengths",
+        "redirect-bad-ipv6",
+        "redirect-bad-port",
+        "realm-bad-ipv6",
+        "realm-bad-port",
+    ],
+)
+def test_malformed_response_is_one_line(
+    ucore_cli: Ucore, proxy: FaultProxy, match: str, response: bytes, status: int
+) -> None:
+    """Responses no well-behaved server sends, which requests and urllib raise for outside the
+    errors a transfer is expected to meet."""
+    proxy.raw(response, match=match)
+    ucore_cli.fails(status, "pull", f"{proxy.address}/busybox:latest")
+    assert not ucore_cli.refs()
+    ucore_cli.check_store()
+
+
+def _dripped(length: int) -> bytes:
+    return raw_response(200, [("Content-Length", str(length))], b"\0" * length)
+
+
+@pytest.mark.parametrize("what", ["manifest", "blob", "token"])
+def test_body_dripped_to_beat_the_read_timeout_is_abandoned(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages, what: str
+) -> None:
+    """Ten bytes every tenth of a second never trip a one-second read timeout: without a
+    minimum speed the blob would take three hours, the manifest and token a quarter of one."""
+    layer = test_images.busybox.layers[0].blob
+    if what == "token":
+        proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    match = {"manifest": MANIFEST_PATH, "blob": only(layer), "token": "^/token"}[what]
+    size = layer.size if what == "blob" else 100_000
+    proxy.raw(_dripped(size), match=match, piece=10, interval=0.1)
+    start = time.monotonic()
+    ref = f"{proxy.address}/busybox:latest"
+    result = ucore_cli.fails(4, "pull", ref, env={"UCORE_TIMEOUT": "1"}, timeout=60)
+    assert "too slow" in result.stderr
+    assert time.monotonic() - start < 30
+    assert layer.digest not in ucore_cli.blobs()
+    assert not ucore_cli.refs()
+    ucore_cli.check_store()
+
+
+def test_token_response_without_length_is_capped(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    huge = b'{"token": "' + b"a" * (64 << 20) + b'"}'
+    proxy.raw(raw_response(200, [], huge), match="^/token")
+    ucore_cli.fails(6, "pull", f"{proxy.address}/busybox:latest")
+    (answer,) = proxy.requests("GET", "^/token")
+    assert answer.bytes_sent < len(huge), "the whole 64 MiB token response was read"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"token": "ab\\r\\nX-Injected: secret-token"}', b'{"token": "\\u20ac"}', b'{"a":' * 100_000],
+    ids=["line-break", "not-ascii", "nested-past-recursion-limit"],
+)
+def test_unusable_token_is_refused(ucore_cli: Ucore, proxy: FaultProxy, body: bytes) -> None:
+    proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    proxy.raw(raw_response(200, [("Content-Length", str(len(body)))], body), match="^/token")
+    result = ucore_cli.fails(4, "pull", f"{proxy.address}/busybox:latest")
+    assert "no usable token" in result.stderr
+    assert "secret-token" not in result.stderr
+    assert not [r for r in proxy.requests() if "x-injected" in r.headers]
 
 
 # --- tokens expiring and refused mid-pull --------------------------------------------------
@@ -185,6 +306,23 @@ def test_redirect_to_other_host_drops_basic_credentials(
     leaked = [r.path for r in blob_host.requests() if "authorization" in r.headers]
     assert not leaked, f"Authorization sent to another host: {leaked}"
     ucore_cli.check_store()
+
+
+def test_redirect_does_not_send_netrc_passwords(
+    ucore_cli: Ucore, proxy: FaultProxy, blob_host: FaultProxy, test_images: TestImages
+) -> None:
+    """requests reads ``~/.netrc`` for any host without an ``Authorization`` header: a
+    registry could make ucore send the user's password for any host it names."""
+    netrc = ucore_cli.home / ".netrc"
+    netrc.write_text(f"machine {blob_host.host} login alice password netrc-secret\n")
+    netrc.chmod(0o600)
+    proxy.redirect(blob_host.url)
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    assert {b.digest for b in test_images.busybox.blobs} <= {
+        r.digest for r in blob_host.requests("GET")
+    }
+    leaked = [r.path for r in blob_host.requests() if "authorization" in r.headers]
+    assert not leaked, f"~/.netrc credentials sent to {blob_host.host}: {leaked}"
 
 
 def test_redirect_to_other_host_drops_bearer_token(
@@ -247,8 +385,9 @@ def test_schema1_is_refused(ucore_cli: Ucore, proxy: FaultProxy) -> None:
         b'{"schemaVersion": 2, "mediaType": "%s", "config": 42, "layers": []}'
         % im.OCI_MANIFEST.encode(),
         b"[]",
+        b"[" * 100_000,
     ],
-    ids=["not-json", "config-not-a-descriptor", "json-array"],
+    ids=["not-json", "config-not-a-descriptor", "json-array", "nested-past-recursion-limit"],
 )
 def test_malformed_manifest(ucore_cli: Ucore, proxy: FaultProxy, body: bytes) -> None:
     ref = serve_manifest(proxy, "busybox", "malformed", body, im.OCI_MANIFEST)
@@ -268,6 +407,27 @@ def test_manifest_not_matching_requested_digest(
     assert not ucore_cli.blobs() and not ucore_cli.refs()
 
 
+def test_config_platform_the_store_cannot_record_is_left_out(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """An ``architecture`` of ``AMD 64`` was recorded as the platform ``linux/AMD 64``, which
+    no later load parses: the image became unusable, and so did ``rmi`` of any other image."""
+    image = test_images.busybox
+    config = json.loads(image.config.data)
+    config["architecture"] = "AMD 64"
+    config_bytes = im.canonical_json(config)
+    manifest = json.loads(image.manifest.data)
+    manifest["config"].update(digest=im.sha256_digest(config_bytes), size=len(config_bytes))
+    proxy.serve(f"/v2/busybox/blobs/{im.sha256_digest(config_bytes)}", body=config_bytes)
+    odd = serve_manifest(proxy, "busybox", "odd", im.canonical_json(manifest), im.OCI_MANIFEST)
+    ucore_cli.ok("pull", odd)
+    ucore_cli.ok("pull", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("inspect", odd)
+    ucore_cli.ok("rmi", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("rmi", odd)
+    assert not ucore_cli.refs()
+
+
 def test_layer_size_lie(ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages) -> None:
     manifest = json.loads(test_images.busybox.manifest.data)
     manifest["layers"][0]["size"] -= 1
@@ -284,6 +444,51 @@ def test_oversized_manifest(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     result = ucore_cli.run("pull", ref)
     assert result.returncode in (4, 6), describe(result)
     assert_error_line(result)
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+#: Mount a tmpfs of $1 KiB on $2, run the rest, and copy the store to $3 before the mount
+#: namespace (and the tmpfs with it) goes away.
+_ON_SMALL_TMPFS = """
+size=$1 mnt=$2 out=$3; shift 3
+mount -t tmpfs -o "size=${size}k" tmpfs "$mnt" || exit 99
+"$@"; status=$?
+cp -a "$mnt/store" "$out/"
+exit $status
+"""
+
+
+def test_disk_full_is_one_line_and_leaves_the_store_consistent(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages, tmp_path: Path
+) -> None:
+    """Pulls into tmpfs mounts sized around the layer fill the disk while the layer is written,
+    when its last buffered bytes are flushed for publication, or when the tag is recorded."""
+    probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)]
+    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
+    layer = test_images.busybox.layers[0].blob
+    ref = f"{proxy.address}/busybox:latest"
+    statuses = set()
+    for kib in range(layer.size // 1024 - 8, layer.size // 1024 + 32, 4):
+        mount, out = tmp_path / f"mnt{kib}", tmp_path / f"out{kib}"
+        mount.mkdir()
+        out.mkdir()
+        shell = ["unshare", "-rm", "sh", "-c", _ON_SMALL_TMPFS, "sh"]
+        result = subprocess.run(
+            [*shell, str(kib), str(mount), str(out), *ucore_cli.argv("pull", ref)],
+            env={**ucore_cli.env, "UCORE_DIR": str(mount / "store")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode in (0, 7), f"tmpfs of {kib} KiB\n{describe(result)}"
+        if result.returncode:
+            assert "disk full" in assert_error_line(result)
+        check_store(out / "store")
+        assert not list((out / "store" / "tmp").iterdir()), f"tmpfs of {kib} KiB"
+        statuses.add(result.returncode)
+    assert statuses == {0, 7}
 
 
 # --- killed and concurrent pulls -----------------------------------------------------------

@@ -68,6 +68,24 @@ def test_index_selects_platform_and_skips_attestations() -> None:
         doc.select(Platform.parse("linux/s390x"))
 
 
+def test_index_entries_with_platforms_ucore_cannot_name_are_skipped() -> None:
+    index = {
+        "schemaVersion": 2,
+        "mediaType": mf.OCI_INDEX,
+        "manifests": [
+            entry({"os": "linux", "architecture": "AMD 64"}),
+            entry({"os": "linux", "architecture": "amd64", "variant": "v1/../x"}),
+            entry({"os": "Linux", "architecture": "amd64"}),
+            entry({"os": "linux", "architecture": "arm64", "variant": "v8"}),
+        ],
+    }
+    doc = mf.parse(raw(index))
+    assert isinstance(doc, mf.Index)
+    assert [str(d.platform) for d in doc.platforms()] == ["linux/arm64/v8"]
+    with pytest.raises(NotFoundError, match=r"available: linux/arm64/v8\)"):
+        doc.select(Platform.parse("linux/amd64"))
+
+
 @pytest.mark.parametrize(
     ("doc", "ctype", "error"),
     [
@@ -92,6 +110,15 @@ def test_refuses_invalid_json_and_oversized_documents() -> None:
         mf.parse(b"{nope")
     with pytest.raises(IntegrityError, match="larger than"):
         mf.parse(b" " * (mf.MAX_MANIFEST + 1))
+
+
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_refuses_documents_nested_past_the_recursion_limit(opening: bytes) -> None:
+    deep = opening * 100_000
+    with pytest.raises(IntegrityError, match="manifest is not valid JSON"):
+        mf.parse(deep)
+    with pytest.raises(IntegrityError, match="image config is not valid JSON"):
+        mf.parse_config(deep)
 
 
 def test_refuses_artifacts_and_unknown_layers_and_foreign_layers_without_opt_in() -> None:

@@ -41,6 +41,13 @@ HOP_BY_HOP = {
 CHUNK = 16 * 1024
 
 
+def raw_response(status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    """The bytes of a response for :meth:`FaultProxy.raw`: headers go out as given, repeated
+    names and all, with no ``Content-Length`` added."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"HTTP/1.1 {status} Hostile\r\n{head}\r\n".encode("latin-1") + body
+
+
 @dataclass
 class Recorded:
     """One request as the proxy saw it; ``headers`` keys are lower case."""
@@ -93,7 +100,8 @@ class FaultProxy:
     - :meth:`throttle` pace the body at ``bytes_per_second``;
     - :meth:`stall` send ``after`` bytes, then wait until :meth:`release` (for kill tests);
     - :meth:`redirect` answer 307 to the same path on another server (object storage);
-    - :meth:`serve` answer with canned status, headers and body (hostile manifests).
+    - :meth:`serve` answer with canned status, headers and body (hostile manifests);
+    - :meth:`raw` write a response byte for byte, optionally dripped (broken framing).
     """
 
     def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -256,6 +264,23 @@ class FaultProxy:
             )
         )
 
+    def raw(
+        self,
+        data: bytes,
+        *,
+        match: str = BLOB_PATH,
+        piece: int = 0,
+        interval: float = 0.0,
+        times: Optional[int] = None,
+        methods: tuple[str, ...] = ("GET", "HEAD"),
+    ) -> Fault:
+        """Write ``data`` verbatim (status line, headers, body), then close the connection:
+        what :meth:`serve` cannot produce, such as a missing or lying ``Content-Length``, broken
+        chunked encoding, or, with ``piece`` bytes every ``interval`` seconds, a body that
+        trickles in just fast enough to beat any read timeout."""
+        opts = {"data": data, "piece": piece or len(data), "interval": interval}
+        return self.add(Fault("raw", match, times, methods, opts))
+
     # --- what tests read -------------------------------------------------------------------
 
     def requests(self, method: Optional[str] = None, match: Optional[str] = None) -> list[Recorded]:
@@ -325,6 +350,17 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
                 rec.bytes_sent = len(body)
 
+        def _send_raw(self, rec: Recorded, data: bytes, piece: int, interval: float) -> None:
+            match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+            rec.status = int(match.group(1)) if match else 0
+            self.close_connection = True
+            for start in range(0, len(data), piece):
+                if start and interval:
+                    time.sleep(interval)
+                self.wfile.write(data[start : start + piece])
+                self.wfile.flush()
+                rec.bytes_sent += len(data[start : start + piece])
+
         def _reset(self) -> None:
             """SO_LINGER 0 makes close() send RST instead of FIN."""
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -352,7 +388,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _dispatch(self, rec: Recorded, request_body: Optional[bytes]) -> None:
             method, path = self.command, self.path
-            fault = proxy._take(method, path, ("serve", "status", "reset", "redirect"))
+            fault = proxy._take(method, path, ("serve", "status", "reset", "redirect", "raw"))
             if fault is not None:
                 rec.fault = fault.kind
                 opts = fault.options
@@ -377,6 +413,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self._send_simple(rec, opts["status"], body, headers)
                 elif fault.kind == "reset":
                     self._reset()
+                elif fault.kind == "raw":
+                    self._send_raw(rec, opts["data"], opts["piece"], opts["interval"])
                 else:
                     sep = "&" if "?" in path else "?"
                     location = f"{opts['target']}{path}{sep}X-Amz-Signature=ucore-test"

@@ -25,8 +25,8 @@ _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _DOMAIN_COMPONENT = re.compile(r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])")
 _PORT = re.compile(r"[0-9]{1,5}")
-_IPV6 = re.compile(r"\[[0-9a-fA-F:.]+\]")
 _MAX_NAME = 255
+_PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,30 @@ class Digest:
         return self.hex[:12]
 
 
-def _check_domain(domain: str, text: str) -> None:
-    host, _, port = domain.rpartition(":") if not domain.endswith("]") else (domain, "", "")
-    if not host:
-        host, port = domain, ""
-    if port and not _PORT.fullmatch(port):
-        raise UsageError(f"invalid reference {text!r}: bad port in registry {domain!r}")
-    if _IPV6.fullmatch(host):
-        return
+def registry_problem(domain: str) -> Optional[str]:
+    """Why ``domain`` is not a registry ``host[:port]``, or None. Checked before any URL is
+    built from it: requests and urllib fail on a bad port or IPv6 address with errors of their
+    own, and urllib3 quietly takes port 0 for 80. Credentials are refused without being
+    quoted, as messages end up in batch logs."""
+    if "@" in domain:
+        return "credentials do not belong in a registry name (use 'ucore login')"
+    if domain.endswith("]") or ":" not in domain:
+        host, sep, port = domain, "", ""
+    else:
+        host, sep, port = domain.rpartition(":")
+    if sep and not (_PORT.fullmatch(port) and 0 < int(port) < 1 << 16):
+        return f"bad port in registry {domain!r}"
+    if host.startswith("[") and host.endswith("]"):
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"bad registry host {domain!r}"
+        return None
     if not all(_DOMAIN_COMPONENT.fullmatch(part) for part in host.split(".")):
-        raise UsageError(f"invalid reference {text!r}: bad registry host {domain!r}")
+        return f"bad registry host {domain!r}"
+    return None
 
 
 def names_registry(text: str) -> bool:
@@ -113,6 +127,10 @@ class ImageRef:
     def parse(cls, text: str, default_registry: str = DOCKER_HUB) -> ImageRef:
         if not text or len(text) > 512 or text != text.strip():
             raise UsageError(f"invalid reference {text!r}")
+        if "/" in text and "@" in text.partition("/")[0]:
+            raise UsageError(
+                "invalid reference: credentials do not belong in an image name (use 'ucore login')"
+            )
         name, at, digest_text = text.partition("@")
         digest = None
         if at:
@@ -129,9 +147,16 @@ class ImageRef:
                 raise UsageError(f"invalid reference {text!r}: bad tag {tag!r}")
         first, _, rest = name.partition("/")
         if names_registry(name):
-            _check_domain(first, text)
+            problem = registry_problem(first)
+            if problem:
+                raise UsageError(f"invalid reference {text!r}: {problem}")
             registry, path = first, rest
         else:
+            problem = registry_problem(default_registry)
+            if problem:
+                raise UsageError(
+                    f"invalid default registry (--registry, UCORE_REGISTRY): {problem}"
+                )
             registry, path = default_registry, name
         if registry in ("index.docker.io", DOCKER_HUB_API):
             registry = DOCKER_HUB
@@ -196,9 +221,7 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> Platform:
         parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(
-            re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", p) for p in parts
-        ):
+        if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
             raise UsageError(f"invalid platform {text!r}: expected os/arch[/variant]")
         arch, variant = _ARCH_ALIASES.get(parts[1], (parts[1], None))
         if len(parts) == 3:
@@ -214,12 +237,20 @@ class Platform:
 
     @classmethod
     def from_json(cls, data: Any) -> Optional[Platform]:
+        """The platform an index entry or image config states, or None where it states none
+        that :meth:`parse` accepts: the store records it as text and parses it back on every
+        load, so one such as ``linux/AMD 64`` would make the image, and ``rmi`` of any image
+        (which loads them all), fail from then on."""
         if not isinstance(data, dict):
             return None
         os_, arch, variant = data.get("os"), data.get("architecture"), data.get("variant")
         if not isinstance(os_, str) or not isinstance(arch, str):
             return None
-        return cls(os_, arch, variant if isinstance(variant, str) and variant else None)
+        variant = variant if isinstance(variant, str) and variant else None
+        named = (os_, arch) if variant is None else (os_, arch, variant)
+        if not all(_PLATFORM_PART.fullmatch(p) for p in named):
+            return None
+        return cls(os_, arch, variant)
 
     def matches(self, other: Platform) -> bool:
         """Whether an image built for ``other`` satisfies a request for ``self``.

@@ -160,15 +160,17 @@ class BlobWriter:
         return actual
 
     def discard(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.close()
+        self.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
     def close(self) -> None:
-        """Keep the partial file for a later resume (an interrupted download)."""
+        """Keep the partial file for a later resume (an interrupted download). Closing flushes
+        what is buffered, which fails again on the full disk that brought us here: the file is
+        closed all the same, and a resume re-hashes whatever reached it."""
         if self._file is not None and not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
 
 
 class Store:

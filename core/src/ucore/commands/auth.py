@@ -33,10 +33,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
 
 def _server(args: argparse.Namespace) -> str:
     from ucore.builtin.registry.credentials import normalize_server
+    from ucore.oci import registry_problem
 
     if args.server and args.registry and args.server != args.registry:
         raise UsageError("give the registry either as SERVER or with --registry, not both")
-    return normalize_server(args.server or args.registry or DOCKER_HUB)
+    server = normalize_server(args.server or args.registry or DOCKER_HUB)
+    problem = registry_problem(server)
+    if problem:
+        raise UsageError(f"invalid registry: {problem}")
+    return server
 
 
 def cmd_login(session: Session, args: argparse.Namespace) -> int:

@@ -8,21 +8,15 @@ many jobs pulling the same image into one store download each blob once.
 
 from __future__ import annotations
 
-import builtins
 import hashlib
-import http.client
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Optional, Union
-
-import requests
-import urllib3
+from typing import TYPE_CHECKING, Any, Optional
 
 from ucore import manifest as mf
 from ucore.builtin.registry.credentials import Credentials
-from ucore.builtin.registry.transport import Transport, is_loopback, short_reason
+from ucore.builtin.registry.transport import BROKEN, Transport, is_loopback, short_reason
 from ucore.config import DOCKER_HUB
 from ucore.errors import IntegrityError, NotFoundError, RegistryError, UsageError
 from ucore.events import BlobFinished, BlobProgress, BlobStarted
@@ -43,33 +37,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-CHUNK = 1 << 20
-READ_BUFFER = 256 << 10
 PROGRESS_INTERVAL = 0.25
-
-
-#: What a body read raises when the connection breaks or stalls mid-transfer.
-_BROKEN = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    builtins.ConnectionError,
-    TimeoutError,
-    http.client.HTTPException,
-)
-
-
-def _body(resp: requests.Response) -> Iterator[Union[bytes, memoryview]]:
-    """The raw body, chunk by chunk. Where urllib3 exposes its ``http.client`` response, read
-    into one reused buffer: urllib3's own reads allocate and copy every chunk (a tenth of a
-    pull's CPU at loopback speeds). The buffer is small enough (256 KiB) that an interrupted
-    download keeps nearly all it received for a resume."""
-    readinto = getattr(getattr(resp.raw, "_fp", None), "readinto", None)
-    if readinto is None:
-        yield from resp.raw.stream(CHUNK, decode_content=False)
-        return
-    view = memoryview(bytearray(READ_BUFFER))
-    while n := readinto(view):
-        yield view[:n]
 
 
 class Cancelled(Exception):
@@ -161,15 +129,7 @@ class DistributionClient:
                 raise RegistryError(
                     f"{ref.registry} answered {resp.status_code} for the manifest of {ref.familiar}"
                 )
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > mf.MAX_MANIFEST:
-                raise IntegrityError(f"manifest of {ref.familiar} is larger than the limit")
-            try:
-                raw = resp.raw.read(mf.MAX_MANIFEST + 1, decode_content=False)
-            except Exception as exc:  # noqa: BLE001 - urllib3 raises several kinds here
-                raise RegistryError(f"{ref.registry}: {short_reason(exc)}") from None
-            if len(raw) > mf.MAX_MANIFEST:
-                raise IntegrityError(f"manifest of {ref.familiar} is larger than the limit")
+            raw = t.read_document(resp, mf.MAX_MANIFEST, f"manifest of {ref.familiar}")
             ctype = resp.headers.get("Content-Type", "")
             claimed = resp.headers.get("Docker-Content-Digest", "")
         actual = Digest(hashlib.sha256(raw).hexdigest())
@@ -267,7 +227,7 @@ class DistributionClient:
                     )
                 last = time.monotonic()
                 try:
-                    for chunk in _body(resp):
+                    for chunk in t.body(resp):
                         if stop.is_set():
                             raise Cancelled()
                         writer.write(chunk)
@@ -278,7 +238,7 @@ class DistributionClient:
                                     digest=str(desc.digest), done=writer.written, total=desc.size
                                 )
                             )
-                except _BROKEN as exc:
+                except BROKEN as exc:
                     failures += 1
                     if failures >= t.retries:
                         raise RegistryError(

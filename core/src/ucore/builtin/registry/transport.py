@@ -1,6 +1,8 @@
 """HTTP to one registry: authentication challenges, retries, redirects, timeouts.
 
-Rules kept here (from ``safety-rules.md``): every request has connect and read timeouts; 429
+Rules kept here (from ``safety-rules.md``): every request has connect and read timeouts, and
+every body a minimum speed (small documents a deadline), since a server that drips a byte before
+each read timeout never trips one; 429
 honours ``Retry-After`` up to a cap; 5xx, resets and timeouts retry with jittered backoff a
 bounded number of times; a 401 refreshes the token once, never in a loop; redirects never carry
 ``Authorization`` to another host and never downgrade https to http; Basic credentials go over
@@ -9,21 +11,28 @@ plain HTTP only to registries marked insecure (loopback counts, as in Docker).
 
 from __future__ import annotations
 
+import builtins
 import email.utils
+import http.client
+import ipaddress
 import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
 import requests
 import requests.adapters
+import requests.auth
+import urllib3
 
 from ucore import __version__
-from ucore.errors import AuthError, RegistryError
+from ucore.errors import AuthError, IntegrityError, RegistryError
 from ucore.events import Retrying
 from ucore.log import get_logger
+from ucore.manifest import load_json
 
 if TYPE_CHECKING:
     from ucore.builtin.registry.credentials import Credentials
@@ -40,6 +49,32 @@ TRANSIENT = (
 )
 #: Failures that another attempt a second later would not change.
 PERMANENT = ("connection refused", "unknown host")
+#: The least a body must average, in bytes a second, over each read-timeout window (curl's
+#: ``--speed-limit``): far below any real link, far above a server dripping to hold a pull.
+MIN_RATE = 1024
+#: The most one read asks for: what arrives is written at once, so an interrupted download
+#: keeps nearly all it received for a resume.
+READ_SIZE = 256 << 10
+#: A token response is a few kilobytes of JSON.
+MAX_TOKEN_RESPONSE = 1 << 20
+
+
+class TooSlow(TimeoutError):
+    """A body arrived slower than :data:`MIN_RATE`, or a small document not within the read
+    timeout."""
+
+
+#: What a body read raises when the connection breaks, stalls or crawls mid-transfer.
+BROKEN = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    builtins.ConnectionError,
+    TimeoutError,
+    http.client.HTTPException,
+)
+#: A token goes verbatim into an ``Authorization`` header: visible ASCII only (a line break
+#: would make requests refuse the header, quoting the token in its error).
+_TOKEN = re.compile(r"[!-~]+")
 _CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 
@@ -51,12 +86,37 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
-    return name in {"localhost", "::1"} or name.startswith("127.")
+    """Whether ``host[:port]`` is this machine by name or address (so plain HTTP to it is
+    allowed, as Docker allows it): ``127.0.0.1.example.com`` is not."""
+    split = split_url(f"//{host}")
+    name = split.hostname if split is not None else None
+    if name == "localhost":
+        return True
+    try:
+        return name is not None and ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def split_url(url: str) -> Optional[SplitResult]:
+    """``urlsplit``, or None for a malformed URL: ``urlsplit`` raises ``ValueError`` for some
+    (``http://[x``) and only ``.port`` does for others (port 99999), and a registry's
+    ``Location`` header or token realm can be any of them."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError:
+        return None
+    return parts
 
 
 def short_reason(exc: BaseException) -> str:
+    if isinstance(exc, TooSlow):
+        return f"too slow ({exc})"
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        return "malformed response headers"
+    if isinstance(exc, ValueError):  # requests' InvalidURL and InvalidSchema are ValueErrors
+        return "invalid URL"
     text = str(exc)
     for pattern, reason in (
         (r"Connection refused", "connection refused"),
@@ -69,6 +129,15 @@ def short_reason(exc: BaseException) -> str:
         if re.search(pattern, text):
             return reason
     return type(exc).__name__
+
+
+class _NoImplicitAuth(requests.auth.AuthBase):
+    """The session's auth, adding nothing: without one, requests sends a ``~/.netrc`` password
+    (or a URL's ``user:password``) to any host the URL names, such as the one a registry
+    redirects a blob download to, or a foreign layer's."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
 
 
 class Transport:
@@ -96,6 +165,7 @@ class Transport:
         self.max_retry_after = max_retry_after
         self.emit = emit
         self.http = requests.Session()
+        self.http.auth = _NoImplicitAuth()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool + 2)
         self.http.mount("https://", adapter)
         self.http.mount("http://", adapter)
@@ -142,8 +212,8 @@ class Transport:
         if scheme != "bearer" or not params.get("realm"):
             raise AuthError(f"{self.host} asked for unsupported authentication {header[:60]!r}")
         realm = params["realm"]
-        parts = urlsplit(realm)
-        if parts.scheme not in ("https", "http") or not parts.netloc:
+        parts = split_url(realm)
+        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
             raise AuthError(f"{self.host} named an invalid token server {realm!r}")
         if creds and parts.scheme == "http" and not (self.insecure or is_loopback(parts.netloc)):
             raise AuthError(f"refusing to send a password to token server {realm} over HTTP")
@@ -152,24 +222,75 @@ class Transport:
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = {"Authorization": _basic(*creds)} if creds else {}
         try:
-            tresp = self._send("GET", url, headers, stream=False, auth_host=parts.netloc)
+            tresp = self._send("GET", url, headers, stream=True, auth_host=parts.netloc)
         except TRANSIENT as exc:
             raise RegistryError(f"token server {parts.netloc}: {short_reason(exc)}") from None
-        if tresp.status_code in (401, 403):
-            if creds:
-                raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
-            raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
-        if tresp.status_code != 200:
-            raise RegistryError(f"token server {parts.netloc} answered {tresp.status_code}")
+        with tresp:
+            if tresp.status_code in (401, 403):
+                if creds:
+                    raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
+                raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
+            if tresp.status_code != 200:
+                raise RegistryError(f"token server {parts.netloc} answered {tresp.status_code}")
+            raw = self.read_document(tresp, MAX_TOKEN_RESPONSE, f"token server {parts.netloc}")
         try:
-            body = tresp.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not isinstance(token, str) or not token:
-            raise RegistryError(f"token server {parts.netloc} returned no token")
+            body = load_json(raw, "token response")
+        except IntegrityError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        token = body.get("token") or body.get("access_token")
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise RegistryError(f"token server {parts.netloc} returned no usable token")
         with self._lock:
             self._tokens[scope] = token
+
+    # --- bodies -----------------------------------------------------------------------------
+
+    def body(self, resp: requests.Response) -> Iterator[bytes]:
+        """The body as sent (never content-decoded: digests are of these bytes), what one
+        system call brings at a time (``read1``: a plain read waits to fill its buffer, one
+        read timeout per dripped byte), so that a crawling server is noticed between reads.
+
+        Raises :class:`TooSlow` when less than :data:`MIN_RATE` bytes a second arrived over a
+        read-timeout window.
+        """
+        fp = resp.raw._fp  # the http.client response, as urllib3 1.26 and 2 keep it
+        assert fp is not None, "a response opened with stream=True has its body unread"
+        read1 = fp.read1
+        window = self.timeout[1]
+        start, received = time.monotonic(), 0
+        while chunk := read1(READ_SIZE):
+            yield chunk
+            received += len(chunk)
+            elapsed = time.monotonic() - start
+            if elapsed >= window:
+                if received < MIN_RATE * elapsed:
+                    raise TooSlow(f"under {MIN_RATE} bytes a second")
+                start, received = time.monotonic(), 0
+
+    def read_document(self, resp: requests.Response, limit: int, what: str) -> bytes:
+        """A small document (manifest, token response) whole: one over ``limit`` bytes is
+        refused, and so is one still arriving after the read timeout or cut short. ``what``
+        names it in messages."""
+        length = resp.headers.get("Content-Length", "")
+        expected = int(length) if length.isascii() and length.isdigit() else None
+        if expected is not None and expected > limit:
+            raise IntegrityError(f"{what} is larger than the limit")
+        deadline = time.monotonic() + self.timeout[1]
+        data = bytearray()
+        try:
+            for chunk in self.body(resp):
+                data += chunk
+                if len(data) > limit:
+                    raise IntegrityError(f"{what} is larger than the limit")
+                if time.monotonic() > deadline:
+                    raise TooSlow(f"not complete after {self.timeout[1]:g} seconds")
+            if expected is not None and len(data) < expected:
+                raise http.client.IncompleteRead(bytes(data), expected - len(data))
+        except BROKEN as exc:
+            raise RegistryError(f"{what}: {short_reason(exc)}") from None
+        return bytes(data)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -184,22 +305,34 @@ class Transport:
         """One request, following redirects by hand so credentials stay with their host."""
         origin = auth_host or self.host
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self.http.request(
-                method,
-                url,
-                headers=headers,
-                stream=stream,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
+            try:
+                resp = self.http.request(
+                    method,
+                    url,
+                    headers=headers,
+                    stream=stream,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except TRANSIENT:
+                raise
+            except (requests.RequestException, ValueError) as exc:
+                # ValueError: requests parses a malformed Location even with redirects off.
+                raise RegistryError(f"{self.host}: {short_reason(exc)}") from None
             if resp.status_code not in REDIRECT_STATUS or "Location" not in resp.headers:
                 return resp
-            target = urljoin(url, resp.headers["Location"])
+            location = resp.headers["Location"]
             resp.close()
-            old, new = urlsplit(url), urlsplit(target)
+            try:
+                target = urljoin(url, location)
+            except ValueError:
+                target = ""
+            old, new = urlsplit(url), split_url(target)
+            if new is None:
+                raise RegistryError(f"{self.host} sent an invalid redirect")
             if old.scheme == "https" and new.scheme != "https":
                 raise RegistryError(f"refusing redirect from https to {new.scheme}: {target}")
-            if new.scheme not in ("http", "https"):
+            if new.scheme not in ("http", "https") or not new.hostname:
                 raise RegistryError(f"refusing redirect to {target}")
             if new.netloc != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
@@ -289,11 +422,11 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() too, and float() refuses it
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year past 2**31
         return None
     return max(0.0, when.timestamp() - time.time())
 
