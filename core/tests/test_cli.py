@@ -70,6 +70,17 @@ def test_errors_are_one_line_with_a_documented_status(
         assert not list((tmp_path / "store" / "blobs" / "sha256").iterdir())
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "0", "-1"])
+def test_time_settings_must_be_usable_as_timeouts(tmp_path: Path, value: str) -> None:
+    """``float`` reads all of these; no socket timeout or sleep takes them (1e300 overflows
+    the C time types): a usage error before anything is fetched."""
+    proc = ucore(tmp_path, "pull", "127.0.0.1:1/x", UCORE_TIMEOUT=value)
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "ucore: timeout must be positive and at most 86400 seconds\n",
+    )
+
+
 def test_json_log_format_reports_the_error_as_json(tmp_path: Path) -> None:
     proc = ucore(tmp_path, "inspect", "--log-format=json", "nothing")
     assert proc.returncode == 3

@@ -66,14 +66,19 @@ def positive_int(name: str) -> Callable[[str], int]:
     return convert
 
 
+#: The longest a time setting may be: a day. ``float`` also reads ``nan``, ``inf`` and
+#: ``1e300``, which no socket timeout or sleep accepts.
+_MAX_SECONDS = 86400.0
+
+
 def _positive_float(name: str) -> Callable[[str], float]:
     def convert(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise UsageError(f"{name} must be a number, not {text!r}") from None
-        if value <= 0:
-            raise UsageError(f"{name} must be positive")
+        if not 0 < value <= _MAX_SECONDS:  # also false for nan
+            raise UsageError(f"{name} must be positive and at most {_MAX_SECONDS:.0f} seconds")
         return value
 
     return convert
