@@ -252,6 +252,36 @@ def test_unusable_token_is_refused(ucore_cli: Ucore, proxy: FaultProxy, body: by
     assert not [r for r in proxy.requests() if "x-injected" in r.headers]
 
 
+def test_token_server_failing_for_a_while_is_retried(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """Token servers rate-limit and fail like registries: a 503 and a 429 from the token
+    server are retried with the registry's policy, and the retry events name its URL."""
+    proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH, times=1)
+    proxy.fail(503, times=1, match="^/token")
+    proxy.fail(429, times=1, match="^/token", retry_after="1")
+    proxy.serve("/token", body=b'{"token": "abc"}')
+    result = ucore_cli.ok("--log-format=json", "pull", f"{proxy.address}/busybox:latest")
+    assert [r.status for r in proxy.requests("GET", "^/token")] == [503, 429, 200]
+    retried = [e["url"] for e in json_events(result.stderr) if e.get("event") == "http.retry"]
+    assert len(retried) == 2
+    assert all(url.startswith(f"{proxy.url}/token?") for url in retried)
+    assert test_images.busybox.layers[0].blob.digest in ucore_cli.blobs()
+
+
+def test_token_server_failing_for_good_ends_in_one_line(
+    ucore_cli: Ucore, proxy: FaultProxy
+) -> None:
+    proxy.raw(raw_response(401, _challenge(f"{proxy.url}/token")), match=MANIFEST_PATH)
+    proxy.fail(503, times=None, match="^/token")
+    result = ucore_cli.fails(
+        4, "pull", f"{proxy.address}/busybox:latest", env={"UCORE_RETRIES": "3"}
+    )
+    assert f"token server {proxy.address} kept answering 503 after 3 attempts" in result.stderr
+    assert len(proxy.requests("GET", "^/token")) == 3
+    assert not ucore_cli.refs()
+
+
 # --- tokens expiring and refused mid-pull --------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import SplitResult, urlencode, urljoin, urlsplit
 
 import requests
@@ -221,10 +221,18 @@ class Transport:
         query = {k: v for k, v in query.items() if v}
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = {"Authorization": _basic(*creds)} if creds else {}
-        try:
-            tresp = self._send("GET", url, headers, stream=True, auth_host=parts.netloc)
-        except TRANSIENT as exc:
-            raise RegistryError(f"token server {parts.netloc}: {short_reason(exc)}") from None
+        # Token servers rate-limit and fail like registries: the same retries.
+        server = f"token server {parts.netloc}"
+        attempt = 0
+        while True:
+            try:
+                tresp = self._send("GET", url, headers, stream=True, auth_host=parts.netloc)
+            except TRANSIENT as exc:
+                attempt = self._failed(url, attempt, exc, server, server)
+                continue
+            if tresp.status_code != 429 and tresp.status_code not in RETRY_STATUS:
+                break
+            attempt = self._failed(url, attempt, tresp, server, server)
         with tresp:
             if tresp.status_code in (401, 403):
                 if creds:
@@ -373,11 +381,7 @@ class Transport:
                 if not self._scheme_checked and self.insecure and self.scheme == "https":
                     self.scheme, self._scheme_checked = "http", True
                     continue
-                attempt += 1
-                reason = short_reason(exc)
-                if attempt >= self.retries or reason in PERMANENT:
-                    raise RegistryError(f"cannot reach {self.host}: {reason}") from None
-                self._pause(path, reason, attempt, None)
+                attempt = self._failed(url, attempt, exc, self.host, f"cannot reach {self.host}")
                 continue
             self._scheme_checked = True
             if resp.status_code == 401 and external:
@@ -395,26 +399,49 @@ class Transport:
                     raise AuthError(f"{self.host} refused the credentials for {_who(creds)}")
                 raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
             if resp.status_code == 429 or resp.status_code in RETRY_STATUS:
-                attempt += 1
-                resp.close()
-                if attempt >= self.retries:
-                    raise RegistryError(
-                        f"{self.host} kept answering {resp.status_code} after {attempt} attempts"
-                    )
-                self._pause(path, f"HTTP {resp.status_code}", attempt, resp)
+                attempt = self._failed(url, attempt, resp, self.host, f"cannot reach {self.host}")
                 continue
             return resp
 
+    def _failed(
+        self,
+        url: str,
+        attempt: int,
+        failure: Union[BaseException, requests.Response],
+        name: str,
+        unreachable: str,
+    ) -> int:
+        """One more failed attempt at ``url``: a transient error, or a 429 or 5xx answer
+        (closed here). Raises when the attempts are spent (or the error will not pass, such
+        as an unknown host); otherwise waits and returns the count. ``name`` says who kept
+        answering, ``unreachable`` starts the message for an error."""
+        attempt += 1
+        if isinstance(failure, requests.Response):
+            failure.close()
+            if attempt >= self.retries:
+                raise RegistryError(
+                    f"{name} kept answering {failure.status_code} after {attempt} attempts"
+                )
+            self._pause(url, f"HTTP {failure.status_code}", attempt, failure)
+            return attempt
+        reason = short_reason(failure)
+        if attempt >= self.retries or reason in PERMANENT:
+            raise RegistryError(f"{unreachable}: {reason}") from None
+        self._pause(url, reason, attempt, None)
+        return attempt
+
     def _pause(
-        self, path: str, reason: str, attempt: int, resp: Optional[requests.Response]
+        self, url: str, reason: str, attempt: int, resp: Optional[requests.Response]
     ) -> None:
+        """Wait before retrying ``url`` (the full URL: a foreign layer or a token server is
+        not under :attr:`base`)."""
         delay = min(0.25 * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.0)
         if resp is not None and resp.status_code == 429:
             after = _retry_after(resp.headers.get("Retry-After"))
             if after is not None:
                 delay = min(after, self.max_retry_after)
-        log.info("retrying", host=self.host, path=path, reason=reason, delay=round(delay, 2))
-        self.emit(Retrying(url=self.base + path, reason=reason, attempt=attempt, delay=delay))
+        log.info("retrying", url=url, reason=reason, delay=round(delay, 2))
+        self.emit(Retrying(url=url, reason=reason, attempt=attempt, delay=delay))
         time.sleep(delay)
 
 
