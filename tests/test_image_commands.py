@@ -39,6 +39,25 @@ def test_tag_then_rmi_keeps_shared_blobs(
     ucore_cli.ok("rmi", "-f", "mine/copy:1")
 
 
+def test_a_reference_with_an_unreadable_platform_breaks_nothing(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """A reference file whose platform cannot be read back (edited by hand, or written by an
+    older ucore) still names a usable image, and never stops commands that read every
+    reference (``images``, ``rmi`` of another image) from working."""
+    odd, other = f"{registry.address}/busybox:latest", f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", odd)
+    ucore_cli.ok("pull", other)
+    (record_file,) = [p for p in ucore_cli.refs() if json.loads(p.read_text())["ref"] == odd]
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "platform": "AMD 64/../x"}))
+    listed = json.loads(ucore_cli.ok("images", "--json").stdout)
+    assert {image["ref"] for image in listed} == {odd, other}
+    ucore_cli.ok("rmi", other)
+    assert json.loads(ucore_cli.ok("inspect", odd).stdout)["platform"] is None
+    ucore_cli.ok("create", "--name", "still-runs", odd)
+
+
 def test_short_name_finds_an_image_pulled_with_registry_option(
     ucore_cli: Ucore, registry: RegistryServer
 ) -> None:

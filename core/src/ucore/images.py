@@ -53,15 +53,26 @@ def load(store: Store, ref: ImageRef, record: Optional[dict[str, Any]] = None) -
     doc = mf.parse(store.read_blob(digest, mf.MAX_MANIFEST))
     if not isinstance(doc, mf.Manifest):
         raise StoreError(f"reference {ref.familiar} does not point at an image manifest")
-    platform_text = record.get("platform")
     return Image(
         ref=ref,
         manifest_digest=digest,
         config_digest=doc.config.digest,
         layers=doc.layers,
-        platform=Platform.parse(platform_text) if isinstance(platform_text, str) else None,
+        platform=_recorded_platform(record.get("platform")),
         index_digest=index,
     )
+
+
+def _recorded_platform(text: Any) -> Optional[Platform]:
+    """The platform a reference file records, or None when it cannot be read back (edited by
+    hand, or written by an older ucore): it is shown, never needed to use the image, so it
+    must not make the image, or every command that reads all references, fail."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return Platform.parse(text)
+    except UsageError:
+        return None
 
 
 def read_manifest(store: Store, image: Image) -> dict[str, Any]:
