@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 import threading
 import time
 from pathlib import Path
@@ -321,6 +322,19 @@ def test_workdir_in_pseudo_filesystems_is_refused(root: Path, workdir: str) -> N
     with pytest.raises(UsageError, match="/proc"):
         build(root, workdir=workdir)
     assert not (root / "proc" / "self").exists()
+
+
+def test_workdir_through_a_missing_directory_and_dotdot(root: Path) -> None:
+    """``missing/..`` cancels out, as Docker resolves a WorkingDir: a link to
+    ``missing/../tmp`` is ``/tmp``, which exists and is not made again."""
+    (root / "w").symlink_to("missing/../tmp")
+    (root / "deep").symlink_to("/missing/more/../../tmp/app")
+    assert inroot.resolve(root, "/w") == inroot.Walk("/tmp", 0, stat.S_IFDIR)
+    assert inroot.resolve(root, "/deep/x") == inroot.Walk("/tmp/app/x", 2, None)
+    assert build(root, {"Cmd": ["sh"], "WorkingDir": "/w"}).cwd == "/tmp"
+    assert build(root, workdir="/deep/x").cwd == "/tmp/app/x"
+    assert (root / "tmp" / "app" / "x").is_dir()
+    assert not (root / "missing").exists()
 
 
 def test_workdir_in_a_volume_is_not_made_in_the_root(root: Path, tmp_path: Path) -> None:

@@ -117,7 +117,13 @@ def _walk(root: Path, path: str, leaf: Optional[Callable[[int, str], None]]) -> 
             try:
                 mode = os.stat(comp, dir_fd=fds[-1], follow_symlinks=False).st_mode
             except FileNotFoundError:
-                return _missing(names, [comp, *reversed(pending)])
+                rest = [comp, *reversed(pending)]
+                if ".." not in rest:
+                    return _missing(names, rest)
+                # ``missing/..`` cancels out, as Docker's FollowSymlinkInScope resolves it:
+                # what follows may exist after all, so the walk goes on from here
+                pending = posixpath.normpath("/".join(rest)).split("/")[::-1]
+                continue
             if stat.S_ISLNK(mode):
                 links += 1
                 if links > MAX_LINKS:
