@@ -308,6 +308,82 @@ def test_clone_copies_fifos_sockets_and_device_nodes_as_nodes(
     ucore_cli.check_store()
 
 
+def tree(top: Path) -> dict[str, tuple[object, ...]]:
+    """Everything a copy must keep of each entry below ``top``: type, mode, owner, times,
+    size, device, link target, extended attributes, and which entries share an inode.
+    Iterative (the trees nest deeper than the recursion limit); a directory a program in the
+    container locked is opened up to be listed, after its mode is noted."""
+    out: dict[str, tuple[object, ...]] = {}
+    first: dict[int, str] = {}
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        path = top / rel if rel else top
+        st = os.lstat(path)
+        kind = stat.S_IFMT(st.st_mode)
+        link = os.readlink(path) if kind == stat.S_IFLNK else None
+        attrs = [] if link is not None else sorted(
+            (k, os.getxattr(path, k)) for k in os.listxattr(path)
+        )  # fmt: skip
+        group = first.setdefault(st.st_ino, rel) if kind != stat.S_IFDIR else None
+        size = st.st_size if kind != stat.S_IFDIR else None
+        out[rel] = (kind, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, size, st.st_rdev,
+                    link, attrs, group)  # fmt: skip
+        if kind == stat.S_IFDIR:
+            os.chmod(path, st.st_mode | 0o700)
+            pending += [f"{rel}/{n}" if rel else n for n in os.listdir(path)]
+    return out
+
+
+def test_clone_keeps_owners_links_times_and_holes(ucore_cli: Ucore, tmp_path: Path) -> None:
+    """A clone is the same tree: owners (as root), modes, times, hardlinks as hardlinks,
+    symlinks, extended attributes; a directory a program locked, a tree deeper than the
+    recursion limit and a huge sparse file (copied as holes, not as a disk full of zeros)."""
+    tarball = tmp_path / "owned.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, kind: bytes, mode: int, owner: int, **extra: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = kind, mode, owner, owner + 1
+            info.mtime = 1_000_000_000 + owner
+            for key, value in extra.items():
+                setattr(info, key, value)
+            data = b"data of " + name.encode() if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("srv", tarfile.DIRTYPE, 0o750, 1234)
+        add("srv/app", tarfile.REGTYPE, 0o4755, 1000)
+        add("srv/same", tarfile.LNKTYPE, 0o4755, 1000, linkname="srv/app")
+        add("srv/link", tarfile.SYMTYPE, 0o777, 42, linkname="../etc/none")
+        add("srv/tagged", tarfile.REGTYPE, 0o640, 7,
+            pax_headers={"SCHILY.xattr.user.origin": "image"})  # fmt: skip
+    ucore_cli.ok("import", "--tocontainer", "--name", "src", str(tarball))
+    src = root_of(ucore_cli, "src")
+    with open(src / "sparse", "wb") as f:
+        f.truncate(1 << 30)
+        f.write(b"head")
+    (src / "locked" / "in").mkdir(parents=True)
+    (src / "locked" / "in" / "f").write_text("locked away\n")
+    os.chmod(src / "locked" / "in", 0o000)
+    os.chmod(src / "locked", 0o000)
+    nest(src, 1200)
+
+    ucore_cli.ok("clone", "--name", "copy", "src")
+    copy = root_of(ucore_cli, "copy")
+    assert stat.S_IMODE((src / "locked").lstat().st_mode) == 0o000, "the source was changed"
+    assert (copy / "sparse").stat().st_blocks * 512 < 1 << 20, "the holes were filled"
+    expected = tree(src)
+    assert expected["srv/same"][-1] == "srv/app" or expected["srv/app"][-1] == "srv/same"
+    if os.geteuid() == 0:
+        assert expected["srv/app"][2:4] == (1000, 1001)
+        assert expected["srv/link"][2:4] == (42, 43)
+    assert tree(copy) == expected
+    ucore_cli.ok("rm", "src", "copy")
+    ucore_cli.check_store()
+    no_leftovers(ucore_cli)
+
+
 def test_protect_image_refuses_rmi(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ref = f"{registry.address}/busybox:latest"
     ucore_cli.ok("pull", ref)

@@ -191,18 +191,11 @@ def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tup
         yield cid, staging
         os.rename(staging, store.containers / cid)
     except BaseException as exc:
-        import shutil
-
         remove_tree(staging)
         if name is not None:
             release_name(store, name, cid)
-        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-            _src, _dst, why = exc.args[0][0]
-            raise StoreError(f"{what}: {why}".splitlines()[0]) from None
         if isinstance(exc, OSError):
             raise store_error(exc, what) from exc
-        if isinstance(exc, RecursionError):
-            raise StoreError(f"{what}: the tree nests too deep") from None
         raise
 
 
@@ -405,52 +398,13 @@ def size_of(container: Container) -> int:
 
 
 def clone(session: Session, source: Container, name: Optional[str] = None) -> Container:
-    """Copy a container (links kept as links, modes kept) into a new one."""
-    import shutil
+    """Copy a container into a new one, as it is (see :func:`ucore.treewalk.copy_tree`)."""
+    from ucore.treewalk import copy_tree
 
     store = session.store
     with _new_container(store, name, f"cloning container {source.id}") as (cid, staging):
-        shutil.copytree(source.dir, staging, symlinks=True, copy_function=_copy_owned)
+        copy_tree(source.dir, staging)
         meta = _read_meta(staging)
         meta.update({"created": time.time(), "protected": False, "cloned_from": source.id})
         _write_meta(staging, meta)
     return _container(store, cid)
-
-
-def _copy_owned(src: str, dst: str) -> Any:
-    """``copy2`` that can also copy a file its owner may not read (an image's mode 0000
-    file, kept as it is by an unprivileged unpack): read permission is granted for the copy,
-    through a descriptor checked to be a regular file (never a symlink), and taken back.
-
-    FIFOs, sockets and device nodes are made anew, never opened: ``copy2`` refuses a FIFO,
-    and would read a device (as root, a clone of an image with ``/dev/zero`` fills the disk).
-    """
-    import shutil
-
-    st = os.lstat(src)
-    if not stat.S_ISREG(st.st_mode):
-        os.mknod(dst, st.st_mode, st.st_rdev)
-        shutil.copystat(src, dst, follow_symlinks=False)
-        return dst
-    try:
-        return shutil.copy2(src, dst, follow_symlinks=False)
-    except PermissionError:
-        if st.st_uid != os.geteuid():
-            raise
-    fd = os.open(src, getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        now = os.fstat(fd)
-        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise StoreError(f"{src} changed while it was being copied")
-        mode = stat.S_IMODE(now.st_mode)
-        os.chmod(f"/proc/self/fd/{fd}", mode | stat.S_IRUSR)
-        try:
-            with open(f"/proc/self/fd/{fd}", "rb") as fin, open(dst, "xb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            shutil.copystat(src, dst, follow_symlinks=False)
-        finally:
-            os.chmod(f"/proc/self/fd/{fd}", mode)
-        os.chmod(dst, mode)
-    finally:
-        os.close(fd)
-    return dst
