@@ -470,6 +470,44 @@ def test_export_gives_back_the_image(
     ucore_cli.check_store()
 
 
+def test_export_writes_hardlinks_as_hardlinks_whatever_they_link(
+    ucore_cli: Ucore, tmp_path: Path
+) -> None:
+    """As tar does: the first path of an inode is the entry, the others hardlinks to it, for
+    device nodes (unprivileged, empty placeholders that export turns back into devices) and
+    FIFOs too; and the tarball imports back to the same."""
+    tarball = tmp_path / "linked.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for name, kind, target in [
+            ("dev/null", tarfile.CHRTYPE, ""),
+            ("dev/a-null", tarfile.LNKTYPE, "dev/null"),
+            ("dev/z-null", tarfile.LNKTYPE, "dev/null"),
+            ("run/fifo", tarfile.FIFOTYPE, ""),
+            ("run/again", tarfile.LNKTYPE, "run/fifo"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, 0o666, target
+            info.devmajor, info.devminor = 1, 3
+            tar.addfile(info)
+    ucore_cli.ok("import", "--tocontainer", "--name", "src", str(tarball))
+    data = export_bytes(ucore_cli, "src")
+    expected = {
+        "dev/a-null": (tarfile.CHRTYPE, ""),
+        "dev/null": (tarfile.LNKTYPE, "dev/a-null"),
+        "dev/z-null": (tarfile.LNKTYPE, "dev/a-null"),
+        "run/again": (tarfile.FIFOTYPE, ""),
+        "run/fifo": (tarfile.LNKTYPE, "run/again"),
+    }
+    found = members(data)
+    assert {k: (found[k].type, found[k].linkname) for k in expected} == expected
+    assert (found["dev/a-null"].devmajor, found["dev/a-null"].devminor) == (1, 3)
+    assert found["dev/a-null"].mode == 0o666
+    again = tmp_path / "again.tar"
+    again.write_bytes(data)
+    ucore_cli.ok("import", "--tocontainer", "--name", "again", str(again))
+    assert export_bytes(ucore_cli, "again") == data
+
+
 def test_export_errors(ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -43,7 +43,7 @@ from ucore.layers import compression
 from ucore.model import Container
 from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
 from ucore.store import Store, store_error
-from ucore.treewalk import Walker
+from ucore.treewalk import DIR_FLAGS, Walker
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -93,11 +93,14 @@ def recorded(container: Container) -> Recorded:
 
 
 class _Exporter(Walker):
-    def __init__(self, tar: tarfile.TarFile, record: Recorded) -> None:
+    def __init__(self, tar: tarfile.TarFile, record: Recorded, root: Path) -> None:
         super().__init__()
         self.tar = tar
-        self.record = record
         self.egid = os.getegid()
+        self.modes = record.modes
+        self.devices = record.devices
+        self.device_inodes = _placeholders(root, record.devices)
+        #: The first path written of each inode with more than one link.
         self.links: dict[tuple[int, int], str] = {}
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
@@ -120,35 +123,31 @@ class _Exporter(Walker):
         """The image's mode where the unpacker had to change it, unless a program in the
         container has changed it since (then the disk is the truth)."""
         now = stat.S_IMODE(st.st_mode)
-        image = self.record.modes.get(path)
+        image = self.modes.get(path)
         if image is None:
             return now
         from ucore.builtin.unpack.extract import rootless_mode
 
         return image if now == rootless_mode(image, stat.S_ISDIR(st.st_mode)) else now
 
-    def file(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> None:
+    def entry(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> Optional[int]:
+        """Write one entry; for a directory, return its descriptor to walk into. The first
+        path of an inode with several links is written as what it is, the others as hardlinks
+        to it, whatever it is (as tar does)."""
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self.tar.addfile(self.info(path, st, tarfile.DIRTYPE))
+            return self.open_dir(dir_fd, name, path, st)
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self.links:
             info = self.info(path, st, tarfile.LNKTYPE)
             info.linkname = self.links[key]
             self.tar.addfile(info)
-            return
-        with os.fdopen(self.open_file(dir_fd, name, st), "rb") as f:
-            info = self.info(path, st, tarfile.REGTYPE)
-            info.size = st.st_size
-            self.tar.addfile(info, f)
-        if st.st_nlink > 1:
-            self.links[key] = path
-
-    def entry(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> Optional[int]:
-        """Write one entry; for a directory, return its descriptor to walk into."""
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            self.tar.addfile(self.info(path, st, tarfile.DIRTYPE))
-            return self.open_dir(dir_fd, name, path, st)
-        if stat.S_ISREG(mode) and st.st_size == 0 and path in self.record.devices:
-            device = self.record.devices[path]
+            return None
+        device = None
+        if stat.S_ISREG(mode) and st.st_size == 0:
+            device = self.device_inodes.get(key) or self.devices.get(path)
+        if device is not None:
             info = self.info(
                 path, st, tarfile.CHRTYPE if device["type"] == "char" else tarfile.BLKTYPE
             )
@@ -157,7 +156,10 @@ class _Exporter(Walker):
                 info.devmajor, info.devminor = int(device["major"]), int(device["minor"])
             self.tar.addfile(info)
         elif stat.S_ISREG(mode):
-            self.file(dir_fd, name, path, st)
+            with os.fdopen(self.open_file(dir_fd, name, st), "rb") as f:
+                info = self.info(path, st, tarfile.REGTYPE)
+                info.size = st.st_size
+                self.tar.addfile(info, f)
         elif stat.S_ISLNK(mode):
             info = self.info(path, st, tarfile.SYMTYPE)
             info.mode = 0o777
@@ -169,16 +171,43 @@ class _Exporter(Walker):
             self.tar.addfile(info)
         elif stat.S_ISFIFO(mode):
             self.tar.addfile(self.info(path, st, tarfile.FIFOTYPE))
-        # sockets are not archived (as tar and docker export do)
+        else:
+            return None  # sockets are not archived (as tar and docker export do)
+        if st.st_nlink > 1:
+            self.links[key] = path
         return None
+
+
+def _placeholders(root: Path, devices: dict[str, dict[str, Any]]) -> dict[tuple[int, int], Any]:
+    """The recorded device nodes by inode, so that the first of their hardlinks the walk
+    meets is written as the device; only a placeholder still at its own path counts (each
+    directory on the way opened without following a symlink), as the walk would find it."""
+    found: dict[tuple[int, int], Any] = {}
+    for path, device in devices.items():
+        *parents, base = path.split("/")
+        fd = os.open(root, DIR_FLAGS)
+        try:
+            for name in parents:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            found[(st.st_dev, st.st_ino)] = device
+    return found
 
 
 def export(container: Container, out: IO[bytes]) -> None:
     """Write the container's root filesystem to ``out`` as a PAX tarball."""
     record = recorded(container)
+    root = Path(container.root)
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _Exporter(tar, record).walk(Path(container.root))
+            _Exporter(tar, record, root).walk(root)
     except OSError as exc:
         if exc.errno in (errno.EPIPE,):
             raise
