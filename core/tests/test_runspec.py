@@ -183,6 +183,34 @@ def test_env_file_names_with_whitespace_are_refused(root: Path, tmp_path: Path) 
         build(root, env_files=(str(tmp_path / "missing"),))
 
 
+def test_env_file_is_read_as_docker_reads_it(tmp_path: Path) -> None:
+    """Lines end at ``\\n`` only (a ``\\r`` before it goes, as for a file written on Windows);
+    a UTF-8 byte order mark at the start is not part of the first name; a form feed or a
+    Unicode line separator in a value is part of the value."""
+    env_file = tmp_path / "env"
+    env_file.write_bytes(b"\xef\xbb\xbfA=1\r\nB=x\x0cy\nC=\xe2\x80\xa8z\r\n\r\nD=last")
+    pairs = runspec.parse_env_file(str(env_file), {})
+    assert pairs == [("A", "1"), ("B", "x\x0cy"), ("C", "\u2028z"), ("D", "last")]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [(b"A=1\nB=x\x00y\n", "line 2: NUL byte"), (b"\xffA=1\n", "codec"), (b"=1\n", "no variable")],
+)
+def test_env_file_errors_are_one_line(tmp_path: Path, content: bytes, error: str) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_bytes(content)
+    with pytest.raises(UsageError, match=error) as caught:
+        runspec.parse_env_file(str(env_file), {})
+    assert "\n" not in str(caught.value)
+
+
+def test_env_file_that_never_ends_is_refused() -> None:
+    """``--env-file /dev/zero`` (a slip of the keyboard) must not read until memory runs out."""
+    with pytest.raises(UsageError, match="larger than"):
+        runspec.parse_env_file("/dev/zero", {})
+
+
 def test_plugin_env_never_overrides_the_users(root: Path) -> None:
     results = [{"env": {"CUDA_VISIBLE_DEVICES": "0", "MINE": "plugin", "IMG": "plugin"}}]
     spec = build(root, {"Cmd": ["sh"], "Env": ["IMG=image"]}, results=results, env=("MINE=user",))

@@ -48,6 +48,8 @@ SYSDIRS = ("/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/host.conf", "/lib/
 #: Where a working directory is refused: these name host objects, not the image's.
 PSEUDO = ("/proc", "/sys", "/dev")
 _MAX_UID = 2**32 - 2
+#: Characters of an ``--env-file``: Linux takes at most 2 MiB of arguments and environment.
+MAX_ENV_FILE = 4 << 20
 
 
 class RunOptions(NamedTuple):
@@ -243,18 +245,26 @@ def parse_env(text: str, environ: Mapping[str, str], where: str) -> Optional[tup
 
 def parse_env_file(path: str, environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """Docker's env-file format: ``NAME=VALUE`` or ``NAME`` per line, ``#`` comments, values
-    taken verbatim (no quotes, no expansion)."""
+    taken verbatim (no quotes, no expansion). As Docker reads it, lines end at ``\\n`` only
+    (``splitlines`` would also cut a value at a form feed), a ``\\r`` before it is dropped, and a
+    byte order mark is not part of the first name. It can be a pipe (``<(...)``), so its size
+    is known only by reading: at most :data:`MAX_ENV_FILE` characters are."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read(MAX_ENV_FILE + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--env-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(text) > MAX_ENV_FILE:
+        raise UsageError(f"--env-file {path}: larger than {MAX_ENV_FILE >> 20} MiB")
     pairs = []
-    for number, raw in enumerate(lines, 1):
-        line = raw.lstrip()
+    for number, raw in enumerate(text.split("\n"), 1):
+        where = f"--env-file {path} line {number}"
+        line = (raw[:-1] if raw.endswith("\r") else raw).lstrip()
         if not line or line.startswith("#"):
             continue
-        pair = parse_env(line, environ, f"--env-file {path} line {number}")
+        if "\0" in line:
+            raise UsageError(f"{where}: NUL byte, which no environment can hold")
+        pair = parse_env(line, environ, where)
         if pair is not None:
             pairs.append(pair)
     return pairs
