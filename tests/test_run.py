@@ -74,6 +74,18 @@ def test_pull_reuse_runs_the_named_container(ucore_cli: Ucore, proxy: FaultProxy
     ucore_cli.fails(2, "run", "--name", "job", image, "true")  # the name is taken
 
 
+@pytest.mark.parametrize("name", ["../x", "bad name", "0123456789abcdef0123456789abcdef", "-x"])
+def test_a_bad_name_is_refused_before_pulling(
+    ucore_cli: Ucore, proxy: FaultProxy, name: str
+) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    assert "invalid container name" in assert_error_line(
+        ucore_cli.fails(2, "run", f"--name={name}", image, "true")
+    )
+    assert manifest_gets(proxy) == 0
+    assert json.loads(ucore_cli.ok("images", "--json").stdout) == []
+
+
 def test_run_by_name_and_by_id(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     cid = ucore_cli.ok("create", "--name", "named", f"{proxy.address}/busybox:latest")
     cid_text = cid.stdout.strip()

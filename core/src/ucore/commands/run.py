@@ -166,6 +166,8 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
     else:
         if not rest:
             raise UsageError("run: give a CONTAINER or an IMAGE (or --location DIR)")
+        if args.name is not None:
+            containers.check_name(args.name)  # before a pull, not after it
         container = _container(session, rest[0], args)
         command = rest[1:]
     if command and command[0] == "--":
