@@ -381,7 +381,7 @@ def test_relative_workdir_from_the_command_line_is_refused(root: Path) -> None:
 
 def test_cpuset() -> None:
     assert runspec.parse_cpuset("0-2,5") == {0, 1, 2, 5}
-    for bad in ("", "a", "3-1", "-1"):
+    for bad in ("", "a", "3-1", "-1", "0-", "1,", "\uff10", "1-\uff12", "+1"):
         with pytest.raises(UsageError):
             runspec.parse_cpuset(bad)
     allowed = min(os.sched_getaffinity(0))

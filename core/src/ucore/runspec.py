@@ -494,11 +494,13 @@ def _executable(root: Path, path: str, mounts: Sequence[Mount]) -> Optional[bool
 
 
 def parse_cpuset(text: str) -> frozenset[int]:
-    """``0-3,6`` (Docker's and taskset's list format)."""
+    """``0-3,6`` (Docker's and taskset's list format): ASCII numbers, both ends of a range."""
     cpus: set[int] = set()
     try:
         for part in text.split(","):
-            low, _, high = part.strip().partition("-")
+            low, dash, high = part.strip().partition("-")
+            if not _is_number(low) or (dash and not _is_number(high)):
+                raise ValueError
             first, last = int(low), int(high or low)
             if first < 0 or last < first or last - first > 65536:
                 raise ValueError
