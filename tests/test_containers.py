@@ -21,6 +21,7 @@ from typing import Optional
 import pytest
 from support.cli import Ucore, assert_error_line
 
+from ucore.store import HOST
 from ucore.testing import images as im
 from ucore.testing.registry import RegistryServer
 
@@ -238,6 +239,33 @@ def test_what_the_container_locked_is_exported_and_removed(
     assert list((ucore_cli.store / "containers").iterdir()) == [
         ucore_cli.store / "containers" / ".names"
     ]
+
+
+def test_what_a_killed_rm_or_create_left_is_removed_later(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """``kill -9`` during ``rm`` leaves the container half removed under a temporary name, and
+    during ``create`` a half-made one: the next ``rm`` (or ``create``) finishes the job, and
+    ``rm`` of the half-removed container's id succeeds. What a live process is working on
+    stays."""
+    ref = f"{registry.address}/busybox:latest"
+    gone, made, live = (create(ucore_cli, "--name", n, ref) for n in ("gone", "made", "live"))
+    cdir = ucore_cli.store / "containers"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.rename(cdir / gone, cdir / f".removing-{gone}.{HOST}.{dead.pid}")
+    os.chmod(cdir / f".removing-{gone}.{HOST}.{dead.pid}" / "ROOT" / "etc", 0o500)
+    os.rename(cdir / made, cdir / f".staging-{made}.{HOST}.{dead.pid}")
+    os.rename(cdir / live, cdir / f".staging-{live}.{HOST}.{os.getpid()}")
+    assert ucore_cli.ok("rm", gone).stdout == f"{gone}\n"
+    assert {p.name for p in cdir.iterdir()} == {".names", f".staging-{live}.{HOST}.{os.getpid()}"}
+    ucore_cli.fails(3, "rm", gone)  # now it is really gone
+    os.rename(
+        cdir / f".staging-{live}.{HOST}.{os.getpid()}", cdir / f".staging-{live}.{HOST}.{dead.pid}"
+    )
+    again = create(ucore_cli, ref)
+    assert [r["id"] for r in ps(ucore_cli)] == [again]
+    no_leftovers(ucore_cli)
 
 
 def test_name_rmname_rename(ucore_cli: Ucore, registry: RegistryServer) -> None:

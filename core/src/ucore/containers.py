@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _ID = re.compile(r"[0-9a-f]{32}")
+#: Staging (create, clone) and trash (rm) directories: ``.KIND-ID.HOST.PID``.
+_LEFTOVER = re.compile(
+    r"\.(?P<kind>staging|removing)-(?P<id>[0-9a-f]{32})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)"
+)
 META = "container.json"
 #: A copy of the image config (Entrypoint, Cmd, Env, ...), as udocker keeps one: a run reads
 #: it without touching the image's blobs, and the container still runs after ``rmi``.
@@ -183,6 +187,7 @@ def release_name(store: Store, name: str, cid: Optional[str] = None) -> bool:
 def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tuple[str, Path]]:
     """Reserve the name, hand out a staging directory, and publish it as ``containers/<id>``
     when the block completes; when it fails, remove the staging directory and the name."""
+    remove_leftovers(store)
     cid = os.urandom(16).hex()
     if name is not None:
         reserve_name(store, name, cid)
@@ -305,6 +310,35 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
     for name in container.names:
         release_name(store, name, container.id)
     remove_tree(trash)
+
+
+def remove_leftovers(store: Store) -> set[str]:
+    """Finish what a ``create``, ``clone`` or ``rm`` killed outright left: its staging or
+    trash directory (named with host and pid), once that process is gone (on another host:
+    a day after it last changed). Each is first renamed to a trash name of this process, so
+    that of many jobs doing this at once only one removes it. Returns the ids whose removal
+    was finished."""
+    finished = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(store.containers):
+            m = _LEFTOVER.fullmatch(entry)
+            if not m or m["pid"] == str(os.getpid()):
+                continue
+            if m["host"] == HOST:
+                if pid_alive(int(m["pid"])):
+                    continue
+            elif not _older_than(store.containers / entry, _STALE_FOREIGN):
+                continue
+            trash = store.containers / f".removing-{m['id']}.{HOST}.{os.getpid()}"
+            try:
+                os.rename(store.containers / entry, trash)
+            except OSError:
+                continue  # another job took it first
+            with contextlib.suppress(StoreError):
+                remove_tree(trash)
+            if m["kind"] == "removing":
+                finished.add(m["id"])
+    return finished
 
 
 def remove_tree(path: Path) -> None:
