@@ -268,6 +268,33 @@ def test_what_a_killed_rm_or_create_left_is_removed_later(
     no_leftovers(ucore_cli)
 
 
+def test_rm_refuses_a_container_with_something_mounted_in_it(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """A filesystem mounted in a container's directory (a bind mount left behind, a FUSE mount
+    of a data set) belongs to someone else: rm must not empty it. As root, with a bind mount
+    (unprivileged users mount with FUSE, which this host may lack)."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    create(ucore_cli, "--name", "c", f"{registry.address}/busybox:latest")
+    data = tmp_path / "my data"
+    data.mkdir()
+    (data / "precious").write_text("keep me\n")
+    target = root_of(ucore_cli, "c") / "tmp" / "in use"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(data), str(target)], check=True)
+    try:
+        err = assert_error_line(ucore_cli.fails(2, "rm", "-f", "c"))
+        assert "mounted" in err and "in use" in err
+        assert (data / "precious").read_text() == "keep me\n"
+        assert [r["names"] for r in ps(ucore_cli)] == [["c"]]
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    ucore_cli.ok("rm", "c")
+    assert (data / "precious").read_text() == "keep me\n"
+    no_leftovers(ucore_cli)
+
+
 def test_name_rmname_rename(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ref = f"{registry.address}/busybox:latest"
     cid = create(ucore_cli, ref)

@@ -295,10 +295,13 @@ def update(store: Store, container: Container, **changes: Any) -> Container:
 
 
 def remove(store: Store, container: Container, force: bool = False) -> None:
+    label = container.names[0] if container.names else container.id
     if container.protected and not force:
+        raise UsageError(f"container {label} is protected: 'ucore unprotect' it first")
+    mounted = mounts_under(container.dir)
+    if mounted:
         raise UsageError(
-            f"container {container.names[0] if container.names else container.id}"
-            " is protected: 'ucore unprotect' it first"
+            f"container {label} has a filesystem mounted at {mounted[0]}: unmount it first"
         )
     trash = store.containers / f".removing-{container.id}.{HOST}.{os.getpid()}"
     try:
@@ -329,6 +332,8 @@ def remove_leftovers(store: Store) -> set[str]:
                     continue
             elif not _older_than(store.containers / entry, _STALE_FOREIGN):
                 continue
+            if mounts_under(store.containers / entry):
+                continue
             trash = store.containers / f".removing-{m['id']}.{HOST}.{os.getpid()}"
             try:
                 os.rename(store.containers / entry, trash)
@@ -339,6 +344,24 @@ def remove_leftovers(store: Store) -> set[str]:
             if m["kind"] == "removing":
                 finished.add(m["id"])
     return finished
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, which removing the tree would empty: a bind mount
+    left behind, a data set mounted with FUSE. Whether something is mounted on a directory
+    cannot be told from the directory (a bind mount of the same filesystem looks like any
+    other), so the mount table says; without one, nothing is known to be mounted."""
+    top = os.path.realpath(path)
+    found = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            if len(fields) > 4:
+                point = re.sub(rb"\\([0-3][0-7]{2})", lambda m: bytes([int(m[1], 8)]), fields[4])
+                where = os.fsdecode(point)
+                if where == top or where.startswith(top + "/"):
+                    found.append(where)
+    return found
 
 
 def remove_tree(path: Path) -> None:
