@@ -50,6 +50,33 @@ def test_rm_removes_the_container_even_when_the_command_fails(
     assert ps(ucore_cli) == []
 
 
+def test_rm_refuses_a_container_a_run_is_using(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    """As Docker refuses to remove a running container: rm would delete files from under the
+    command (its results among them). ``--rm`` of another run of it keeps it, with a warning,
+    and the last run's ``--rm`` removes it."""
+    ucore_cli.ok("create", "--name", "busy", f"{proxy.address}/busybox:latest")
+    proc = subprocess.Popen(
+        ucore_cli.argv("run", "busy", "sh", "-c", "echo ready; read x; echo result > /out"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ucore_cli.env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        err = assert_error_line(ucore_cli.fails(2, "rm", "-f", "busy"))
+        assert "in use" in err
+        other = ucore_cli.run("run", "--rm", "busy", "true")
+        assert other.returncode == 0, describe(other)
+        assert "in use" in other.stderr and "kept" in other.stderr
+        assert [r["names"] for r in ps(ucore_cli)] == [["busy"]]
+    finally:
+        proc.communicate(input="go\n", timeout=60)
+    assert proc.returncode == 0
+    assert ucore_cli.ok("run", "--rm", "busy", "cat", "/out").stdout == "result\n"
+    assert ps(ucore_cli) == []
+
+
 def test_pull_policies(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     image = f"{proxy.address}/busybox:latest"
     result = ucore_cli.fails(3, "run", "--rm", "--pull=never", image, "true")

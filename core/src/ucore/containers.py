@@ -304,15 +304,59 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
             f"container {label} has a filesystem mounted at {mounted[0]}: unmount it first"
         )
     trash = store.containers / f".removing-{container.id}.{HOST}.{os.getpid()}"
-    try:
-        os.rename(container.dir, trash)
-    except FileNotFoundError:
-        raise NotFoundError(f"container {container.id} was already removed") from None
-    except OSError as exc:
-        raise store_error(exc, f"removing container {container.id}") from exc
+    with _locked(container, exclusive=True) as held:
+        if not held:
+            raise UsageError(f"container {label} is in use by a running 'ucore run'")
+        try:
+            os.rename(container.dir, trash)
+        except OSError as exc:
+            raise store_error(exc, f"removing container {container.id}") from exc
     for name in container.names:
         release_name(store, name, container.id)
     remove_tree(trash)
+
+
+@contextlib.contextmanager
+def running(container: Container) -> Iterator[None]:
+    """Held while ``ucore run`` uses the container, so that ``rm`` refuses to delete files
+    from under the command, as Docker refuses to remove a running container."""
+    with _locked(container, exclusive=False) as held:
+        if not held:
+            raise NotFoundError(f"container {container.id} is being removed")
+        yield
+
+
+@contextlib.contextmanager
+def _locked(container: Container, exclusive: bool) -> Iterator[bool]:
+    """A lock on the container's directory (runs share it, rm takes it alone), never waited
+    for; yields whether it was had. Where the filesystem cannot lock (some NFS), it is had:
+    locks here only avoid harm, they cannot be relied on. The directory must still be the
+    container's once locked (not renamed away by an rm that held the lock meanwhile)."""
+    import fcntl
+
+    try:
+        fd = os.open(container.dir, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise NotFoundError(f"container {container.id} was removed") from None
+    except OSError as exc:
+        raise store_error(exc, f"opening container {container.id}") from exc
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            pass
+        try:
+            moved = not os.path.samestat(os.fstat(fd), os.stat(container.dir))
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise NotFoundError(f"container {container.id} was removed")
+        yield True
+    finally:
+        os.close(fd)
 
 
 def remove_leftovers(store: Store) -> set[str]:

@@ -191,9 +191,10 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         kernel=args.kernel,
     )
     try:
-        config = {} if args.nometa else containers.image_config(container)
-        spec = runspec.build(session, container, config, opts)
-        return session.execute(container, spec)
+        with containers.running(container):
+            config = {} if args.nometa else containers.image_config(container)
+            spec = runspec.build(session, container, config, opts)
+            return session.execute(container, spec)
     finally:
         if container.location is not None:
             import shutil
@@ -255,11 +256,17 @@ def _image(session: Session, text: str, policy: str) -> Image:
 
 
 def _remove(session: Session, container: Container) -> None:
+    """``--rm``: what keeps the container (protected, in use by another run) is a warning,
+    not a failure of the run."""
     if container.protected:
         log.warning("--rm: the container is protected and was kept", container=container.id)
         return
-    with contextlib.suppress(NotFoundError):
+    try:
         containers.remove(session.store, container)
+    except NotFoundError:
+        pass
+    except UsageError as exc:
+        log.warning(f"--rm: {exc}; it was kept", container=container.id)
 
 
 # --- setup ----------------------------------------------------------------------------------
