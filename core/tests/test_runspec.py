@@ -433,6 +433,37 @@ def test_host_accounts_are_private_copies(root: Path, tmp_path: Path) -> None:
     assert host_file.read_text() == "untouched\n"
 
 
+@pytest.mark.parametrize("kind", ["proc", "dir", "loop"])
+def test_host_accounts_are_not_bound_where_they_cannot_be(root: Path, kind: str) -> None:
+    """An image whose /etc/passwd leads under /proc (a link to /proc/self/environ), is a
+    directory, or is a loop of links: a file cannot be bound there (runc and crun fail to
+    start, in two lines), so the container keeps its own, and its /etc/group copy still is."""
+    passwd = root / "etc" / "passwd"
+    passwd.unlink()
+    if kind == "proc":
+        passwd.symlink_to("/proc/self/environ")
+    elif kind == "dir":
+        passwd.mkdir()
+    else:
+        passwd.symlink_to("../../../etc/passwd")
+    spec = build(root, hostauth=True)
+    # root is in the image's /etc/group already; another user's group is added
+    assert [m.target for m in spec.mounts] == ([] if os.getgid() == 0 else ["/etc/group"])
+    me = pwd.getpwuid(os.getuid()).pw_name
+    with pytest.raises(UsageError, match="no user"):
+        build(root, hostauth=True, user=me)
+
+
+def test_mounts_under_proc_are_refused(root: Path, tmp_path: Path) -> None:
+    """/proc shows the host's processes: runc refuses a bind there and crun fails in two
+    lines; an image link can aim a volume there too."""
+    (root / "data").symlink_to("/proc/self/root")
+    for target in ("/proc/x", "/proc", "/data", "/data/etc"):
+        with pytest.raises(UsageError, match="under /proc"):
+            build(root, volumes=(f"{tmp_path}:{target}",))
+    assert "/proc" in {m.target for m in build(root, sysdirs=True).mounts}
+
+
 # --- paths inside the root ------------------------------------------------------------------------
 
 

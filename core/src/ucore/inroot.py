@@ -19,6 +19,9 @@ from typing import Callable, NamedTuple, Optional
 from ucore.builtin.unpack.rootfs import DIR_FLAGS, MAX_LINKS
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: Where the engines show host objects, not the image's: the host's processes (``/proc/self/fd/N``
+#: names a host directory), kernel state and devices.
+PSEUDO = ("/proc", "/sys", "/dev")
 
 
 class Walk(NamedTuple):
@@ -35,6 +38,11 @@ class Walk(NamedTuple):
 def resolve(root: Path, path: str) -> Walk:
     """Canonical form of ``path`` inside ``root``; a missing tail is kept as written."""
     return _walk(root, path, None)
+
+
+def under(path: str, top: str) -> bool:
+    """Whether canonical ``path`` is ``top`` or below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def read_file(root: Path, path: str, limit: int) -> Optional[bytes]:

@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: udocker's default host binds, each only where the host has it.
 SYSDIRS = ("/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/host.conf", "/lib/modules")
-#: Where a working directory is refused: these name host objects, not the image's.
-PSEUDO = ("/proc", "/sys", "/dev")
 _MAX_UID = 2**32 - 2
 #: Characters of an ``--env-file``: Linux takes at most 2 MiB of arguments and environment.
 MAX_ENV_FILE = 4 << 20
@@ -397,6 +395,11 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
             raise UsageError(f"cannot mount {m.source} on {m.target}: {exc}") from None
         if target == "/":
             raise UsageError(f"cannot mount {m.source} over the container's root directory")
+        if inroot.under(target, "/proc") and (target, m.source) != ("/proc", "/proc"):
+            raise UsageError(
+                f"cannot mount {m.source} on {m.target}: it is under /proc (at {target}),"
+                " which shows the host's processes"
+            )
         placed.pop(target, None)
         placed[target] = m._replace(target=target)
     return tuple(sorted(placed.values(), key=lambda m: m.target.count("/")))
@@ -406,13 +409,9 @@ def covering(path: str, mounts: Iterable[Mount]) -> Optional[Mount]:
     """The mount whose target holds ``path`` (the deepest one), if any."""
     best = None
     for m in mounts:
-        if _under(path, m.target) and (best is None or len(m.target) > len(best.target)):
+        if inroot.under(path, m.target) and (best is None or len(m.target) > len(best.target)):
             best = m
     return best
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 # --- working directory, command, CPUs ---------------------------------------------------------
@@ -431,7 +430,7 @@ def _workdir(root: Path, text: str, mounts: Sequence[Mount], from_image: bool) -
     except OSError as exc:
         raise UsageError(f"{where}: {exc}") from None
     for candidate in (path, walk.path):
-        if any(_under(candidate, p) for p in PSEUDO):
+        if any(inroot.under(candidate, p) for p in inroot.PSEUDO):
             error = IntegrityError if from_image else UsageError
             raise error(f"{where}: a working directory under /proc, /sys or /dev is refused")
     if covering(path, mounts) is not None:
