@@ -135,6 +135,23 @@ def test_location_runs_a_root_directory(
     ucore_cli.fails(2, "run", "--location", str(tmp_path / "missing"), "true")
 
 
+def test_location_that_cannot_be_opened_is_one_line(ucore_cli: Ucore, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    err = assert_error_line(ucore_cli.fails(2, "run", "--location", str(tmp_path / "file"), "true"))
+    assert "not a directory" in err.lower()
+    if os.geteuid() == 0:
+        return  # root opens what it likes
+    locked = tmp_path / "locked"
+    (locked / "root").mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        for path in (locked, locked / "root"):
+            result = ucore_cli.fails(2, "run", "--location", str(path), "true")
+            assert "permission denied" in assert_error_line(result).lower()
+    finally:
+        locked.chmod(0o700)
+
+
 def test_unknown_target_is_one_clear_line(ucore_cli: Ucore) -> None:
     result = ucore_cli.fails(3, "run", "--pull=never", "No_Such_Thing", "true")
     assert "No_Such_Thing" in assert_error_line(result)

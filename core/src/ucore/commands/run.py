@@ -205,9 +205,12 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
 
 
 def _location(text: str) -> Container:
+    """A root directory outside the store, which must be one the user can open."""
     root = Path(text).expanduser().resolve()
-    if not root.is_dir():
-        raise UsageError(f"--location {text}: not a directory")
+    try:
+        os.close(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise UsageError(f"--location {text}: {exc.strerror}") from None
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="ucore-run-"))
