@@ -111,6 +111,23 @@ def test_create_ps_inspect(ucore_cli: Ucore, registry: RegistryServer) -> None:
     assert stat.S_IMODE((ucore_cli.store / "containers" / cid).stat().st_mode) == 0o700
 
 
+def test_ps_size_counts_what_is_on_disk(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    """As ``du`` does: a file with many hardlinks once, a sparse file by its blocks, and no
+    link followed (a loop of links, a link to the host's root)."""
+    create(ucore_cli, "--name", "c", f"{registry.address}/busybox:latest")
+    before = int(str(ps(ucore_cli, "-s")[0]["size"]))
+    root = root_of(ucore_cli, "c")
+    (root / "data").write_bytes(os.urandom(4 << 20))
+    for i in range(9):
+        os.link(root / "data", root / f"data.{i}")
+    with open(root / "sparse", "wb") as f:
+        f.truncate(1 << 40)
+    (root / "loop").symlink_to("loop")
+    (root / "host").symlink_to("/")
+    grown = int(str(ps(ucore_cli, "-s")[0]["size"])) - before
+    assert 4 << 20 <= grown < 5 << 20
+
+
 def test_create_pulls_a_missing_image(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ref = f"{registry.address}/multilayer:latest"
     cid = create(ucore_cli, ref)

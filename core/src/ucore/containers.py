@@ -483,9 +483,10 @@ def _empty_tree(top: Path) -> None:
 
 
 def size_of(container: Container) -> int:
-    """Bytes allocated under the root; iterative (see :func:`remove_tree`), and what cannot
-    be read is not counted."""
+    """Bytes allocated under the root, as ``du`` counts them (an inode with several links
+    once); iterative (see :func:`remove_tree`), and what cannot be read is not counted."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     pending = [str(container.root)]
     while pending:
         with contextlib.suppress(OSError), os.scandir(pending.pop()) as it:
@@ -493,8 +494,13 @@ def size_of(container: Container) -> int:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
     return total
 
 
