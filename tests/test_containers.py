@@ -21,6 +21,7 @@ from typing import Optional
 import pytest
 from support.cli import Ucore, assert_error_line
 
+from ucore.store import HOST
 from ucore.testing import images as im
 from ucore.testing.registry import RegistryServer
 
@@ -108,6 +109,23 @@ def test_create_ps_inspect(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ucore_cli.fails(3, "inspect", "no-such-thing")
     ucore_cli.check_store()
     assert stat.S_IMODE((ucore_cli.store / "containers" / cid).stat().st_mode) == 0o700
+
+
+def test_ps_size_counts_what_is_on_disk(ucore_cli: Ucore, registry: RegistryServer) -> None:
+    """As ``du`` does: a file with many hardlinks once, a sparse file by its blocks, and no
+    link followed (a loop of links, a link to the host's root)."""
+    create(ucore_cli, "--name", "c", f"{registry.address}/busybox:latest")
+    before = int(str(ps(ucore_cli, "-s")[0]["size"]))
+    root = root_of(ucore_cli, "c")
+    (root / "data").write_bytes(os.urandom(4 << 20))
+    for i in range(9):
+        os.link(root / "data", root / f"data.{i}")
+    with open(root / "sparse", "wb") as f:
+        f.truncate(1 << 40)
+    (root / "loop").symlink_to("loop")
+    (root / "host").symlink_to("/")
+    grown = int(str(ps(ucore_cli, "-s")[0]["size"])) - before
+    assert 4 << 20 <= grown < 5 << 20
 
 
 def test_create_pulls_a_missing_image(ucore_cli: Ucore, registry: RegistryServer) -> None:
@@ -240,6 +258,60 @@ def test_what_the_container_locked_is_exported_and_removed(
     ]
 
 
+def test_what_a_killed_rm_or_create_left_is_removed_later(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """``kill -9`` during ``rm`` leaves the container half removed under a temporary name, and
+    during ``create`` a half-made one: the next ``rm`` (or ``create``) finishes the job, and
+    ``rm`` of the half-removed container's id succeeds. What a live process is working on
+    stays."""
+    ref = f"{registry.address}/busybox:latest"
+    gone, made, live = (create(ucore_cli, "--name", n, ref) for n in ("gone", "made", "live"))
+    cdir = ucore_cli.store / "containers"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.rename(cdir / gone, cdir / f".removing-{gone}.{HOST}.{dead.pid}")
+    os.chmod(cdir / f".removing-{gone}.{HOST}.{dead.pid}" / "ROOT" / "etc", 0o500)
+    os.rename(cdir / made, cdir / f".staging-{made}.{HOST}.{dead.pid}")
+    os.rename(cdir / live, cdir / f".staging-{live}.{HOST}.{os.getpid()}")
+    assert ucore_cli.ok("rm", gone).stdout == f"{gone}\n"
+    assert {p.name for p in cdir.iterdir()} == {".names", f".staging-{live}.{HOST}.{os.getpid()}"}
+    ucore_cli.fails(3, "rm", gone)  # now it is really gone
+    os.rename(
+        cdir / f".staging-{live}.{HOST}.{os.getpid()}", cdir / f".staging-{live}.{HOST}.{dead.pid}"
+    )
+    again = create(ucore_cli, ref)
+    assert [r["id"] for r in ps(ucore_cli)] == [again]
+    no_leftovers(ucore_cli)
+
+
+def test_rm_refuses_a_container_with_something_mounted_in_it(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """A filesystem mounted in a container's directory (a bind mount left behind, a FUSE mount
+    of a data set) belongs to someone else: rm must not empty it. As root, with a bind mount
+    (unprivileged users mount with FUSE, which this host may lack)."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    create(ucore_cli, "--name", "c", f"{registry.address}/busybox:latest")
+    data = tmp_path / "my data"
+    data.mkdir()
+    (data / "precious").write_text("keep me\n")
+    target = root_of(ucore_cli, "c") / "tmp" / "in use"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(data), str(target)], check=True)
+    try:
+        err = assert_error_line(ucore_cli.fails(2, "rm", "-f", "c"))
+        assert "mounted" in err and "in use" in err
+        assert (data / "precious").read_text() == "keep me\n"
+        assert [r["names"] for r in ps(ucore_cli)] == [["c"]]
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    ucore_cli.ok("rm", "c")
+    assert (data / "precious").read_text() == "keep me\n"
+    no_leftovers(ucore_cli)
+
+
 def test_name_rmname_rename(ucore_cli: Ucore, registry: RegistryServer) -> None:
     ref = f"{registry.address}/busybox:latest"
     cid = create(ucore_cli, ref)
@@ -306,6 +378,82 @@ def test_clone_copies_fifos_sockets_and_device_nodes_as_nodes(
             stat.S_IFMT(a.st_mode), a.st_mode, a.st_rdev, a.st_size
         ), path  # fmt: skip
     ucore_cli.check_store()
+
+
+def tree(top: Path) -> dict[str, tuple[object, ...]]:
+    """Everything a copy must keep of each entry below ``top``: type, mode, owner, times,
+    size, device, link target, extended attributes, and which entries share an inode.
+    Iterative (the trees nest deeper than the recursion limit); a directory a program in the
+    container locked is opened up to be listed, after its mode is noted."""
+    out: dict[str, tuple[object, ...]] = {}
+    first: dict[int, str] = {}
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        path = top / rel if rel else top
+        st = os.lstat(path)
+        kind = stat.S_IFMT(st.st_mode)
+        link = os.readlink(path) if kind == stat.S_IFLNK else None
+        attrs = [] if link is not None else sorted(
+            (k, os.getxattr(path, k)) for k in os.listxattr(path)
+        )  # fmt: skip
+        group = first.setdefault(st.st_ino, rel) if kind != stat.S_IFDIR else None
+        size = st.st_size if kind != stat.S_IFDIR else None
+        out[rel] = (kind, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, size, st.st_rdev,
+                    link, attrs, group)  # fmt: skip
+        if kind == stat.S_IFDIR:
+            os.chmod(path, st.st_mode | 0o700)
+            pending += [f"{rel}/{n}" if rel else n for n in os.listdir(path)]
+    return out
+
+
+def test_clone_keeps_owners_links_times_and_holes(ucore_cli: Ucore, tmp_path: Path) -> None:
+    """A clone is the same tree: owners (as root), modes, times, hardlinks as hardlinks,
+    symlinks, extended attributes; a directory a program locked, a tree deeper than the
+    recursion limit and a huge sparse file (copied as holes, not as a disk full of zeros)."""
+    tarball = tmp_path / "owned.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, kind: bytes, mode: int, owner: int, **extra: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = kind, mode, owner, owner + 1
+            info.mtime = 1_000_000_000 + owner
+            for key, value in extra.items():
+                setattr(info, key, value)
+            data = b"data of " + name.encode() if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("srv", tarfile.DIRTYPE, 0o750, 1234)
+        add("srv/app", tarfile.REGTYPE, 0o4755, 1000)
+        add("srv/same", tarfile.LNKTYPE, 0o4755, 1000, linkname="srv/app")
+        add("srv/link", tarfile.SYMTYPE, 0o777, 42, linkname="../etc/none")
+        add("srv/tagged", tarfile.REGTYPE, 0o640, 7,
+            pax_headers={"SCHILY.xattr.user.origin": "image"})  # fmt: skip
+    ucore_cli.ok("import", "--tocontainer", "--name", "src", str(tarball))
+    src = root_of(ucore_cli, "src")
+    with open(src / "sparse", "wb") as f:
+        f.truncate(1 << 30)
+        f.write(b"head")
+    (src / "locked" / "in").mkdir(parents=True)
+    (src / "locked" / "in" / "f").write_text("locked away\n")
+    os.chmod(src / "locked" / "in", 0o000)
+    os.chmod(src / "locked", 0o000)
+    nest(src, 1200)
+
+    ucore_cli.ok("clone", "--name", "copy", "src")
+    copy = root_of(ucore_cli, "copy")
+    assert stat.S_IMODE((src / "locked").lstat().st_mode) == 0o000, "the source was changed"
+    assert (copy / "sparse").stat().st_blocks * 512 < 1 << 20, "the holes were filled"
+    expected = tree(src)
+    assert expected["srv/same"][-1] == "srv/app" or expected["srv/app"][-1] == "srv/same"
+    if os.geteuid() == 0:
+        assert expected["srv/app"][2:4] == (1000, 1001)
+        assert expected["srv/link"][2:4] == (42, 43)
+    assert tree(copy) == expected
+    ucore_cli.ok("rm", "src", "copy")
+    ucore_cli.check_store()
+    no_leftovers(ucore_cli)
 
 
 def test_protect_image_refuses_rmi(ucore_cli: Ucore, registry: RegistryServer) -> None:
@@ -392,6 +540,44 @@ def test_export_gives_back_the_image(
     secret_mode = 0o000 if os.geteuid() == 0 else 0o600
     assert stat.S_IMODE((root / "data" / "secret").lstat().st_mode) == secret_mode
     ucore_cli.check_store()
+
+
+def test_export_writes_hardlinks_as_hardlinks_whatever_they_link(
+    ucore_cli: Ucore, tmp_path: Path
+) -> None:
+    """As tar does: the first path of an inode is the entry, the others hardlinks to it, for
+    device nodes (unprivileged, empty placeholders that export turns back into devices) and
+    FIFOs too; and the tarball imports back to the same."""
+    tarball = tmp_path / "linked.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for name, kind, target in [
+            ("dev/null", tarfile.CHRTYPE, ""),
+            ("dev/a-null", tarfile.LNKTYPE, "dev/null"),
+            ("dev/z-null", tarfile.LNKTYPE, "dev/null"),
+            ("run/fifo", tarfile.FIFOTYPE, ""),
+            ("run/again", tarfile.LNKTYPE, "run/fifo"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, 0o666, target
+            info.devmajor, info.devminor = 1, 3
+            tar.addfile(info)
+    ucore_cli.ok("import", "--tocontainer", "--name", "src", str(tarball))
+    data = export_bytes(ucore_cli, "src")
+    expected = {
+        "dev/a-null": (tarfile.CHRTYPE, ""),
+        "dev/null": (tarfile.LNKTYPE, "dev/a-null"),
+        "dev/z-null": (tarfile.LNKTYPE, "dev/a-null"),
+        "run/again": (tarfile.FIFOTYPE, ""),
+        "run/fifo": (tarfile.LNKTYPE, "run/again"),
+    }
+    found = members(data)
+    assert {k: (found[k].type, found[k].linkname) for k in expected} == expected
+    assert (found["dev/a-null"].devmajor, found["dev/a-null"].devminor) == (1, 3)
+    assert found["dev/a-null"].mode == 0o666
+    again = tmp_path / "again.tar"
+    again.write_bytes(data)
+    ucore_cli.ok("import", "--tocontainer", "--name", "again", str(again))
+    assert export_bytes(ucore_cli, "again") == data
 
 
 def test_export_errors(ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path) -> None:

@@ -50,6 +50,33 @@ def test_rm_removes_the_container_even_when_the_command_fails(
     assert ps(ucore_cli) == []
 
 
+def test_rm_refuses_a_container_a_run_is_using(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    """As Docker refuses to remove a running container: rm would delete files from under the
+    command (its results among them). ``--rm`` of another run of it keeps it, with a warning,
+    and the last run's ``--rm`` removes it."""
+    ucore_cli.ok("create", "--name", "busy", f"{proxy.address}/busybox:latest")
+    proc = subprocess.Popen(
+        ucore_cli.argv("run", "busy", "sh", "-c", "echo ready; read x; echo result > /out"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ucore_cli.env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        err = assert_error_line(ucore_cli.fails(2, "rm", "-f", "busy"))
+        assert "in use" in err
+        other = ucore_cli.run("run", "--rm", "busy", "true")
+        assert other.returncode == 0, describe(other)
+        assert "in use" in other.stderr and "kept" in other.stderr
+        assert [r["names"] for r in ps(ucore_cli)] == [["busy"]]
+    finally:
+        proc.communicate(input="go\n", timeout=60)
+    assert proc.returncode == 0
+    assert ucore_cli.ok("run", "--rm", "busy", "cat", "/out").stdout == "result\n"
+    assert ps(ucore_cli) == []
+
+
 def test_pull_policies(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     image = f"{proxy.address}/busybox:latest"
     result = ucore_cli.fails(3, "run", "--rm", "--pull=never", image, "true")
@@ -74,6 +101,18 @@ def test_pull_reuse_runs_the_named_container(ucore_cli: Ucore, proxy: FaultProxy
     ucore_cli.fails(2, "run", "--name", "job", image, "true")  # the name is taken
 
 
+@pytest.mark.parametrize("name", ["../x", "bad name", "0123456789abcdef0123456789abcdef", "-x"])
+def test_a_bad_name_is_refused_before_pulling(
+    ucore_cli: Ucore, proxy: FaultProxy, name: str
+) -> None:
+    image = f"{proxy.address}/busybox:latest"
+    assert "invalid container name" in assert_error_line(
+        ucore_cli.fails(2, "run", f"--name={name}", image, "true")
+    )
+    assert manifest_gets(proxy) == 0
+    assert json.loads(ucore_cli.ok("images", "--json").stdout) == []
+
+
 def test_run_by_name_and_by_id(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     cid = ucore_cli.ok("create", "--name", "named", f"{proxy.address}/busybox:latest")
     cid_text = cid.stdout.strip()
@@ -94,6 +133,23 @@ def test_location_runs_a_root_directory(
     assert (copy / "tmp" / "loc").read_text() == "here\n"
     assert len(ps(ucore_cli)) == 1  # no container was made for it
     ucore_cli.fails(2, "run", "--location", str(tmp_path / "missing"), "true")
+
+
+def test_location_that_cannot_be_opened_is_one_line(ucore_cli: Ucore, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    err = assert_error_line(ucore_cli.fails(2, "run", "--location", str(tmp_path / "file"), "true"))
+    assert "not a directory" in err.lower()
+    if os.geteuid() == 0:
+        return  # root opens what it likes
+    locked = tmp_path / "locked"
+    (locked / "root").mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        for path in (locked, locked / "root"):
+            result = ucore_cli.fails(2, "run", "--location", str(path), "true")
+            assert "permission denied" in assert_error_line(result).lower()
+    finally:
+        locked.chmod(0o700)
 
 
 def test_unknown_target_is_one_clear_line(ucore_cli: Ucore) -> None:

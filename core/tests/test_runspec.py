@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 import threading
 import time
 from pathlib import Path
@@ -182,6 +183,34 @@ def test_env_file_names_with_whitespace_are_refused(root: Path, tmp_path: Path) 
         build(root, env_files=(str(tmp_path / "missing"),))
 
 
+def test_env_file_is_read_as_docker_reads_it(tmp_path: Path) -> None:
+    """Lines end at ``\\n`` only (a ``\\r`` before it goes, as for a file written on Windows);
+    a UTF-8 byte order mark at the start is not part of the first name; a form feed or a
+    Unicode line separator in a value is part of the value."""
+    env_file = tmp_path / "env"
+    env_file.write_bytes(b"\xef\xbb\xbfA=1\r\nB=x\x0cy\nC=\xe2\x80\xa8z\r\n\r\nD=last")
+    pairs = runspec.parse_env_file(str(env_file), {})
+    assert pairs == [("A", "1"), ("B", "x\x0cy"), ("C", "\u2028z"), ("D", "last")]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [(b"A=1\nB=x\x00y\n", "line 2: NUL byte"), (b"\xffA=1\n", "codec"), (b"=1\n", "no variable")],
+)
+def test_env_file_errors_are_one_line(tmp_path: Path, content: bytes, error: str) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_bytes(content)
+    with pytest.raises(UsageError, match=error) as caught:
+        runspec.parse_env_file(str(env_file), {})
+    assert "\n" not in str(caught.value)
+
+
+def test_env_file_that_never_ends_is_refused() -> None:
+    """``--env-file /dev/zero`` (a slip of the keyboard) must not read until memory runs out."""
+    with pytest.raises(UsageError, match="larger than"):
+        runspec.parse_env_file("/dev/zero", {})
+
+
 def test_plugin_env_never_overrides_the_users(root: Path) -> None:
     results = [{"env": {"CUDA_VISIBLE_DEVICES": "0", "MINE": "plugin", "IMG": "plugin"}}]
     spec = build(root, {"Cmd": ["sh"], "Env": ["IMG=image"]}, results=results, env=("MINE=user",))
@@ -323,6 +352,19 @@ def test_workdir_in_pseudo_filesystems_is_refused(root: Path, workdir: str) -> N
     assert not (root / "proc" / "self").exists()
 
 
+def test_workdir_through_a_missing_directory_and_dotdot(root: Path) -> None:
+    """``missing/..`` cancels out, as Docker resolves a WorkingDir: a link to
+    ``missing/../tmp`` is ``/tmp``, which exists and is not made again."""
+    (root / "w").symlink_to("missing/../tmp")
+    (root / "deep").symlink_to("/missing/more/../../tmp/app")
+    assert inroot.resolve(root, "/w") == inroot.Walk("/tmp", 0, stat.S_IFDIR)
+    assert inroot.resolve(root, "/deep/x") == inroot.Walk("/tmp/app/x", 2, None)
+    assert build(root, {"Cmd": ["sh"], "WorkingDir": "/w"}).cwd == "/tmp"
+    assert build(root, workdir="/deep/x").cwd == "/tmp/app/x"
+    assert (root / "tmp" / "app" / "x").is_dir()
+    assert not (root / "missing").exists()
+
+
 def test_workdir_in_a_volume_is_not_made_in_the_root(root: Path, tmp_path: Path) -> None:
     spec = build(root, workdir="/work/sub", volumes=(f"{tmp_path}:/work",))
     assert spec.cwd == "/work/sub"
@@ -339,7 +381,7 @@ def test_relative_workdir_from_the_command_line_is_refused(root: Path) -> None:
 
 def test_cpuset() -> None:
     assert runspec.parse_cpuset("0-2,5") == {0, 1, 2, 5}
-    for bad in ("", "a", "3-1", "-1"):
+    for bad in ("", "a", "3-1", "-1", "0-", "1,", "\uff10", "1-\uff12", "+1"):
         with pytest.raises(UsageError):
             runspec.parse_cpuset(bad)
     allowed = min(os.sched_getaffinity(0))
@@ -389,6 +431,37 @@ def test_host_accounts_are_private_copies(root: Path, tmp_path: Path) -> None:
     # bound where the image's link leads, inside the root: never over the host file
     assert str(host_file) in {m.target for m in spec.mounts}
     assert host_file.read_text() == "untouched\n"
+
+
+@pytest.mark.parametrize("kind", ["proc", "dir", "loop"])
+def test_host_accounts_are_not_bound_where_they_cannot_be(root: Path, kind: str) -> None:
+    """An image whose /etc/passwd leads under /proc (a link to /proc/self/environ), is a
+    directory, or is a loop of links: a file cannot be bound there (runc and crun fail to
+    start, in two lines), so the container keeps its own, and its /etc/group copy still is."""
+    passwd = root / "etc" / "passwd"
+    passwd.unlink()
+    if kind == "proc":
+        passwd.symlink_to("/proc/self/environ")
+    elif kind == "dir":
+        passwd.mkdir()
+    else:
+        passwd.symlink_to("../../../etc/passwd")
+    spec = build(root, hostauth=True)
+    # root is in the image's /etc/group already; another user's group is added
+    assert [m.target for m in spec.mounts] == ([] if os.getgid() == 0 else ["/etc/group"])
+    me = pwd.getpwuid(os.getuid()).pw_name
+    with pytest.raises(UsageError, match="no user"):
+        build(root, hostauth=True, user=me)
+
+
+def test_mounts_under_proc_are_refused(root: Path, tmp_path: Path) -> None:
+    """/proc shows the host's processes: runc refuses a bind there and crun fails in two
+    lines; an image link can aim a volume there too."""
+    (root / "data").symlink_to("/proc/self/root")
+    for target in ("/proc/x", "/proc", "/data", "/data/etc"):
+        with pytest.raises(UsageError, match="under /proc"):
+            build(root, volumes=(f"{tmp_path}:{target}",))
+    assert "/proc" in {m.target for m in build(root, sysdirs=True).mounts}
 
 
 # --- paths inside the root ------------------------------------------------------------------------

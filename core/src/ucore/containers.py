@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _ID = re.compile(r"[0-9a-f]{32}")
+#: Staging (create, clone) and trash (rm) directories: ``.KIND-ID.HOST.PID``.
+_LEFTOVER = re.compile(
+    r"\.(?P<kind>staging|removing)-(?P<id>[0-9a-f]{32})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)"
+)
 META = "container.json"
 #: A copy of the image config (Entrypoint, Cmd, Env, ...), as udocker keeps one: a run reads
 #: it without touching the image's blobs, and the container still runs after ``rmi``.
@@ -183,6 +187,7 @@ def release_name(store: Store, name: str, cid: Optional[str] = None) -> bool:
 def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tuple[str, Path]]:
     """Reserve the name, hand out a staging directory, and publish it as ``containers/<id>``
     when the block completes; when it fails, remove the staging directory and the name."""
+    remove_leftovers(store)
     cid = os.urandom(16).hex()
     if name is not None:
         reserve_name(store, name, cid)
@@ -191,18 +196,11 @@ def _new_container(store: Store, name: Optional[str], what: str) -> Iterator[tup
         yield cid, staging
         os.rename(staging, store.containers / cid)
     except BaseException as exc:
-        import shutil
-
         remove_tree(staging)
         if name is not None:
             release_name(store, name, cid)
-        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-            _src, _dst, why = exc.args[0][0]
-            raise StoreError(f"{what}: {why}".splitlines()[0]) from None
         if isinstance(exc, OSError):
             raise store_error(exc, what) from exc
-        if isinstance(exc, RecursionError):
-            raise StoreError(f"{what}: the tree nests too deep") from None
         raise
 
 
@@ -297,21 +295,117 @@ def update(store: Store, container: Container, **changes: Any) -> Container:
 
 
 def remove(store: Store, container: Container, force: bool = False) -> None:
+    label = container.names[0] if container.names else container.id
     if container.protected and not force:
+        raise UsageError(f"container {label} is protected: 'ucore unprotect' it first")
+    mounted = mounts_under(container.dir)
+    if mounted:
         raise UsageError(
-            f"container {container.names[0] if container.names else container.id}"
-            " is protected: 'ucore unprotect' it first"
+            f"container {label} has a filesystem mounted at {mounted[0]}: unmount it first"
         )
     trash = store.containers / f".removing-{container.id}.{HOST}.{os.getpid()}"
-    try:
-        os.rename(container.dir, trash)
-    except FileNotFoundError:
-        raise NotFoundError(f"container {container.id} was already removed") from None
-    except OSError as exc:
-        raise store_error(exc, f"removing container {container.id}") from exc
+    with _locked(container, exclusive=True) as held:
+        if not held:
+            raise UsageError(f"container {label} is in use by a running 'ucore run'")
+        try:
+            os.rename(container.dir, trash)
+        except OSError as exc:
+            raise store_error(exc, f"removing container {container.id}") from exc
     for name in container.names:
         release_name(store, name, container.id)
     remove_tree(trash)
+
+
+@contextlib.contextmanager
+def running(container: Container) -> Iterator[None]:
+    """Held while ``ucore run`` uses the container, so that ``rm`` refuses to delete files
+    from under the command, as Docker refuses to remove a running container."""
+    with _locked(container, exclusive=False) as held:
+        if not held:
+            raise NotFoundError(f"container {container.id} is being removed")
+        yield
+
+
+@contextlib.contextmanager
+def _locked(container: Container, exclusive: bool) -> Iterator[bool]:
+    """A lock on the container's directory (runs share it, rm takes it alone), never waited
+    for; yields whether it was had. Where the filesystem cannot lock (some NFS), it is had:
+    locks here only avoid harm, they cannot be relied on. The directory must still be the
+    container's once locked (not renamed away by an rm that held the lock meanwhile)."""
+    import fcntl
+
+    try:
+        fd = os.open(container.dir, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise NotFoundError(f"container {container.id} was removed") from None
+    except OSError as exc:
+        raise store_error(exc, f"opening container {container.id}") from exc
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            pass
+        try:
+            moved = not os.path.samestat(os.fstat(fd), os.stat(container.dir))
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise NotFoundError(f"container {container.id} was removed")
+        yield True
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(store: Store) -> set[str]:
+    """Finish what a ``create``, ``clone`` or ``rm`` killed outright left: its staging or
+    trash directory (named with host and pid), once that process is gone (on another host:
+    a day after it last changed). Each is first renamed to a trash name of this process, so
+    that of many jobs doing this at once only one removes it. Returns the ids whose removal
+    was finished."""
+    finished = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(store.containers):
+            m = _LEFTOVER.fullmatch(entry)
+            if not m or m["pid"] == str(os.getpid()):
+                continue
+            if m["host"] == HOST:
+                if pid_alive(int(m["pid"])):
+                    continue
+            elif not _older_than(store.containers / entry, _STALE_FOREIGN):
+                continue
+            if mounts_under(store.containers / entry):
+                continue
+            trash = store.containers / f".removing-{m['id']}.{HOST}.{os.getpid()}"
+            try:
+                os.rename(store.containers / entry, trash)
+            except OSError:
+                continue  # another job took it first
+            with contextlib.suppress(StoreError):
+                remove_tree(trash)
+            if m["kind"] == "removing":
+                finished.add(m["id"])
+    return finished
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, which removing the tree would empty: a bind mount
+    left behind, a data set mounted with FUSE. Whether something is mounted on a directory
+    cannot be told from the directory (a bind mount of the same filesystem looks like any
+    other), so the mount table says; without one, nothing is known to be mounted."""
+    top = os.path.realpath(path)
+    found = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            if len(fields) > 4:
+                point = re.sub(rb"\\([0-3][0-7]{2})", lambda m: bytes([int(m[1], 8)]), fields[4])
+                where = os.fsdecode(point)
+                if where == top or where.startswith(top + "/"):
+                    found.append(where)
+    return found
 
 
 def remove_tree(path: Path) -> None:
@@ -389,9 +483,10 @@ def _empty_tree(top: Path) -> None:
 
 
 def size_of(container: Container) -> int:
-    """Bytes allocated under the root; iterative (see :func:`remove_tree`), and what cannot
-    be read is not counted."""
+    """Bytes allocated under the root, as ``du`` counts them (an inode with several links
+    once); iterative (see :func:`remove_tree`), and what cannot be read is not counted."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     pending = [str(container.root)]
     while pending:
         with contextlib.suppress(OSError), os.scandir(pending.pop()) as it:
@@ -399,58 +494,24 @@ def size_of(container: Container) -> int:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(entry.path)
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
     return total
 
 
 def clone(session: Session, source: Container, name: Optional[str] = None) -> Container:
-    """Copy a container (links kept as links, modes kept) into a new one."""
-    import shutil
+    """Copy a container into a new one, as it is (see :func:`ucore.treewalk.copy_tree`)."""
+    from ucore.treewalk import copy_tree
 
     store = session.store
     with _new_container(store, name, f"cloning container {source.id}") as (cid, staging):
-        shutil.copytree(source.dir, staging, symlinks=True, copy_function=_copy_owned)
+        copy_tree(source.dir, staging)
         meta = _read_meta(staging)
         meta.update({"created": time.time(), "protected": False, "cloned_from": source.id})
         _write_meta(staging, meta)
     return _container(store, cid)
-
-
-def _copy_owned(src: str, dst: str) -> Any:
-    """``copy2`` that can also copy a file its owner may not read (an image's mode 0000
-    file, kept as it is by an unprivileged unpack): read permission is granted for the copy,
-    through a descriptor checked to be a regular file (never a symlink), and taken back.
-
-    FIFOs, sockets and device nodes are made anew, never opened: ``copy2`` refuses a FIFO,
-    and would read a device (as root, a clone of an image with ``/dev/zero`` fills the disk).
-    """
-    import shutil
-
-    st = os.lstat(src)
-    if not stat.S_ISREG(st.st_mode):
-        os.mknod(dst, st.st_mode, st.st_rdev)
-        shutil.copystat(src, dst, follow_symlinks=False)
-        return dst
-    try:
-        return shutil.copy2(src, dst, follow_symlinks=False)
-    except PermissionError:
-        if st.st_uid != os.geteuid():
-            raise
-    fd = os.open(src, getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        now = os.fstat(fd)
-        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise StoreError(f"{src} changed while it was being copied")
-        mode = stat.S_IMODE(now.st_mode)
-        os.chmod(f"/proc/self/fd/{fd}", mode | stat.S_IRUSR)
-        try:
-            with open(f"/proc/self/fd/{fd}", "rb") as fin, open(dst, "xb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-            shutil.copystat(src, dst, follow_symlinks=False)
-        finally:
-            os.chmod(f"/proc/self/fd/{fd}", mode)
-        os.chmod(dst, mode)
-    finally:
-        os.close(fd)
-    return dst

@@ -39,16 +39,36 @@ def container_accounts(root: Path) -> Accounts:
 
 def host_accounts(root: Path, state_dir: Path) -> Accounts:
     """The container's files plus the invoking user and its primary group, written to
-    ``state_dir`` and bound over the originals."""
+    ``state_dir`` and bound over the originals, where a file can be (see :func:`_bindable`)."""
     own = container_accounts(root)
-    passwd = with_user(own.passwd, _user_line())
-    group = with_group(own.group, _group_line())
-    mounts = tuple(
-        Mount(str(_write(state_dir, name, text)), f"/etc/{name}")
-        for name, text, original in (("passwd", passwd, own.passwd), ("group", group, own.group))
-        if text != original
-    )
-    return Accounts(passwd, group, mounts)
+    texts = {
+        "passwd": with_user(own.passwd, _user_line()),
+        "group": with_group(own.group, _group_line()),
+    }
+    mounts = []
+    for name, original in (("passwd", own.passwd), ("group", own.group)):
+        if texts[name] == original:
+            continue
+        if _bindable(root, f"/etc/{name}"):
+            mounts.append(Mount(str(_write(state_dir, name, texts[name])), f"/etc/{name}"))
+        else:
+            texts[name] = original
+    return Accounts(texts["passwd"], texts["group"], tuple(mounts))
+
+
+def _bindable(root: Path, path: str) -> bool:
+    """Whether a file can be bound over the image's ``path``: it is a regular file, or
+    nothing (the engine makes the mount point), and no image link aims it under ``/proc``,
+    ``/sys`` or ``/dev``. A directory there, or a loop of links, is the image's own affair."""
+    import stat
+
+    try:
+        walk = inroot.resolve(root, path)
+    except OSError:
+        return False
+    if any(inroot.under(walk.path, p) for p in inroot.PSEUDO):
+        return False
+    return walk.missing > 0 or (walk.mode is not None and stat.S_ISREG(walk.mode))
 
 
 def with_user(text: str, line: str) -> str:

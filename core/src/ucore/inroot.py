@@ -19,6 +19,9 @@ from typing import Callable, NamedTuple, Optional
 from ucore.builtin.unpack.rootfs import DIR_FLAGS, MAX_LINKS
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: Where the engines show host objects, not the image's: the host's processes (``/proc/self/fd/N``
+#: names a host directory), kernel state and devices.
+PSEUDO = ("/proc", "/sys", "/dev")
 
 
 class Walk(NamedTuple):
@@ -35,6 +38,11 @@ class Walk(NamedTuple):
 def resolve(root: Path, path: str) -> Walk:
     """Canonical form of ``path`` inside ``root``; a missing tail is kept as written."""
     return _walk(root, path, None)
+
+
+def under(path: str, top: str) -> bool:
+    """Whether canonical ``path`` is ``top`` or below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def read_file(root: Path, path: str, limit: int) -> Optional[bytes]:
@@ -117,7 +125,13 @@ def _walk(root: Path, path: str, leaf: Optional[Callable[[int, str], None]]) -> 
             try:
                 mode = os.stat(comp, dir_fd=fds[-1], follow_symlinks=False).st_mode
             except FileNotFoundError:
-                return _missing(names, [comp, *reversed(pending)])
+                rest = [comp, *reversed(pending)]
+                if ".." not in rest:
+                    return _missing(names, rest)
+                # ``missing/..`` cancels out, as Docker's FollowSymlinkInScope resolves it:
+                # what follows may exist after all, so the walk goes on from here
+                pending = posixpath.normpath("/".join(rest)).split("/")[::-1]
+                continue
             if stat.S_ISLNK(mode):
                 links += 1
                 if links > MAX_LINKS:

@@ -1,15 +1,13 @@
 """``export`` and ``import``: a container's root filesystem to a tarball, a tarball to an image.
 
-Export walks the root with directory descriptors and never follows a symlink: symlinks are
+Export walks the root as :mod:`ucore.treewalk` does, never following a symlink: symlinks are
 stored as links, hardlinks as hardlinks, and a program in the container that planted a link to
 ``/etc/shadow`` gets a link in the tarball, never the host file. The tarball says what the
 image said, not what an unprivileged unpack had to do: directories the unpacker opened up get
 back their recorded modes (a ``0000`` directory is ``0000`` in the tarball), and, when the
 exporter is not root, files it owns are written as owned by root (uid/gid 0), as they appear
 inside the container under root emulation. As root the owners on disk are kept: a privileged
-unpack kept the image's owners. Something the exporter cannot read because a program in the
-container took the permission away is opened up for the moment of reading, through a
-descriptor (never a path a rival could swap), and closed again.
+unpack kept the image's owners.
 
 Import streams the tarball once (a file or stdin): its bytes go into a blob as they arrive
 (gzip and zstd kept as they are, so nothing is compressed twice), the tar is parsed as it
@@ -45,14 +43,11 @@ from ucore.layers import compression
 from ucore.model import Container
 from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
 from ucore.store import Store, store_error
+from ucore.treewalk import DIR_FLAGS, Walker
 
 if TYPE_CHECKING:
     from ucore.session import Session
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-_O_PATH = getattr(os, "O_PATH", 0)
-_SETID = stat.S_ISUID | stat.S_ISGID
 _CHUNK = 1 << 20
 #: The environment an imported image gets; a rootfs tarball carries no config of its own.
 IMPORT_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -97,29 +92,16 @@ def recorded(container: Container) -> Recorded:
     return Recorded(modes, devices)
 
 
-class _Opened:
-    """Permission granted for a moment, and the O_PATH descriptor to take it back through."""
-
-    def __init__(self, path_fd: int, mode: int) -> None:
-        self.path_fd = path_fd
-        self.mode = mode
-
-    def restore(self) -> None:
-        try:
-            os.chmod(f"/proc/self/fd/{self.path_fd}", self.mode)
-        finally:
-            os.close(self.path_fd)
-
-
-class _Exporter:
-    def __init__(self, tar: tarfile.TarFile, record: Recorded) -> None:
+class _Exporter(Walker):
+    def __init__(self, tar: tarfile.TarFile, record: Recorded, root: Path) -> None:
+        super().__init__()
         self.tar = tar
-        self.record = record
-        self.euid = os.geteuid()
         self.egid = os.getegid()
+        self.modes = record.modes
+        self.devices = record.devices
+        self.device_inodes = _placeholders(root, record.devices)
+        #: The first path written of each inode with more than one link.
         self.links: dict[tuple[int, int], str] = {}
-        #: Directories on the current path that were opened up, by their path.
-        self.opened: dict[str, _Opened] = {}
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         if self.euid == 0:
@@ -141,74 +123,31 @@ class _Exporter:
         """The image's mode where the unpacker had to change it, unless a program in the
         container has changed it since (then the disk is the truth)."""
         now = stat.S_IMODE(st.st_mode)
-        image = self.record.modes.get(path)
+        image = self.modes.get(path)
         if image is None:
             return now
         from ucore.builtin.unpack.extract import rootless_mode
 
         return image if now == rootless_mode(image, stat.S_ISDIR(st.st_mode)) else now
 
-    def _open(
-        self, dir_fd: int, name: str, st: os.stat_result, flags: int, bits: int
-    ) -> tuple[int, Optional[_Opened]]:
-        """Open an entry we stat'ed; if the owner lacks ``bits`` (and we are the owner), grant
-        them first through an O_PATH descriptor checked to be that entry, so a rival swapping
-        the name for a symlink cannot redirect the chmod, and open that same inode."""
-        opened = None
-        target: str = name
-        at: Optional[int] = dir_fd
-        if self.euid != 0 and st.st_uid == self.euid and (st.st_mode & bits) != bits:
-            pfd = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            opened = _Opened(pfd, stat.S_IMODE(st.st_mode))
-            try:
-                _same(os.fstat(pfd), st, name)
-                os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(st.st_mode) | bits)
-            except BaseException:
-                opened.restore()
-                raise
-            target, at, flags = f"/proc/self/fd/{pfd}", None, flags & ~os.O_NOFOLLOW
-        try:
-            fd = os.open(target, flags, dir_fd=at)
-            try:
-                _same(os.fstat(fd), st, name)
-            except BaseException:
-                os.close(fd)
-                raise
-        except BaseException:
-            if opened is not None:
-                opened.restore()
-            raise
-        return fd, opened
-
-    def file(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> None:
+    def entry(self, dir_fd: int, name: str, path: str, st: os.stat_result) -> Optional[int]:
+        """Write one entry; for a directory, return its descriptor to walk into. The first
+        path of an inode with several links is written as what it is, the others as hardlinks
+        to it, whatever it is (as tar does)."""
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self.tar.addfile(self.info(path, st, tarfile.DIRTYPE))
+            return self.open_dir(dir_fd, name, path, st)
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self.links:
             info = self.info(path, st, tarfile.LNKTYPE)
             info.linkname = self.links[key]
             self.tar.addfile(info)
-            return
-        fd, opened = self._open(dir_fd, name, st, FILE_FLAGS, stat.S_IRUSR)
-        if opened is not None:
-            opened.restore()  # reading an open descriptor needs no permission
-        with os.fdopen(fd, "rb") as f:
-            info = self.info(path, st, tarfile.REGTYPE)
-            info.size = st.st_size
-            self.tar.addfile(info, f)
-        if st.st_nlink > 1:
-            self.links[key] = path
-
-    def entry(self, dir_fd: int, name: str, path: str) -> Optional[int]:
-        """Write one entry; for a directory, return its descriptor to walk into."""
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            self.tar.addfile(self.info(path, st, tarfile.DIRTYPE))
-            fd, opened = self._open(dir_fd, name, st, DIR_FLAGS, stat.S_IRUSR | stat.S_IXUSR)
-            if opened is not None:
-                self.opened[path] = opened  # taken back when the walk leaves it
-            return fd
-        if stat.S_ISREG(mode) and st.st_size == 0 and path in self.record.devices:
-            device = self.record.devices[path]
+            return None
+        device = None
+        if stat.S_ISREG(mode) and st.st_size == 0:
+            device = self.device_inodes.get(key) or self.devices.get(path)
+        if device is not None:
             info = self.info(
                 path, st, tarfile.CHRTYPE if device["type"] == "char" else tarfile.BLKTYPE
             )
@@ -217,7 +156,10 @@ class _Exporter:
                 info.devmajor, info.devminor = int(device["major"]), int(device["minor"])
             self.tar.addfile(info)
         elif stat.S_ISREG(mode):
-            self.file(dir_fd, name, path, st)
+            with os.fdopen(self.open_file(dir_fd, name, st), "rb") as f:
+                info = self.info(path, st, tarfile.REGTYPE)
+                info.size = st.st_size
+                self.tar.addfile(info, f)
         elif stat.S_ISLNK(mode):
             info = self.info(path, st, tarfile.SYMTYPE)
             info.mode = 0o777
@@ -229,57 +171,43 @@ class _Exporter:
             self.tar.addfile(info)
         elif stat.S_ISFIFO(mode):
             self.tar.addfile(self.info(path, st, tarfile.FIFOTYPE))
-        # sockets are not archived (as tar and docker export do)
+        else:
+            return None  # sockets are not archived (as tar and docker export do)
+        if st.st_nlink > 1:
+            self.links[key] = path
         return None
 
-    def _leave(self, path: str) -> None:
-        opened = self.opened.pop(path, None)
-        if opened is not None:
-            opened.restore()
 
-    def walk(self, root: Path) -> None:
-        """Depth first, sorted, holding one directory descriptor at a time (an image can nest
-        deeper than the open-file limit); going up opens ``..``, safe because every directory
-        on the way was opened below the root without following a symlink."""
+def _placeholders(root: Path, devices: dict[str, dict[str, Any]]) -> dict[tuple[int, int], Any]:
+    """The recorded device nodes by inode, so that the first of their hardlinks the walk
+    meets is written as the device; only a placeholder still at its own path counts (each
+    directory on the way opened without following a symlink), as the walk would find it."""
+    found: dict[tuple[int, int], Any] = {}
+    for path, device in devices.items():
+        *parents, base = path.split("/")
         fd = os.open(root, DIR_FLAGS)
-        stack: list[tuple[str, list[str]]] = [("", sorted(os.listdir(fd), reverse=True))]
         try:
-            while stack:
-                dpath, pending = stack[-1]
-                if pending:
-                    name = pending.pop()
-                    path = f"{dpath}/{name}" if dpath else name
-                    child = self.entry(fd, name, path)
-                    if child is not None:
-                        os.close(fd)
-                        fd = child
-                        stack.append((path, sorted(os.listdir(fd), reverse=True)))
-                    continue
-                stack.pop()
-                if stack:
-                    parent = os.open("..", DIR_FLAGS, dir_fd=fd)
-                    os.close(fd)
-                    fd = parent
-                    self._leave(dpath)
+            for name in parents:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue
         finally:
             os.close(fd)
-            for path in sorted(self.opened, reverse=True):
-                self._leave(path)
-
-
-def _same(now: os.stat_result, then: os.stat_result, name: str) -> None:
-    if (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino) or stat.S_IFMT(
-        now.st_mode
-    ) != stat.S_IFMT(then.st_mode):
-        raise StoreError(f"export: {name!r} changed while it was being exported")
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            found[(st.st_dev, st.st_ino)] = device
+    return found
 
 
 def export(container: Container, out: IO[bytes]) -> None:
     """Write the container's root filesystem to ``out`` as a PAX tarball."""
     record = recorded(container)
+    root = Path(container.root)
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _Exporter(tar, record).walk(Path(container.root))
+            _Exporter(tar, record, root).walk(root)
     except OSError as exc:
         if exc.errno in (errno.EPIPE,):
             raise

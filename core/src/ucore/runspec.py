@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: udocker's default host binds, each only where the host has it.
 SYSDIRS = ("/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/host.conf", "/lib/modules")
-#: Where a working directory is refused: these name host objects, not the image's.
-PSEUDO = ("/proc", "/sys", "/dev")
 _MAX_UID = 2**32 - 2
+#: Characters of an ``--env-file``: Linux takes at most 2 MiB of arguments and environment.
+MAX_ENV_FILE = 4 << 20
 
 
 class RunOptions(NamedTuple):
@@ -243,18 +243,26 @@ def parse_env(text: str, environ: Mapping[str, str], where: str) -> Optional[tup
 
 def parse_env_file(path: str, environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """Docker's env-file format: ``NAME=VALUE`` or ``NAME`` per line, ``#`` comments, values
-    taken verbatim (no quotes, no expansion)."""
+    taken verbatim (no quotes, no expansion). As Docker reads it, lines end at ``\\n`` only
+    (``splitlines`` would also cut a value at a form feed), a ``\\r`` before it is dropped, and a
+    byte order mark is not part of the first name. It can be a pipe (``<(...)``), so its size
+    is known only by reading: at most :data:`MAX_ENV_FILE` characters are."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read(MAX_ENV_FILE + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--env-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(text) > MAX_ENV_FILE:
+        raise UsageError(f"--env-file {path}: larger than {MAX_ENV_FILE >> 20} MiB")
     pairs = []
-    for number, raw in enumerate(lines, 1):
-        line = raw.lstrip()
+    for number, raw in enumerate(text.split("\n"), 1):
+        where = f"--env-file {path} line {number}"
+        line = (raw[:-1] if raw.endswith("\r") else raw).lstrip()
         if not line or line.startswith("#"):
             continue
-        pair = parse_env(line, environ, f"--env-file {path} line {number}")
+        if "\0" in line:
+            raise UsageError(f"{where}: NUL byte, which no environment can hold")
+        pair = parse_env(line, environ, where)
         if pair is not None:
             pairs.append(pair)
     return pairs
@@ -387,6 +395,11 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
             raise UsageError(f"cannot mount {m.source} on {m.target}: {exc}") from None
         if target == "/":
             raise UsageError(f"cannot mount {m.source} over the container's root directory")
+        if inroot.under(target, "/proc") and (target, m.source) != ("/proc", "/proc"):
+            raise UsageError(
+                f"cannot mount {m.source} on {m.target}: it is under /proc (at {target}),"
+                " which shows the host's processes"
+            )
         placed.pop(target, None)
         placed[target] = m._replace(target=target)
     return tuple(sorted(placed.values(), key=lambda m: m.target.count("/")))
@@ -396,13 +409,9 @@ def covering(path: str, mounts: Iterable[Mount]) -> Optional[Mount]:
     """The mount whose target holds ``path`` (the deepest one), if any."""
     best = None
     for m in mounts:
-        if _under(path, m.target) and (best is None or len(m.target) > len(best.target)):
+        if inroot.under(path, m.target) and (best is None or len(m.target) > len(best.target)):
             best = m
     return best
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 # --- working directory, command, CPUs ---------------------------------------------------------
@@ -421,7 +430,7 @@ def _workdir(root: Path, text: str, mounts: Sequence[Mount], from_image: bool) -
     except OSError as exc:
         raise UsageError(f"{where}: {exc}") from None
     for candidate in (path, walk.path):
-        if any(_under(candidate, p) for p in PSEUDO):
+        if any(inroot.under(candidate, p) for p in inroot.PSEUDO):
             error = IntegrityError if from_image else UsageError
             raise error(f"{where}: a working directory under /proc, /sys or /dev is refused")
     if covering(path, mounts) is not None:
@@ -484,11 +493,13 @@ def _executable(root: Path, path: str, mounts: Sequence[Mount]) -> Optional[bool
 
 
 def parse_cpuset(text: str) -> frozenset[int]:
-    """``0-3,6`` (Docker's and taskset's list format)."""
+    """``0-3,6`` (Docker's and taskset's list format): ASCII numbers, both ends of a range."""
     cpus: set[int] = set()
     try:
         for part in text.split(","):
-            low, _, high = part.strip().partition("-")
+            low, dash, high = part.strip().partition("-")
+            if not _is_number(low) or (dash and not _is_number(high)):
+                raise ValueError
             first, last = int(low), int(high or low)
             if first < 0 or last < first or last - first > 65536:
                 raise ValueError

@@ -249,13 +249,15 @@ def _familiar(image: str) -> str:
 
 def cmd_rm(session: Session, args: argparse.Namespace) -> int:
     """Remove each container given; go on past failures (as udocker does) and report the
-    first, with a count of the others, as the one error line."""
+    first, with a count of the others, as the one error line. A container whose removal
+    was killed half way is no longer found by name, but its id still removes it."""
     store = session.store
+    finished = containers.remove_leftovers(store)
     failures: list[UcoreError] = []
     for text in args.container:
         try:
-            container = containers.lookup(store, text)
-            containers.remove(store, container, force=args.force)
+            if text not in finished:
+                containers.remove(store, containers.lookup(store, text), force=args.force)
         except UcoreError as exc:
             failures.append(exc)
             continue

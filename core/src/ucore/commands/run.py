@@ -166,6 +166,8 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
     else:
         if not rest:
             raise UsageError("run: give a CONTAINER or an IMAGE (or --location DIR)")
+        if args.name is not None:
+            containers.check_name(args.name)  # before a pull, not after it
         container = _container(session, rest[0], args)
         command = rest[1:]
     if command and command[0] == "--":
@@ -189,9 +191,10 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         kernel=args.kernel,
     )
     try:
-        config = {} if args.nometa else containers.image_config(container)
-        spec = runspec.build(session, container, config, opts)
-        return session.execute(container, spec)
+        with containers.running(container):
+            config = {} if args.nometa else containers.image_config(container)
+            spec = runspec.build(session, container, config, opts)
+            return session.execute(container, spec)
     finally:
         if container.location is not None:
             import shutil
@@ -202,9 +205,12 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
 
 
 def _location(text: str) -> Container:
+    """A root directory outside the store, which must be one the user can open."""
     root = Path(text).expanduser().resolve()
-    if not root.is_dir():
-        raise UsageError(f"--location {text}: not a directory")
+    try:
+        os.close(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise UsageError(f"--location {text}: {exc.strerror}") from None
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="ucore-run-"))
@@ -253,11 +259,17 @@ def _image(session: Session, text: str, policy: str) -> Image:
 
 
 def _remove(session: Session, container: Container) -> None:
+    """``--rm``: what keeps the container (protected, in use by another run) is a warning,
+    not a failure of the run."""
     if container.protected:
         log.warning("--rm: the container is protected and was kept", container=container.id)
         return
-    with contextlib.suppress(NotFoundError):
+    try:
         containers.remove(session.store, container)
+    except NotFoundError:
+        pass
+    except UsageError as exc:
+        log.warning(f"--rm: {exc}; it was kept", container=container.id)
 
 
 # --- setup ----------------------------------------------------------------------------------
