@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,50 @@ def test_pull_reuse_runs_the_named_container(ucore_cli: Ucore, proxy: FaultProxy
     assert out == "1\n"
     assert len(ps(ucore_cli)) == 1
     ucore_cli.fails(2, "run", "--name", "job", image, "true")  # the name is taken
+
+
+def test_pull_reuse_waits_for_the_job_creating_the_container(
+    ucore_cli: Ucore, proxy: FaultProxy
+) -> None:
+    """The jobs of an array start together with ``--pull=reuse --name``: those that find the
+    name reserved by a creator still at work wait, then run, instead of failing. Here the
+    creator is a process that reserves the name and dies without creating: the waiting job
+    takes the name over when it is gone and creates the container itself."""
+    image = f"{proxy.address}/busybox:latest"
+    ucore_cli.ok("pull", image)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from ucore.containers import reserve_name\n"
+            "from pathlib import Path\n"
+            "from ucore.store import Store\n"
+            "reserve_name(Store(Path(sys.argv[1])).ensure(), 'job', '0' * 32)\n"
+            "print('reserved', flush=True)\n"
+            "time.sleep(2)\n",
+            str(ucore_cli.store),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # reaped as soon as it ends: a zombie's pid still looks alive
+    threading.Thread(target=holder.wait, daemon=True).start()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "reserved\n"
+        result = ucore_cli.ok("run", "--name", "job", "--pull=reuse", image, "true")
+        assert holder.poll() is not None, "the run did not wait for the holder"
+        assert "being created by pid" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [row["names"] for row in ps(ucore_cli)] == [["job"]]
+    jobs = [
+        ucore_cli.popen("run", "--name", "many", "--pull=reuse", image, "true") for _ in range(4)
+    ]
+    results = [(job.wait(timeout=120), job.communicate()) for job in jobs]
+    assert [code for code, _ in results] == [0] * 4, results
+    assert len(ps(ucore_cli)) == 2
 
 
 @pytest.mark.parametrize("name", ["../x", "bad name", "0123456789abcdef0123456789abcdef", "-x"])

@@ -99,6 +99,15 @@ def _name_owner(store: Store, name: str) -> tuple[Optional[str], str]:
     return (text[0] if text and _ID.fullmatch(text[0]) else None), " ".join(text[1:])
 
 
+class NameInUseError(UsageError):
+    """The name belongs to another container (``run --pull=reuse`` then runs in that one)."""
+
+
+class NameBusyError(NameInUseError):
+    """The name is reserved by a create or clone that has not finished (and may still
+    succeed): ``run --pull=reuse`` waits for it instead of failing."""
+
+
 def reserve_name(store: Store, name: str, cid: str) -> None:
     """Claim a name for a container id, atomically; a reservation whose container never
     appeared and whose process is gone is taken over.
@@ -126,14 +135,14 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
             except FileExistsError:
                 owner, reserver = _name_owner(store, name)
                 if owner and (store.containers / owner).is_dir():
-                    raise UsageError(f"container name {name!r} is already in use") from None
+                    raise NameInUseError(f"container name {name!r} is already in use") from None
                 host, _, pid = reserver.partition(" ")
                 if host == HOST and pid.isdigit() and pid_alive(int(pid)):
-                    raise UsageError(
+                    raise NameBusyError(
                         f"container name {name!r} is being created by pid {pid}"
                     ) from None
                 if host and host != HOST and not _older_than(path, _STALE_FOREIGN):
-                    raise UsageError(
+                    raise NameBusyError(
                         f"container name {name!r} is reserved by a process on host {host}"
                         " that has not finished ('ucore rmname' it if that job died)"
                     ) from None
@@ -143,7 +152,7 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    raise UsageError(f"container name {name!r} is already in use")
+    raise NameInUseError(f"container name {name!r} is already in use")
 
 
 def _older_than(path: Path, seconds: float) -> bool:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 PULL_POLICIES = ("missing", "never", "always", "reuse")
+#: How long ``--pull=reuse`` waits for another job creating the container (seconds).
+REUSE_WAIT = 1800.0
 #: Docker flags accepted for compatibility, and why they change nothing here.
 IGNORED = {
     "interactive": ("-i", "stdin is always passed through"),
@@ -233,7 +235,35 @@ def _container(session: Session, text: str, args: argparse.Namespace) -> Contain
                 " ('ucore name' gives it another name)"
             )
         return found
-    return containers.create(session, _image(session, text, args.pull), args.name)
+    image = _image(session, text, args.pull)
+    if args.pull == "reuse" and args.name:
+        return _create_or_reuse(session, image, args.name)
+    return containers.create(session, image, args.name)
+
+
+def _create_or_reuse(session: Session, image: Image, name: str) -> Container:
+    """``--pull=reuse --name N``: the batch jobs of an array all ask for N at once; one
+    creates it and the others wait for that one, then run in its container. A creator that
+    dies leaves a reservation the next attempt takes over, so the wait ends either way; it
+    is bounded for a creator on another host, which this one cannot see die."""
+    import time
+
+    waited, pause = 0.0, 0.1
+    while True:
+        try:
+            return containers.create(session, image, name)
+        except containers.NameBusyError as exc:
+            if waited >= REUSE_WAIT:
+                raise
+            if waited == 0:
+                log.warning(f"{exc}: waiting for it to finish", container=name)
+        except containers.NameInUseError:
+            with contextlib.suppress(NotFoundError):
+                return containers.lookup(session.store, name)  # made since we looked
+            raise
+        time.sleep(pause)
+        waited += pause
+        pause = min(pause * 2, 2.0)
 
 
 def _image(session: Session, text: str, policy: str) -> Image:
