@@ -396,9 +396,16 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
         if target == "/":
             raise UsageError(f"cannot mount {m.source} over the container's root directory")
         if inroot.under(target, "/proc") and (target, m.source) != ("/proc", "/proc"):
-            raise UsageError(
-                f"cannot mount {m.source} on {m.target}: it is under /proc (at {target}),"
-                " which shows the host's processes"
+            if inroot.under(m.target, "/proc"):  # what the user asked for
+                raise UsageError(
+                    f"cannot mount {m.source} on {m.target}: it is under /proc,"
+                    " which shows the host's processes"
+                )
+            # the image's doing: a default mount (/dev) or a volume led there by its links
+            raise IntegrityError(
+                f"the image's {m.target} is a symbolic link (or lies under one) to {target},"
+                f" under /proc, which shows the host's processes: refused to mount {m.source}"
+                " there"
             )
         placed.pop(target, None)
         placed[target] = m._replace(target=target)
