@@ -217,6 +217,51 @@ def test_rm(ucore_cli: Ucore, registry: RegistryServer) -> None:
     no_leftovers(ucore_cli)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"created": "yesterday"}', b'{"created": 1e400}', b'{"engine": 7}', b"\x00[", b"dir"],
+)
+def test_a_damaged_container_is_listed_and_removed_with_rm_force(
+    ucore_cli: Ucore, registry: RegistryServer, damage: bytes
+) -> None:
+    """A container record damaged by hand: ``ps`` still lists every container (the damaged
+    one flagged), commands using it fail in one line, and ``rm -f`` (only with -f: whether it
+    was protected cannot be read) removes it and frees its name."""
+    ref = f"{registry.address}/busybox:latest"
+    bad = create(ucore_cli, "--name", "bad", ref)
+    good = create(ucore_cli, "--name", "good", ref)
+    meta = ucore_cli.store / "containers" / bad / "container.json"
+    if damage == b"dir":
+        meta.unlink()
+        meta.mkdir()
+    else:
+        meta.write_bytes(damage)
+    rows = {r["id"]: r for r in ps(ucore_cli)}
+    assert set(rows) == {bad, good}
+    assert "error" in rows[bad] and rows[bad]["names"] == ["bad"] and "error" not in rows[good]
+    assert "bad" in ucore_cli.ok("ps").stdout
+    for command in (("inspect", "bad"), ("run", "bad", "true"), ("clone", "bad")):
+        ucore_cli.fails(7, *command)
+    assert "rm -f" in ucore_cli.fails(7, "rm", "bad").stderr
+    ucore_cli.ok("rm", "-f", "bad")
+    assert [r["id"] for r in ps(ucore_cli)] == [good]
+    create(ucore_cli, "--name", "bad", ref)
+    no_leftovers(ucore_cli)
+
+
+def test_a_directory_in_place_of_a_name_breaks_nothing(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    cid = create(ucore_cli, "--name", "a", ref)
+    (ucore_cli.store / "containers" / ".names" / "junk").mkdir()
+    assert [r["names"] for r in ps(ucore_cli)] == [["a"]]
+    ucore_cli.fails(3, "inspect", "junk")
+    new = create(ucore_cli, "--name", "junk", ref)  # nobody's reservation: taken over
+    assert {r["id"]: r["names"] for r in ps(ucore_cli)} == {cid: ["a"], new: ["junk"]}
+    assert not list((ucore_cli.store / "tmp").iterdir())
+
+
 def nest(root: Path, depth: int) -> None:
     """``d/d/d/…`` below ``root``, deeper than Python's recursion limit and PATH_MAX."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
