@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from support.cli import Ucore, assert_error_line
+from support.cli import Ucore, assert_error_line, describe
 
 from ucore.store import HOST
 from ucore.testing import images as im
@@ -247,6 +247,41 @@ def test_a_damaged_container_is_listed_and_removed_with_rm_force(
     assert [r["id"] for r in ps(ucore_cli)] == [good]
     create(ucore_cli, "--name", "bad", ref)
     no_leftovers(ucore_cli)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
+    ucore_cli: Ucore, registry: RegistryServer, test_images: im.TestImages, tmp_path: Path
+) -> None:
+    """Each command that writes the store, on a disk with nothing (or half a layer) left:
+    exit 7 with one line, no staging directory or temporary file left, and the name it was
+    to give still free."""
+    ref = f"{registry.address}/busybox:latest"
+    src = create(ucore_cli, "--name", "src", ref)
+    half = test_images.busybox.layers[0].blob.size // 2048
+    attempts = [
+        (0, ("create", "--name", "new", ref)),
+        (half, ("create", "--name", "new", ref)),
+        (0, ("clone", "--name", "new", "src")),
+        (half, ("clone", "--name", "new", "src")),
+        (0, ("name", "src", "new")),
+        (0, ("rename", "src", "new")),
+        (0, ("tag", ref, "other:1")),
+        (0, ("protect", "src")),
+    ]
+    for n, (free, command) in enumerate(attempts):
+        mount = tmp_path / f"mnt{n}"
+        mount.mkdir()
+        result = ucore_cli.on_full_disk(free, mount, *command)
+        assert result.returncode == 7, describe(result)
+        assert "disk full" in assert_error_line(result), command
+        assert not list((ucore_cli.store / "tmp").iterdir()), command
+        no_leftovers(ucore_cli)
+        assert [(r["id"], r["names"], r["protected"]) for r in ps(ucore_cli)] == [
+            (src, ["src"], False)
+        ], command
+    ucore_cli.check_store()
+    ucore_cli.ok("name", "src", "new")
+    ucore_cli.ok("clone", "src")
 
 
 def test_a_directory_in_place_of_a_name_breaks_nothing(

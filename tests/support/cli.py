@@ -13,12 +13,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
+
+import pytest
 
 import ucore
 
@@ -89,6 +92,26 @@ class Ucore:
             env={**self.env, **(env or {})},
         )
 
+    def on_full_disk(
+        self, free_kib: int, mount: Path, *args: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run with the store on a tmpfs (in a user and mount namespace) where only
+        ``free_kib`` KiB are left once the store is copied there; the store is copied back
+        afterwards, as the command left it. Skips the test where no tmpfs can be mounted."""
+        probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(mount)]
+        if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
+        shell = ["unshare", "-rm", "sh", "-c", _ON_FULL_TMPFS, "sh"]
+        result = subprocess.run(
+            [*shell, str(free_kib), str(mount), str(self.store), *self.argv(*args)],
+            env={**self.env, "UCORE_DIR": str(mount / "store")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode not in (98, 99), describe(result)
+        return result
+
     def ok(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run and insist on exit status 0, showing the output otherwise."""
         result = self.run(*args, **kwargs)
@@ -120,6 +143,23 @@ class Ucore:
     def refs(self) -> list[Path]:
         refs = self.store / "refs"
         return sorted(p for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
+
+
+#: Mount a tmpfs on $2 with room for the store $3 (when there is one) and $1 KiB more, copy the
+#: store there and fill the rest, run the command, and copy the store back before the mount
+#: namespace (and the tmpfs with it) goes away.
+_ON_FULL_TMPFS = """
+free=$1 mnt=$2 store=$3; shift 3
+used=0; [ -d "$store" ] && used=$(du -sk "$store" | cut -f1)
+mount -t tmpfs -o "size=$((used + free + 1024))k" tmpfs "$mnt" || exit 99
+if [ -d "$store" ]; then cp -a "$store" "$mnt/store" || exit 98; fi
+avail=$(df -k --output=avail "$mnt" | tail -n 1)
+fallocate -l "$(((avail - free) * 1024))" "$mnt/fill" || exit 98
+"$@"; status=$?
+rm -f "$mnt/fill"
+if [ -d "$mnt/store" ]; then rm -rf "$store" && cp -a "$mnt/store" "$store" || exit 98; fi
+exit $status
+"""
 
 
 def describe(result: subprocess.CompletedProcess[str]) -> str:

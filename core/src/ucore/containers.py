@@ -146,13 +146,13 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
     path = names / name
     tmp = store.tmp / f"name-{name}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
-        names.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{cid} {HOST} {os.getpid()}\n")
-    except OSError as exc:
-        raise store_error(exc, f"reserving container name {name}") from exc
-    try:
+        try:
+            names.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{cid} {HOST} {os.getpid()}\n")
+        except OSError as exc:
+            raise store_error(exc, f"reserving container name {name}") from exc
         for _ in range(2):
             try:
                 os.link(tmp, path)
