@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import pytest
-
 import ucore
 
 #: Where the ``ucore`` package under test lives; the subprocess must import the same one.
@@ -98,6 +96,8 @@ class Ucore:
         """Run with the store on a tmpfs (in a user and mount namespace) where only
         ``free_kib`` KiB are left once the store is copied there; the store is copied back
         afterwards, as the command left it. Skips the test where no tmpfs can be mounted."""
+        import pytest
+
         probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(mount)]
         if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
             pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
@@ -111,6 +111,27 @@ class Ucore:
         )
         assert result.returncode not in (98, 99), describe(result)
         return result
+
+    def read_only(self, scratch: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run with the store read-only, as another user's store shared with a group is, and
+        ``TMPDIR=scratch``: a read-only bind mount in a mount namespace for root (whom modes do
+        not stop), the write permissions taken away for anyone else."""
+        env = {"TMPDIR": str(scratch)}
+        if os.geteuid() == 0:
+            remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+            return subprocess.run(
+                ["unshare", "-m", "sh", "-c", remount, str(self.store), *self.argv(*args)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**self.env, **env},
+                stdin=subprocess.DEVNULL,
+            )
+        subprocess.run(["chmod", "-R", "a-w", str(self.store)], check=True)
+        try:
+            return self.run(*args, env=env)
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(self.store)], check=True)
 
     def ok(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run and insist on exit status 0, showing the output otherwise."""

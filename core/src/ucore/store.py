@@ -204,6 +204,9 @@ class Store:
         self.containers = root / "containers"
 
     def ensure(self) -> Store:
+        """Make the store's directories, and make the user's own store private again (0700)
+        if it was opened up. Another user's store, shared read-only, is left as its owner
+        made it: the containers in it still run."""
         path = self.root
         try:
             for path in (
@@ -216,7 +219,10 @@ class Store:
                 self.containers,
             ):
                 path.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.root, 0o700)
+            path = self.root
+            st = os.stat(path)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o777 != 0o700:
+                os.chmod(path, 0o700)
         except OSError as exc:
             raise store_error(exc, f"creating the store directory {path}") from exc
         return self
