@@ -93,15 +93,17 @@ class Ucore:
     def on_full_disk(
         self, free_kib: int, mount: Path, *args: str
     ) -> subprocess.CompletedProcess[str]:
-        """Run with the store on a tmpfs (in a user and mount namespace) where only
-        ``free_kib`` KiB are left once the store is copied there; the store is copied back
-        afterwards, as the command left it. Skips the test where no tmpfs can be mounted."""
+        """Run with the store on a tmpfs (in a mount namespace, and for a user other than root
+        a user namespace too) where only ``free_kib`` KiB are left once the store is copied
+        there; the store is copied back afterwards, as the command left it. Skips the test
+        where no tmpfs can be mounted."""
         import pytest
 
-        probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(mount)]
+        unshare = ["unshare", "-m" if os.geteuid() == 0 else "-rm"]
+        probe = [*unshare, "mount", "-t", "tmpfs", "tmpfs", str(mount)]
         if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
-            pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
-        shell = ["unshare", "-rm", "sh", "-c", _ON_FULL_TMPFS, "sh"]
+            pytest.skip(f"cannot mount a tmpfs here ({' '.join(unshare)})")
+        shell = [*unshare, "sh", "-c", _ON_FULL_TMPFS, "sh"]
         result = subprocess.run(
             [*shell, str(free_kib), str(mount), str(self.store), *self.argv(*args)],
             env={**self.env, "UCORE_DIR": str(mount / "store")},
