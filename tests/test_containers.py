@@ -12,9 +12,11 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -733,6 +735,40 @@ def test_import_tocontainer(ucore_cli: Ucore, tmp_path: Path) -> None:
     ucore_cli.check_store()
     no_leftovers(ucore_cli)
     ucore_cli.ok("rm", "direct")
+
+
+@pytest.mark.parametrize("command", ["import", "load"])
+def test_what_a_killed_import_or_load_left_goes_at_the_next(
+    ucore_cli: Ucore, tmp_path: Path, command: str
+) -> None:
+    """A killed import leaves its partial blob in ``tmp/``; the next import or load removes
+    it, not only the next pull (the partial blob of a big tarball eats the quota)."""
+    args = ("import", "-", "killed:1") if command == "import" else ("load",)
+    proc = subprocess.Popen(
+        ucore_cli.argv(*args), stdin=subprocess.PIPE, env=ucore_cli.env, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    big = tarfile.TarInfo("layer.tar")
+    big.size = 64 << 20
+    proc.stdin.write(big.tobuf() + os.urandom(1 << 20))  # and the rest never comes
+    proc.stdin.flush()
+    tmp = ucore_cli.store / "tmp"
+    for _ in range(200):
+        if tmp.is_dir() and any(p.stat().st_size for p in tmp.iterdir()):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    (partial,) = tmp.iterdir()
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("empty"))
+    if command == "import":
+        ucore_cli.ok("import", str(archive), "fresh:1")
+    else:
+        ucore_cli.fails(6, "load", "-i", str(archive))
+    assert not partial.exists()
+    ucore_cli.check_store()
 
 
 def test_import_refuses_what_is_not_a_tarball(ucore_cli: Ucore, tmp_path: Path) -> None:
