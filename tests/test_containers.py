@@ -286,6 +286,16 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
     ucore_cli.ok("clone", "src")
 
 
+def test_a_store_that_is_a_file_is_one_line_about_the_store(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ucore_cli.store.write_text("not a store\n")
+    err = ucore_cli.fails(7, "create", f"{registry.address}/busybox:latest").stderr
+    assert str(ucore_cli.store) in err and "config" not in err
+    assert ps(ucore_cli) == []
+    assert ucore_cli.store.read_text() == "not a store\n"
+
+
 def test_a_directory_in_place_of_a_name_breaks_nothing(
     ucore_cli: Ucore, registry: RegistryServer
 ) -> None:
