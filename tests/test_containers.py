@@ -286,6 +286,21 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
     ucore_cli.ok("clone", "src")
 
 
+def test_a_file_in_place_of_the_names_directory_breaks_nothing_but_names(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    cid = create(ucore_cli, "--name", "a", ref)
+    names = ucore_cli.store / "containers" / ".names"
+    for entry in names.iterdir():
+        entry.unlink()
+    names.rmdir()
+    names.write_text("junk\n")
+    assert [(r["id"], r["names"]) for r in ps(ucore_cli)] == [(cid, [])]
+    ucore_cli.fails(7, "create", "--name", "b", ref)
+    ucore_cli.ok("rm", cid)
+
+
 def test_a_store_that_is_a_file_is_one_line_about_the_store(
     ucore_cli: Ucore, registry: RegistryServer
 ) -> None:

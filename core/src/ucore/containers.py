@@ -103,7 +103,7 @@ def damaged(store: Store, text: str) -> Container:
 
 def names_of(store: Store, cid: str) -> list[str]:
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in sorted(os.listdir(_names_dir(store))):
             if _name_owner(store, entry)[0] == cid:
                 found.append(entry)
