@@ -221,7 +221,7 @@ def test_rm(ucore_cli: Ucore, registry: RegistryServer) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [b'{"created": "yesterday"}', b'{"created": 1e400}', b'{"engine": 7}', b"\x00[", b"dir"],
+    [b'{"created": "yesterday"}', b'{"created": 1e400}', b'{"engine": 7}', b"\x00[", b"dir", b""],
 )
 def test_a_damaged_container_is_listed_and_removed_with_rm_force(
     ucore_cli: Ucore, registry: RegistryServer, damage: bytes
@@ -236,6 +236,8 @@ def test_a_damaged_container_is_listed_and_removed_with_rm_force(
     if damage == b"dir":
         meta.unlink()
         meta.mkdir()
+    elif not damage:
+        meta.unlink()
     else:
         meta.write_bytes(damage)
     rows = {r["id"]: r for r in ps(ucore_cli)}

@@ -57,7 +57,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
     try:
         data = read_record(path / META, f"metadata of container {path.name}")
     except FileNotFoundError:
-        raise NotFoundError(f"container {path.name} is incomplete or was removed") from None
+        if path.is_dir():  # deleted by hand: damaged, and ``rm -f`` removes it
+            raise StoreError(f"the metadata of container {path.name} is missing") from None
+        raise NotFoundError(f"container {path.name} was removed") from None
     if not isinstance(data, dict):
         raise StoreError(f"unreadable metadata of container {path.name}: not a JSON object")
     return data
