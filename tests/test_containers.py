@@ -288,6 +288,22 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
     ucore_cli.ok("clone", "src")
 
 
+def test_a_store_of_another_user_that_others_can_write_is_refused(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """Nobody's world-writable directory as ``UCORE_DIR``: neither used (anyone could swap its
+    blobs) nor taken over with a chmod; nothing is made in it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the directory to another user")
+    ucore_cli.store.mkdir(mode=0o777)
+    ucore_cli.store.chmod(0o777)
+    os.chown(ucore_cli.store, 65534, 65534)
+    err = ucore_cli.fails(7, "create", f"{registry.address}/busybox:latest").stderr
+    assert "another user" in err
+    assert stat.S_IMODE(ucore_cli.store.stat().st_mode) == 0o777
+    assert list(ucore_cli.store.iterdir()) == []
+
+
 def test_a_file_in_place_of_the_names_directory_breaks_nothing_but_names(
     ucore_cli: Ucore, registry: RegistryServer
 ) -> None:

@@ -205,12 +205,21 @@ class Store:
 
     def ensure(self) -> Store:
         """Make the store's directories, and make the user's own store private again (0700)
-        if it was opened up. Another user's store, shared read-only, is left as its owner
-        made it: the containers in it still run."""
+        if it was opened up. Another user's store shared read-only is left as its owner made
+        it (its containers still run); one that others may write to is refused."""
         path = self.root
         try:
+            path.mkdir(mode=0o700, exist_ok=True)
+            st = os.stat(path)
+            if st.st_uid == os.geteuid():
+                if st.st_mode & 0o777 != 0o700:
+                    os.chmod(path, 0o700)
+            elif st.st_mode & 0o022:
+                raise StoreError(
+                    f"the store {path} belongs to another user and others can write to it:"
+                    " refusing to use it (set UCORE_DIR to a directory of your own)"
+                )
             for path in (
-                self.root,
                 self.blobs.parent,
                 self.blobs,
                 self.tmp,
@@ -219,10 +228,6 @@ class Store:
                 self.containers,
             ):
                 path.mkdir(mode=0o700, exist_ok=True)
-            path = self.root
-            st = os.stat(path)
-            if st.st_uid == os.geteuid() and st.st_mode & 0o777 != 0o700:
-                os.chmod(path, 0o700)
         except OSError as exc:
             raise store_error(exc, f"creating the store directory {path}") from exc
         return self
