@@ -88,6 +88,19 @@ def test_a_damaged_reference_is_listed_and_removed_with_rmi_force(
     ucore_cli.ok("verify", good)
 
 
+def test_verify_reports_a_blob_that_cannot_be_read(
+    ucore_cli: Ucore, registry: RegistryServer, test_images: TestImages
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    layer = test_images.busybox.layers[0].blob.digest
+    blob = ucore_cli.blob_dir() / layer.split(":")[1]
+    blob.unlink()
+    blob.mkdir()
+    result = ucore_cli.fails(6, "verify", ref)
+    assert f"blob {layer} cannot be read" in result.stdout
+
+
 def test_a_lock_file_that_is_a_symlink_is_one_line_and_not_followed(
     ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
 ) -> None:

@@ -151,7 +151,11 @@ def verify(store: Store, image: Image) -> list[str]:
         if not store.has_blob(digest):
             problems.append(f"blob {digest} is missing")
             continue
-        actual, actual_size = store.hash_blob(digest)
+        try:
+            actual, actual_size = store.hash_blob(digest)
+        except OSError as exc:  # a directory in its place, a blob made unreadable
+            problems.append(f"blob {digest} cannot be read ({exc.strerror or exc})")
+            continue
         if actual != digest:
             problems.append(f"blob {digest} is corrupt (hashes to {actual})")
         elif size is not None and actual_size != size:
