@@ -257,6 +257,23 @@ def test_hostauth_never_touches_the_images_files(cli: Ucore, container: str) -> 
         assert pwd.getpwuid(os.getuid()).pw_name not in out.stdout
 
 
+def test_a_store_shared_read_only_still_runs(image: str, engine: str, tmp_path: Path) -> None:
+    """As where a group shares one user's store read-only: the container runs, its runtime
+    state in the temporary directory (and removed), without the account copies naming the
+    user (a warning says so). The container was run once before it was shared, as OCI
+    runtimes need the mount points they cannot make in a read-only root."""
+    shared = Ucore(tmp_path)
+    shared.ok("pull", image)
+    name = engine_container(shared, image, engine, "shared")
+    shared.ok("run", "--containerauth", name, "true")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = shared.read_only(scratch, "run", name, "sh", "-c", "echo ran")
+    assert (result.returncode, result.stdout) == (0, "ran\n"), describe(result)
+    assert "ucore:" not in result.stderr, describe(result)
+    assert not [p for p in scratch.rglob("*") if not p.is_dir()]
+
+
 # --- volumes and the root filesystem --------------------------------------------------------------
 
 

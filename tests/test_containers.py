@@ -12,14 +12,16 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Optional
 
 import pytest
-from support.cli import Ucore, assert_error_line
+from support.cli import Ucore, assert_error_line, describe
 
 from ucore.store import HOST
 from ucore.testing import images as im
@@ -215,6 +217,129 @@ def test_rm(ucore_cli: Ucore, registry: RegistryServer) -> None:
     assert not list((ucore_cli.store / "containers" / ".names").iterdir())
     ucore_cli.ok("create", "--name", "a", ref)  # the name is free again
     no_leftovers(ucore_cli)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"created": "yesterday"}', b'{"created": 1e400}', b'{"engine": 7}', b"\x00[", b"dir", b""],
+)
+def test_a_damaged_container_is_listed_and_removed_with_rm_force(
+    ucore_cli: Ucore, registry: RegistryServer, damage: bytes
+) -> None:
+    """A container record damaged by hand: ``ps`` still lists every container (the damaged
+    one flagged), commands using it fail in one line, and ``rm -f`` (only with -f: whether it
+    was protected cannot be read) removes it and frees its name."""
+    ref = f"{registry.address}/busybox:latest"
+    bad = create(ucore_cli, "--name", "bad", ref)
+    good = create(ucore_cli, "--name", "good", ref)
+    meta = ucore_cli.store / "containers" / bad / "container.json"
+    if damage == b"dir":
+        meta.unlink()
+        meta.mkdir()
+    elif not damage:
+        meta.unlink()
+    else:
+        meta.write_bytes(damage)
+    rows = {r["id"]: r for r in ps(ucore_cli)}
+    assert set(rows) == {bad, good}
+    assert "error" in rows[bad] and rows[bad]["names"] == ["bad"] and "error" not in rows[good]
+    assert "bad" in ucore_cli.ok("ps").stdout
+    for command in (("inspect", "bad"), ("run", "bad", "true"), ("clone", "bad")):
+        ucore_cli.fails(7, *command)
+    assert "rm -f" in ucore_cli.fails(7, "rm", "bad").stderr
+    ucore_cli.ok("rm", "-f", "bad")
+    assert [r["id"] for r in ps(ucore_cli)] == [good]
+    create(ucore_cli, "--name", "bad", ref)
+    no_leftovers(ucore_cli)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(
+    ucore_cli: Ucore, registry: RegistryServer, test_images: im.TestImages, tmp_path: Path
+) -> None:
+    """Each command that writes the store, on a disk with nothing (or half a layer) left:
+    exit 7 with one line, no staging directory or temporary file left, and the name it was
+    to give still free."""
+    ref = f"{registry.address}/busybox:latest"
+    src = create(ucore_cli, "--name", "src", ref)
+    half = test_images.busybox.layers[0].blob.size // 2048
+    attempts = [
+        (0, ("create", "--name", "new", ref)),
+        (half, ("create", "--name", "new", ref)),
+        (0, ("clone", "--name", "new", "src")),
+        (half, ("clone", "--name", "new", "src")),
+        (0, ("name", "src", "new")),
+        (0, ("rename", "src", "new")),
+        (0, ("tag", ref, "other:1")),
+        (0, ("protect", "src")),
+    ]
+    for n, (free, command) in enumerate(attempts):
+        mount = tmp_path / f"mnt{n}"
+        mount.mkdir()
+        result = ucore_cli.on_full_disk(free, mount, *command)
+        assert result.returncode == 7, describe(result)
+        assert "disk full" in assert_error_line(result), command
+        assert not list((ucore_cli.store / "tmp").iterdir()), command
+        no_leftovers(ucore_cli)
+        assert [(r["id"], r["names"], r["protected"]) for r in ps(ucore_cli)] == [
+            (src, ["src"], False)
+        ], command
+    ucore_cli.check_store()
+    ucore_cli.ok("name", "src", "new")
+    ucore_cli.ok("clone", "src")
+
+
+def test_a_store_of_another_user_that_others_can_write_is_refused(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """Nobody's world-writable directory as ``UCORE_DIR``: neither used (anyone could swap its
+    blobs) nor taken over with a chmod; nothing is made in it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the directory to another user")
+    ucore_cli.store.mkdir(mode=0o777)
+    ucore_cli.store.chmod(0o777)
+    os.chown(ucore_cli.store, 65534, 65534)
+    err = ucore_cli.fails(7, "create", f"{registry.address}/busybox:latest").stderr
+    assert "another user" in err
+    assert stat.S_IMODE(ucore_cli.store.stat().st_mode) == 0o777
+    assert list(ucore_cli.store.iterdir()) == []
+
+
+def test_a_file_in_place_of_the_names_directory_breaks_nothing_but_names(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    cid = create(ucore_cli, "--name", "a", ref)
+    names = ucore_cli.store / "containers" / ".names"
+    for entry in names.iterdir():
+        entry.unlink()
+    names.rmdir()
+    names.write_text("junk\n")
+    assert [(r["id"], r["names"]) for r in ps(ucore_cli)] == [(cid, [])]
+    ucore_cli.fails(7, "create", "--name", "b", ref)
+    ucore_cli.ok("rm", cid)
+
+
+def test_a_store_that_is_a_file_is_one_line_about_the_store(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ucore_cli.store.write_text("not a store\n")
+    err = ucore_cli.fails(7, "create", f"{registry.address}/busybox:latest").stderr
+    assert str(ucore_cli.store) in err and "config" not in err
+    assert ps(ucore_cli) == []
+    assert ucore_cli.store.read_text() == "not a store\n"
+
+
+def test_a_directory_in_place_of_a_name_breaks_nothing(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    cid = create(ucore_cli, "--name", "a", ref)
+    (ucore_cli.store / "containers" / ".names" / "junk").mkdir()
+    assert [r["names"] for r in ps(ucore_cli)] == [["a"]]
+    ucore_cli.fails(3, "inspect", "junk")
+    new = create(ucore_cli, "--name", "junk", ref)  # nobody's reservation: taken over
+    assert {r["id"]: r["names"] for r in ps(ucore_cli)} == {cid: ["a"], new: ["junk"]}
+    assert not list((ucore_cli.store / "tmp").iterdir())
 
 
 def nest(root: Path, depth: int) -> None:
@@ -653,6 +778,40 @@ def test_import_tocontainer(ucore_cli: Ucore, tmp_path: Path) -> None:
     ucore_cli.check_store()
     no_leftovers(ucore_cli)
     ucore_cli.ok("rm", "direct")
+
+
+@pytest.mark.parametrize("command", ["import", "load"])
+def test_what_a_killed_import_or_load_left_goes_at_the_next(
+    ucore_cli: Ucore, tmp_path: Path, command: str
+) -> None:
+    """A killed import leaves its partial blob in ``tmp/``; the next import or load removes
+    it, not only the next pull (the partial blob of a big tarball eats the quota)."""
+    args = ("import", "-", "killed:1") if command == "import" else ("load",)
+    proc = subprocess.Popen(
+        ucore_cli.argv(*args), stdin=subprocess.PIPE, env=ucore_cli.env, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    big = tarfile.TarInfo("layer.tar")
+    big.size = 64 << 20
+    proc.stdin.write(big.tobuf() + os.urandom(1 << 20))  # and the rest never comes
+    proc.stdin.flush()
+    tmp = ucore_cli.store / "tmp"
+    for _ in range(200):
+        if tmp.is_dir() and any(p.stat().st_size for p in tmp.iterdir()):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    (partial,) = tmp.iterdir()
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("empty"))
+    if command == "import":
+        ucore_cli.ok("import", str(archive), "fresh:1")
+    else:
+        ucore_cli.fails(6, "load", "-i", str(archive))
+    assert not partial.exists()
+    ucore_cli.check_store()
 
 
 def test_import_refuses_what_is_not_a_tarball(ucore_cli: Ucore, tmp_path: Path) -> None:

@@ -58,6 +58,69 @@ def test_a_reference_with_an_unreadable_platform_breaks_nothing(
     ucore_cli.ok("create", "--name", "still-runs", odd)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "directory", "huge", "no manifest"])
+def test_a_damaged_reference_is_listed_and_removed_with_rmi_force(
+    ucore_cli: Ucore, registry: RegistryServer, damage: str
+) -> None:
+    """A reference file damaged by hand or by a full disk on another tool's watch: ``images``
+    lists it as damaged beside the sound ones, commands using it fail in one line, and
+    ``rmi -f`` (only with -f: whether it was protected cannot be read) takes it away."""
+    bad, good = f"{registry.address}/busybox:latest", f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", bad)
+    ucore_cli.ok("pull", good)
+    (record_file,) = [p for p in ucore_cli.refs() if json.loads(p.read_text())["ref"] == bad]
+    if damage == "directory":
+        record_file.unlink()
+        record_file.mkdir()
+    elif damage == "huge":
+        with open(record_file, "ab") as f:
+            f.truncate(64 << 20)
+    else:
+        record_file.write_bytes(b'{"manifest": 5}' if damage == "no manifest" else b"\x00\xff{")
+    listed = {row["ref"]: row for row in json.loads(ucore_cli.ok("images", "--json").stdout)}
+    assert set(listed) == {bad, good}
+    assert "error" in listed[bad] and "error" not in listed[good]
+    ucore_cli.fails(7, "create", bad)
+    assert "rmi -f" in ucore_cli.fails(7, "rmi", bad).stderr
+    ucore_cli.ok("rmi", "-f", bad)
+    assert [row["ref"] for row in json.loads(ucore_cli.ok("images", "--json").stdout)] == [good]
+    ucore_cli.ok("create", good)
+    ucore_cli.ok("verify", good)
+
+
+def test_verify_reports_a_blob_that_cannot_be_read(
+    ucore_cli: Ucore, registry: RegistryServer, test_images: TestImages
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    layer = test_images.busybox.layers[0].blob.digest
+    blob = ucore_cli.blob_dir() / layer.split(":")[1]
+    blob.unlink()
+    blob.mkdir()
+    result = ucore_cli.fails(6, "verify", ref)
+    assert f"blob {layer} cannot be read" in result.stdout
+
+
+def test_a_lock_file_that_is_a_symlink_is_one_line_and_not_followed(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    lock = ucore_cli.store / "locks" / "gc.lock"
+    lock.unlink(missing_ok=True)
+    victim = tmp_path / "victim"
+    lock.symlink_to(victim)
+    assert "gc.lock" in ucore_cli.fails(7, "rmi", ref).stderr
+    ucore_cli.fails(7, "create", ref)
+    assert not victim.exists()
+    lock.unlink()
+    lock.mkdir()
+    ucore_cli.fails(7, "rmi", ref)
+    lock.rmdir()
+    ucore_cli.ok("inspect", ref)  # the failed rmi left the image whole
+    ucore_cli.ok("rmi", ref)
+
+
 def test_short_name_finds_an_image_pulled_with_registry_option(
     ucore_cli: Ucore, registry: RegistryServer
 ) -> None:

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from support.cli import (
     Ucore,
     assert_error_line,
-    check_store,
     describe,
     json_events,
     kill,
@@ -478,45 +476,25 @@ def test_oversized_manifest(ucore_cli: Ucore, proxy: FaultProxy) -> None:
 
 # --- a full disk ---------------------------------------------------------------------------
 
-#: Mount a tmpfs of $1 KiB on $2, run the rest, and copy the store to $3 before the mount
-#: namespace (and the tmpfs with it) goes away.
-_ON_SMALL_TMPFS = """
-size=$1 mnt=$2 out=$3; shift 3
-mount -t tmpfs -o "size=${size}k" tmpfs "$mnt" || exit 99
-"$@"; status=$?
-cp -a "$mnt/store" "$out/"
-exit $status
-"""
-
 
 def test_disk_full_is_one_line_and_leaves_the_store_consistent(
     ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages, tmp_path: Path
 ) -> None:
     """Pulls into tmpfs mounts sized around the layer fill the disk while the layer is written,
     when its last buffered bytes are flushed for publication, or when the tag is recorded."""
-    probe = ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)]
-    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
     layer = test_images.busybox.layers[0].blob
     ref = f"{proxy.address}/busybox:latest"
     statuses = set()
     for kib in range(layer.size // 1024 - 8, layer.size // 1024 + 32, 4):
-        mount, out = tmp_path / f"mnt{kib}", tmp_path / f"out{kib}"
+        mount = tmp_path / f"mnt{kib}"
         mount.mkdir()
-        out.mkdir()
-        shell = ["unshare", "-rm", "sh", "-c", _ON_SMALL_TMPFS, "sh"]
-        result = subprocess.run(
-            [*shell, str(kib), str(mount), str(out), *ucore_cli.argv("pull", ref)],
-            env={**ucore_cli.env, "UCORE_DIR": str(mount / "store")},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        shutil.rmtree(ucore_cli.store, ignore_errors=True)
+        result = ucore_cli.on_full_disk(kib, mount, "pull", ref)
         assert result.returncode in (0, 7), f"tmpfs of {kib} KiB\n{describe(result)}"
         if result.returncode:
             assert "disk full" in assert_error_line(result)
-        check_store(out / "store")
-        assert not list((out / "store" / "tmp").iterdir()), f"tmpfs of {kib} KiB"
+        ucore_cli.check_store()
+        assert not list((ucore_cli.store / "tmp").iterdir()), f"tmpfs of {kib} KiB"
         statuses.add(result.returncode)
     assert statuses == {0, 7}
 

@@ -140,6 +140,25 @@ def test_state_of_a_killed_run_is_removed_by_the_next(
         proc.communicate(timeout=30)
 
 
+def test_a_full_disk_at_the_start_of_a_run_is_one_line(
+    image: str, engine: str, tmp_path: Path
+) -> None:
+    """The run's bundle (``config.json``) cannot be written: exit 7, not a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("the runtime cannot run in the user namespace a small tmpfs needs")
+    full = Ucore(tmp_path)
+    full.ok("pull", image)
+    name = engine_container(full, image, engine, "full")
+    full.ok("run", name, "true")  # the probe is cached
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    result = full.on_full_disk(0, mount, "run", name, "true")
+    assert result.returncode == 7, describe(result)
+    assert "disk full" in assert_error_line(result)
+    full.ok("run", name, "true")
+    assert [list(d.iterdir()) for d in state_dirs(full, engine)] == [[], []]
+
+
 def _wait_for_pid(path: Path) -> int:
     """The runtime writes the pid file a moment after the command starts."""
     deadline = time.monotonic() + 10

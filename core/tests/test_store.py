@@ -179,3 +179,28 @@ def test_disk_full_is_a_clear_error_and_leaves_the_store_consistent(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert "ERR disk full or quota exceeded while writing blob sha256:" in proc.stdout
     assert proc.stdout.strip().endswith("[] []")
+
+
+def test_probe_cache_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    """The file size limit stands in for a quota: the write fails half way (EFBIG)."""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from ucore.probecache import ProbeCache\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "cache = ProbeCache(Path(sys.argv[1]) / 'runc.json')\n"
+        "cache.put('small', 1)\n"
+        "cache.put('big', 'x' * 10000)\n"
+        "print(cache.load())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "{'small': 1}\n"
+    assert os.listdir(tmp_path) == ["runc.json"]

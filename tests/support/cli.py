@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -89,6 +90,51 @@ class Ucore:
             env={**self.env, **(env or {})},
         )
 
+    def on_full_disk(
+        self, free_kib: int, mount: Path, *args: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run with the store on a tmpfs (in a mount namespace, and for a user other than root
+        a user namespace too) where only ``free_kib`` KiB are left once the store is copied
+        there; the store is copied back afterwards, as the command left it. Skips the test
+        where no tmpfs can be mounted."""
+        import pytest
+
+        unshare = ["unshare", "-m" if os.geteuid() == 0 else "-rm"]
+        probe = [*unshare, "mount", "-t", "tmpfs", "tmpfs", str(mount)]
+        if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({' '.join(unshare)})")
+        shell = [*unshare, "sh", "-c", _ON_FULL_TMPFS, "sh"]
+        result = subprocess.run(
+            [*shell, str(free_kib), str(mount), str(self.store), *self.argv(*args)],
+            env={**self.env, "UCORE_DIR": str(mount / "store")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode not in (98, 99), describe(result)
+        return result
+
+    def read_only(self, scratch: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run with the store read-only, as another user's store shared with a group is, and
+        ``TMPDIR=scratch``: a read-only bind mount in a mount namespace for root (whom modes do
+        not stop), the write permissions taken away for anyone else."""
+        env = {"TMPDIR": str(scratch)}
+        if os.geteuid() == 0:
+            remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+            return subprocess.run(
+                ["unshare", "-m", "sh", "-c", remount, str(self.store), *self.argv(*args)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**self.env, **env},
+                stdin=subprocess.DEVNULL,
+            )
+        subprocess.run(["chmod", "-R", "a-w", str(self.store)], check=True)
+        try:
+            return self.run(*args, env=env)
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(self.store)], check=True)
+
     def ok(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run and insist on exit status 0, showing the output otherwise."""
         result = self.run(*args, **kwargs)
@@ -120,6 +166,23 @@ class Ucore:
     def refs(self) -> list[Path]:
         refs = self.store / "refs"
         return sorted(p for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
+
+
+#: Mount a tmpfs on $2 with room for the store $3 (when there is one) and $1 KiB more, copy the
+#: store there and fill the rest, run the command, and copy the store back before the mount
+#: namespace (and the tmpfs with it) goes away.
+_ON_FULL_TMPFS = """
+free=$1 mnt=$2 store=$3; shift 3
+used=0; [ -d "$store" ] && used=$(du -sk "$store" | cut -f1)
+mount -t tmpfs -o "size=$((used + free + 1024))k" tmpfs "$mnt" || exit 99
+if [ -d "$store" ]; then cp -a "$store" "$mnt/store" || exit 98; fi
+avail=$(df -k --output=avail "$mnt" | tail -n 1)
+fallocate -l "$(((avail - free) * 1024))" "$mnt/fill" || exit 98
+"$@"; status=$?
+rm -f "$mnt/fill"
+if [ -d "$mnt/store" ]; then rm -rf "$store" && cp -a "$mnt/store" "$store" || exit 98; fi
+exit $status
+"""
 
 
 def describe(result: subprocess.CompletedProcess[str]) -> str:

@@ -198,9 +198,10 @@ def load(store: Store, stream: IO[bytes], tag: Optional[str] = None) -> list[Ima
     """Load every image in a docker-save or OCI-layout tarball; returns the names stored.
 
     Whatever happens, blobs the archive brought that no image references are removed again,
-    so a refused archive leaves the store as it was.
+    so a refused archive leaves the store as it was. What a killed load left in ``tmp/`` goes
+    first (see :func:`ucore.rootfs_archive.store_layer`).
     """
-    store.ensure()
+    store.ensure().cleanup_tmp()
     contents = _Contents(store)
     with store.shared_lock("gc"):
         try:

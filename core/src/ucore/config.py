@@ -169,8 +169,8 @@ def _read_file(path: str) -> dict[str, dict[str, str]]:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except FileNotFoundError:
-        return {}
+    except (FileNotFoundError, NotADirectoryError):  # the latter: $UCORE_DIR is a file,
+        return {}  # which the store reports as the store's problem
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise UsageError(f"cannot read config file {path}: {reason}") from None

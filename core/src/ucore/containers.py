@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 from ucore.model import Container
-from ucore.store import _STALE_FOREIGN, HOST, pid_alive, store_error
+from ucore.store import _STALE_FOREIGN, HOST, pid_alive, read_record, store_error
 
 if TYPE_CHECKING:
     from ucore.oci import Image
@@ -55,34 +55,57 @@ def _names_dir(store: Store) -> Path:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
-        with open(path / META) as f:
-            data = json.load(f)
+        data = read_record(path / META, f"metadata of container {path.name}")
     except FileNotFoundError:
-        raise NotFoundError(f"container {path.name} is incomplete or was removed") from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"unreadable metadata of container {path.name}: {exc}") from None
+        if path.is_dir():  # deleted by hand: damaged, and ``rm -f`` removes it
+            raise StoreError(f"the metadata of container {path.name} is missing") from None
+        raise NotFoundError(f"container {path.name} was removed") from None
     if not isinstance(data, dict):
-        raise StoreError(f"unreadable metadata of container {path.name}")
+        raise StoreError(f"unreadable metadata of container {path.name}: not a JSON object")
     return data
 
 
+#: Latest creation time a record may hold (year 2242): any later one, like a string or NaN, is
+#: damage, and would make ``ps`` fail to print a date.
+_MAX_TIME = 1 << 33
+
+
 def _container(store: Store, cid: str) -> Container:
+    """The container's record; StoreError when a field has a type ucore never writes (edited
+    by hand), rather than a failure later in whatever command uses it."""
     meta = _read_meta(store.containers / cid)
+    created, engine, manifest = meta.get("created", 0.0), meta.get("engine"), meta.get("manifest")
+    if not (
+        isinstance(created, (int, float))
+        and 0 <= created < _MAX_TIME
+        and isinstance(engine, (str, type(None)))
+        and isinstance(manifest, (str, type(None)))
+    ):
+        raise StoreError(f"unreadable metadata of container {cid}: a field has the wrong type")
     return Container(
         id=cid,
         dir=store.containers / cid,
         image=str(meta.get("image", "")),
-        manifest_digest=meta.get("manifest"),
+        manifest_digest=manifest,
         names=tuple(names_of(store, cid)),
-        engine=meta.get("engine"),
+        engine=engine,
         protected=bool(meta.get("protected", False)),
-        created=float(meta.get("created", 0.0)),
+        created=float(created),
+    )
+
+
+def damaged(store: Store, text: str) -> Container:
+    """The container ``text`` names whose record cannot be read, as far as the store still
+    tells (its id, directory and names), so that ``ps`` can show it and ``rm -f`` remove it."""
+    cid = _resolve(store, text)
+    return Container(
+        id=cid, dir=store.containers / cid, image="", names=tuple(names_of(store, cid))
     )
 
 
 def names_of(store: Store, cid: str) -> list[str]:
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in sorted(os.listdir(_names_dir(store))):
             if _name_owner(store, entry)[0] == cid:
                 found.append(entry)
@@ -91,10 +114,14 @@ def names_of(store: Store, cid: str) -> list[str]:
 
 def _name_owner(store: Store, name: str) -> tuple[Optional[str], str]:
     """(container id or None, who reserved it) for a name file."""
+    return _name_owner_at(_names_dir(store) / name)
+
+
+def _name_owner_at(path: Path) -> tuple[Optional[str], str]:
     try:
-        with open(_names_dir(store) / name) as f:
+        with open(path) as f:
             text = f.read(200).split()
-    except (FileNotFoundError, NotADirectoryError):
+    except (OSError, UnicodeDecodeError):  # missing, or no reservation ucore wrote
         return None, ""
     return (text[0] if text and _ID.fullmatch(text[0]) else None), " ".join(text[1:])
 
@@ -121,13 +148,13 @@ def reserve_name(store: Store, name: str, cid: str) -> None:
     path = names / name
     tmp = store.tmp / f"name-{name}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
-        names.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{cid} {HOST} {os.getpid()}\n")
-    except OSError as exc:
-        raise store_error(exc, f"reserving container name {name}") from exc
-    try:
+        try:
+            names.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{cid} {HOST} {os.getpid()}\n")
+        except OSError as exc:
+            raise store_error(exc, f"reserving container name {name}") from exc
         for _ in range(2):
             try:
                 os.link(tmp, path)
@@ -172,15 +199,11 @@ def _take_over(store: Store, name: str, owner: Optional[str], reserver: str) -> 
     except FileNotFoundError:
         return
     try:
-        with open(aside) as f:
-            text = f.read(200).split()
-        still = (text[0] if text and _ID.fullmatch(text[0]) else None, " ".join(text[1:]))
-        if still != (owner, reserver):
+        if _name_owner_at(aside) != (owner, reserver):
             with contextlib.suppress(FileExistsError):
                 os.link(aside, _names_dir(store) / name)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside)
+        remove_tree(aside)  # a directory made in its place by hand goes too
 
 
 def release_name(store: Store, name: str, cid: Optional[str] = None) -> bool:
@@ -259,13 +282,18 @@ def image_config(container: Container) -> dict[str, Any]:
 
 def lookup(store: Store, text: str) -> Container:
     """By name, by full id, or by an unambiguous id prefix (at least 4 characters)."""
+    return _container(store, _resolve(store, text))
+
+
+def _resolve(store: Store, text: str) -> str:
+    """The id of the container ``text`` names (see :func:`lookup`)."""
     owner, _ = _name_owner(store, text) if _NAME.fullmatch(text) else (None, "")
     if owner and (store.containers / owner).is_dir():
-        return _container(store, owner)
+        return owner
     if re.fullmatch(r"[0-9a-f]{4,32}", text):
         matches = [c for c in all_ids(store) if c.startswith(text)]
         if len(matches) == 1:
-            return _container(store, matches[0])
+            return matches[0]
         if len(matches) > 1:
             raise UsageError(f"container id prefix {text!r} is ambiguous")
     raise NotFoundError(f"no container named {text!r} (see 'ucore ps')")
@@ -283,15 +311,23 @@ def find(store: Store, text: str) -> Optional[Container]:
 def all_ids(store: Store) -> list[str]:
     try:
         return sorted(e for e in os.listdir(store.containers) if _ID.fullmatch(e))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise store_error(exc, f"listing {store.containers}") from exc
 
 
-def all_containers(store: Store) -> list[Container]:
-    out = []
+def all_containers(store: Store) -> list[tuple[Container, Optional[str]]]:
+    """Every complete container, each with None or, when its record is damaged, why: one
+    damaged container must neither hide the others nor itself."""
+    out: list[tuple[Container, Optional[str]]] = []
     for cid in all_ids(store):
-        with contextlib.suppress(NotFoundError, StoreError):
-            out.append(_container(store, cid))
+        try:
+            out.append((_container(store, cid), None))
+        except NotFoundError:
+            continue  # removed meanwhile
+        except StoreError as exc:
+            out.append((damaged(store, cid), str(exc)))
     return out
 
 

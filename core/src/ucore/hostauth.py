@@ -49,10 +49,11 @@ def host_accounts(root: Path, state_dir: Path) -> Accounts:
     for name, original in (("passwd", own.passwd), ("group", own.group)):
         if texts[name] == original:
             continue
-        if _bindable(root, f"/etc/{name}"):
-            mounts.append(Mount(str(_write(state_dir, name, texts[name])), f"/etc/{name}"))
-        else:
+        copy = _write(state_dir, name, texts[name]) if _bindable(root, f"/etc/{name}") else None
+        if copy is None:
             texts[name] = original
+        else:
+            mounts.append(Mount(str(copy), f"/etc/{name}"))
     return Accounts(texts["passwd"], texts["group"], tuple(mounts))
 
 
@@ -133,22 +134,42 @@ def _read(root: Path, path: str) -> str:
     return data.decode("utf-8", "replace") if data else ""
 
 
-def _write(state_dir: Path, name: str, text: str) -> Path:
+def _write(state_dir: Path, name: str, text: str) -> Optional[Path]:
     """Write atomically, and not at all when unchanged: concurrent runs of one container share
-    these files, and a cluster filesystem is better off without needless writes."""
+    these files, and a cluster filesystem is better off without needless writes.
+
+    None, with a warning, when the container cannot be written (another user's store shared
+    read-only): the container then runs with its own file, as with ``--containerauth``. A
+    full disk is a StoreError, as everywhere in the store.
+    """
     path = state_dir / name
     with contextlib.suppress(OSError):
         if path.read_text() == text:
             return path
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = state_dir / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        import errno
+
+        from ucore.store import store_error
+
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise store_error(exc, f"writing the container's copy of /etc/{name}") from exc
+        from ucore.log import get_logger
+
+        get_logger(__name__).warning(
+            f"cannot write the copy of /etc/{name} naming you ({exc.strerror}):"
+            f" the container's own is used, as with --containerauth"
+        )
+        return None
     return path

@@ -22,7 +22,7 @@ def lookup(store: Store, text: str, default_registry: str) -> ImageRef:
     registry, the one stored image of that name pulled from any registry (as udocker users
     expect after ``pull --registry=…``)."""
     ref = parse_ref(text, default_registry)
-    if store.get_ref(ref) is not None:
+    if store.has_ref(ref):
         return ref
     if not names_registry(text) and store.refs.is_dir():
         short = {ref.repository, ref.repository.removeprefix("library/")}
@@ -110,19 +110,29 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
     """Drop the reference, then the blobs no other image uses. Blobs are left for a later
     ``rmi`` when a pull or a create is running (it may be about to reference them). A
     protected image is refused unless ``force``. Containers made from the image keep running:
-    each has its own copy of the image config."""
-    image = load(store, ref)
-    record = store.get_ref(ref)
+    each has its own copy of the image config.
+
+    An image whose reference or manifest is damaged cannot say whether it is protected nor
+    which blobs it uses: ``force`` removes its reference, and its blobs stay."""
+    try:
+        image = load(store, ref)
+        record = store.get_ref(ref)
+    except (StoreError, IntegrityError, NotFoundError) as exc:
+        if not force:
+            raise type(exc)(f"{exc} ('ucore rmi -f' removes the name)") from None
+        store.delete_ref(ref)
+        return []
     if not force and record is not None and record.get("protected"):
         raise UsageError(f"image {ref.familiar} is protected: 'ucore unprotect' it first")
-    store.delete_ref(ref)
-    unused = blobs_of(image)
-    for other in all_images(store):
-        unused -= blobs_of(other)
     removed: list[Digest] = []
+    # taken before the reference goes: a lock that cannot be opened then leaves it in place
     with store.shared_lock("gc", exclusive=True) as got:
+        store.delete_ref(ref)
         if not got:
             return removed
+        unused = blobs_of(image)
+        for other in all_images(store):
+            unused -= blobs_of(other)
         for digest in sorted(unused, key=str):
             store.remove_blob(digest)
             removed.append(digest)
@@ -141,7 +151,11 @@ def verify(store: Store, image: Image) -> list[str]:
         if not store.has_blob(digest):
             problems.append(f"blob {digest} is missing")
             continue
-        actual, actual_size = store.hash_blob(digest)
+        try:
+            actual, actual_size = store.hash_blob(digest)
+        except OSError as exc:  # a directory in its place, a blob made unreadable
+            problems.append(f"blob {digest} cannot be read ({exc.strerror or exc})")
+            continue
         if actual != digest:
             problems.append(f"blob {digest} is corrupt (hashes to {actual})")
         elif size is not None and actual_size != size:

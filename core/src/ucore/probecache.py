@@ -47,10 +47,13 @@ class ProbeCache:
         data = self.load()
         data[key] = value
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(OSError):
+        try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
+        except OSError:  # a full disk: no half-written copy left behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def run_probe(

@@ -265,8 +265,10 @@ class Layer:
 
 
 def store_layer(store: Store, stream: IO[bytes]) -> Layer:
-    """Store a (possibly gzip or zstd compressed) tarball as a layer blob, proving it is a tar."""
-    store.ensure()
+    """Store a (possibly gzip or zstd compressed) tarball as a layer blob, proving it is a tar.
+    What an import or load killed outright left in ``tmp/`` goes first: a tarball's worth of
+    partial blob must not count against a quota until the next pull."""
+    store.ensure().cleanup_tmp()
     try:
         head = stream.read(4)
     except OSError as exc:

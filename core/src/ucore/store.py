@@ -42,6 +42,8 @@ _OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?:part|[0-9a-f]
 #: A partial download left by a process on another host is removed after this long.
 _STALE_FOREIGN = 24 * 3600
 _CHUNK = 1 << 20
+#: A reference or container record larger than this was not written by ucore.
+MAX_RECORD = 1 << 20
 
 
 def _sha256(data: bytes = b"") -> hashlib._Hash:
@@ -67,6 +69,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_record(path: Path, what: str) -> Any:
+    """A small JSON file of the store (a reference, a container's metadata), bounded: a
+    damaged one, whatever it holds (garbage, a directory, gigabytes), is one StoreError naming
+    ``what``. A missing one raises FileNotFoundError, which callers tell apart."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECORD + 1)
+        if len(data) > MAX_RECORD:
+            raise ValueError(f"larger than {MAX_RECORD} bytes")
+        return json.loads(data)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise StoreError(f"unreadable {what}: {reason}") from None
 
 
 def store_error(exc: OSError, what: str) -> StoreError:
@@ -185,9 +204,22 @@ class Store:
         self.containers = root / "containers"
 
     def ensure(self) -> Store:
+        """Make the store's directories, and make the user's own store private again (0700)
+        if it was opened up. Another user's store shared read-only is left as its owner made
+        it (its containers still run); one that others may write to is refused."""
+        path = self.root
         try:
+            path.mkdir(mode=0o700, exist_ok=True)
+            st = os.stat(path)
+            if st.st_uid == os.geteuid():
+                if st.st_mode & 0o777 != 0o700:
+                    os.chmod(path, 0o700)
+            elif st.st_mode & 0o022:
+                raise StoreError(
+                    f"the store {path} belongs to another user and others can write to it:"
+                    " refusing to use it (set UCORE_DIR to a directory of your own)"
+                )
             for path in (
-                self.root,
                 self.blobs.parent,
                 self.blobs,
                 self.tmp,
@@ -196,9 +228,8 @@ class Store:
                 self.containers,
             ):
                 path.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.root, 0o700)
         except OSError as exc:
-            raise store_error(exc, f"creating the store in {self.root}") from exc
+            raise store_error(exc, f"creating the store directory {path}") from exc
         return self
 
     # --- blobs ------------------------------------------------------------------------------
@@ -295,11 +326,7 @@ class Store:
     def lock(self, name: str, what: str, notify: Callable[[str], None]) -> Iterator[None]:
         """Hold an advisory lock to avoid duplicate work; ``notify`` is told who holds it when
         we have to wait. Where the filesystem cannot lock, we carry on without."""
-        path = self.locks / f"{name}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise store_error(exc, f"opening lock {path}") from exc
+        fd = self._open_lock(name)
         try:
             told = False
             started = time.monotonic()
@@ -321,11 +348,19 @@ class Store:
         finally:
             os.close(fd)
 
+    def _open_lock(self, name: str) -> int:
+        """The lock file, never followed through a symlink; one that cannot be opened (a
+        symlink, a directory, a read-only store) is a StoreError naming it."""
+        path = self.locks / f"{name}.lock"
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise store_error(exc, f"opening lock {path}") from exc
+
     @contextlib.contextmanager
     def shared_lock(self, name: str, exclusive: bool = False) -> Iterator[bool]:
         """A reader/writer lock; yields whether it was obtained (never waits for exclusive)."""
-        path = self.locks / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = self._open_lock(name)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
@@ -358,37 +393,65 @@ class Store:
     def set_ref(self, ref: ImageRef, record: dict[str, Any]) -> None:
         self.write_json_atomic(self._ref_path(ref), {"ref": str(ref), **record})
 
+    def has_ref(self, ref: ImageRef) -> bool:
+        """Whether the reference exists, readable or not (a damaged one is still found, so
+        that the command using it can say what is wrong, and ``rmi -f`` remove it)."""
+        return os.path.lexists(self._ref_path(ref))
+
     def get_ref(self, ref: ImageRef) -> Optional[dict[str, Any]]:
         try:
-            with open(self._ref_path(ref)) as f:
-                data = json.load(f)
-        except FileNotFoundError:
+            data = read_record(self._ref_path(ref), f"reference file of {ref}")
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"unreadable reference file for {ref}: {exc}") from exc
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise StoreError(f"unreadable reference file of {ref}: not a JSON object")
+        return data
 
     def delete_ref(self, ref: ImageRef) -> bool:
+        path = self._ref_path(ref)
         try:
-            os.unlink(self._ref_path(ref))
+            os.unlink(path)
         except FileNotFoundError:
             return False
+        except IsADirectoryError:  # made in its place by hand: ``rmi -f`` still clears it
+            from ucore.containers import remove_tree
+
+            remove_tree(path)
+        except OSError as exc:
+            raise store_error(exc, f"removing reference {ref}") from exc
         return True
 
-    def list_refs(self) -> list[tuple[ImageRef, dict[str, Any]]]:
+    def list_refs(self) -> list[tuple[ImageRef, Optional[dict[str, Any]]]]:
+        """Every reference with its record; None for one that cannot be read, so that one
+        damaged reference does not hide the others (:func:`ucore.images.load` of it says
+        what is wrong)."""
         from ucore.oci import ImageRef
 
-        out = []
-        for entry in sorted(os.listdir(self.refs)):
+        try:
+            entries = sorted(os.listdir(self.refs))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise store_error(exc, f"listing {self.refs}") from exc
+        out: list[tuple[ImageRef, Optional[dict[str, Any]]]] = []
+        for entry in entries:
             try:
                 ref = ImageRef.parse(unquote(entry))
             except Exception:  # noqa: BLE001 - a stray file in refs/ is not fatal
                 continue
-            record = self.get_ref(ref)
+            try:
+                record = self.get_ref(ref)
+            except StoreError:
+                out.append((ref, None))
+                continue
             if record is not None:
                 out.append((ref, record))
         return out
 
     def remove_blob(self, digest: Digest) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.blob_path(digest))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise store_error(exc, f"removing blob {digest}") from exc

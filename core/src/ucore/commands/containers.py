@@ -215,7 +215,11 @@ def _row(container: Container, size: bool) -> dict[str, Any]:
 
 def cmd_ps(session: Session, args: argparse.Namespace) -> int:
     store = session.store
-    rows = [_row(c, args.show_size) for c in containers.all_containers(store)]
+    rows = []
+    for container, damage in containers.all_containers(store):
+        rows.append(_row(container, args.show_size))
+        if damage is not None:
+            rows[-1]["error"] = f"{damage} ('ucore rm -f' removes it)"
     if args.json:
         _print_json(rows)
         return 0
@@ -228,7 +232,11 @@ def cmd_ps(session: Session, args: argparse.Namespace) -> int:
     for row in rows:
         created = datetime.datetime.fromtimestamp(row["created"]).strftime("%Y-%m-%d %H:%M")
         line = f"{row['id']:<32} {'P' if row['protected'] else '.'}"
-        line += f" {','.join(row['names']) or '-':<20} {created:<16}"
+        line += f" {','.join(row['names']) or '-':<20}"
+        if "error" in row:
+            print(f"{line} ({row['error']})")
+            continue
+        line += f" {created:<16}"
         if args.show_engine:
             line += f" {row['engine'] or '-':<12}"
         if args.show_size:
@@ -257,7 +265,7 @@ def cmd_rm(session: Session, args: argparse.Namespace) -> int:
     for text in args.container:
         try:
             if text not in finished:
-                containers.remove(store, containers.lookup(store, text), force=args.force)
+                containers.remove(store, _to_remove(store, text, args.force), force=args.force)
         except UcoreError as exc:
             failures.append(exc)
             continue
@@ -268,6 +276,17 @@ def cmd_rm(session: Session, args: argparse.Namespace) -> int:
             raise type(first)(f"{first} (and {len(failures) - 1} more not removed)")
         raise first
     return 0
+
+
+def _to_remove(store: Store, text: str, force: bool) -> Container:
+    """The container to remove; with ``force`` also one whose record is damaged (whether it
+    was protected cannot be read, hence only with ``force``)."""
+    try:
+        return containers.lookup(store, text)
+    except StoreError as exc:
+        if not force:
+            raise StoreError(f"{exc} ('ucore rm -f' removes it)") from None
+        return containers.damaged(store, text)
 
 
 def cmd_name(session: Session, args: argparse.Namespace) -> int:

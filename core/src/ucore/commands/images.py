@@ -148,7 +148,7 @@ def cmd_images(session: Session, args: argparse.Namespace) -> int:
                     "digest": str(image.manifest_digest),
                     "platform": str(image.platform) if image.platform else None,
                     "size": _size(image),
-                    "pulled": record.get("pulled"),
+                    "pulled": (record or {}).get("pulled"),
                     "layers": [
                         {"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
                         for d in image.layers
@@ -166,7 +166,7 @@ def cmd_images(session: Session, args: argparse.Namespace) -> int:
     )
     for row in rows:
         if "error" in row:
-            print(f"{row['name']:<50} (unreadable: {row['error']})")
+            print(f"{row['name']:<50} ({row['error']})")
             continue
         line = (
             f"{row['name']:<50} {row['id'].split(':')[1][:12]:<12} "

@@ -176,10 +176,7 @@ class OciEngine:
             cpus = parse_cpuset(spec.cpuset)
         from ucore_runc.discover import runtime_env
 
-        base = launch.state_base(self.session.store)
-        options = self._global_options()
-        launch.reap_stale(self._runtime, base, options)
-        run = launch.Run(self._runtime, base, options)
+        run = launch.open_run(self._runtime, self.session.store, self._global_options())
         try:
             run.write_config(config)
             go = launch.run_foreground if terminal else launch.run_detached

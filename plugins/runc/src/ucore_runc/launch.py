@@ -4,9 +4,11 @@
 run the same container at once, and its own bundle directory (``config.json``, the runtime's
 log and pid file). Both live in a per-user directory private to the user (0700):
 ``$XDG_RUNTIME_DIR/ucore`` where the session has one, else ``tmp/run-HOST`` in the store (the
-host name keeps nodes sharing a store apart). A run removes what it made when it ends, normally
-or through a signal; what a run killed outright (``SIGKILL``) left behind is removed by the next
-run of the same engine (the id names the ucore process: a dead one's state is stale).
+host name keeps nodes sharing a store apart), or, when the store cannot be written,
+``ucore-UID/run-HOST`` in the system's temporary directory. A run removes what it made when it
+ends, normally or through a signal; what a run killed outright (``SIGKILL``) left behind is
+removed by the next run of the same engine (the id names the ucore process: a dead one's state
+is stale).
 
 **A command without a terminal** (batch jobs) runs *detached* (``run --detach``): the runtime
 starts it and exits, and ucore, a child subreaper (``PR_SET_CHILD_SUBREAPER``), becomes its
@@ -34,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ucore import spawn
 from ucore.containers import remove_tree
-from ucore.errors import PluginError, UcoreError
-from ucore.store import HOST, pid_alive
+from ucore.errors import PluginError, StoreError, UcoreError
+from ucore.store import HOST, pid_alive, store_error
 
 if TYPE_CHECKING:
     import threading
@@ -59,6 +61,48 @@ def state_base(store: Store) -> Path:
             if st.st_uid == os.getuid() and os.path.isdir(xdg):
                 return Path(xdg) / "ucore"
     return store.tmp / f"run-{HOST}"
+
+
+def open_run(runtime: Runtime, store: Store, global_options: Sequence[str]) -> Run:
+    """A new run, in :func:`state_base` once what killed runs left there is removed. A store
+    that cannot be written (another user's, shared read-only; a read-only mount) still runs
+    its containers: the state then goes to :func:`private_base`. Any other failure to make
+    the directories (a full disk) is a StoreError."""
+    import errno
+
+    try:
+        try:
+            return _new_run(runtime, state_base(store), global_options)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+        return _new_run(runtime, private_base(), global_options)
+    except OSError as exc:
+        raise store_error(exc, "preparing the runtime's state directory") from exc
+
+
+def _new_run(runtime: Runtime, base: Path, global_options: Sequence[str]) -> Run:
+    reap_stale(runtime, base, global_options)
+    return Run(runtime, base, global_options)
+
+
+def private_base() -> Path:
+    """``ucore-UID/run-HOST`` in the system's temporary directory, for a store that cannot be
+    written. The top directory is made 0700 and must be the user's own, never a symlink or a
+    directory another user made there first (the name is predictable)."""
+    import stat
+    import tempfile
+
+    top = Path(tempfile.gettempdir()) / f"ucore-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        top.mkdir(mode=0o700)
+    st = os.lstat(top)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise StoreError(
+            f"the store cannot be written, and {top} (for the runtime's state instead) is not"
+            " a directory private to you"
+        )
+    return top / f"run-{HOST}"
 
 
 class Run:
@@ -89,9 +133,12 @@ class Run:
         import json
 
         path = self.bundle / "config.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(config, f)
+        except OSError as exc:
+            raise store_error(exc, f"writing {path}") from exc
 
     def command(self, detach: bool) -> list[str]:
         argv = [*self.options, "run", "--bundle", str(self.bundle), "--no-new-keyring"]
