@@ -88,6 +88,66 @@ def test_a_damaged_reference_is_listed_and_removed_with_rmi_force(
     ucore_cli.ok("verify", good)
 
 
+def test_prune_frees_only_blobs_no_image_uses(
+    ucore_cli: Ucore, registry: RegistryServer, test_images: TestImages
+) -> None:
+    """Blobs no reference uses (here, those of a pull stopped before it wrote its reference,
+    rebuilt by removing the reference by hand) go; every blob of a remaining image, and what
+    is not a blob, stays. An empty store prunes to nothing."""
+    assert ucore_cli.ok("prune").stdout.startswith("0 unused blobs removed")
+    kept, dropped = f"{registry.address}/busybox:latest", f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", kept)
+    kept_blobs = ucore_cli.blobs()
+    ucore_cli.ok("pull", dropped)
+    orphans = ucore_cli.blobs() - kept_blobs
+    assert orphans
+    (record_file,) = [p for p in ucore_cli.refs() if json.loads(p.read_text())["ref"] == dropped]
+    record_file.unlink()
+    stray = ucore_cli.blob_dir() / "not-a-digest"
+    stray.write_text("left alone")
+    result = json.loads(ucore_cli.ok("prune", "--json").stdout)
+    assert {blob["digest"] for blob in result["removed"]} == orphans
+    assert result["freed"] == sum(blob["size"] for blob in result["removed"]) > 0
+    assert stray.read_text() == "left alone"
+    stray.unlink()
+    assert ucore_cli.blobs() == kept_blobs
+    ucore_cli.ok("verify", kept)
+    ucore_cli.ok("create", kept)
+    assert ucore_cli.ok("prune").stdout.startswith("0 unused blobs removed")
+
+
+def test_prune_is_refused_while_the_store_is_in_use_or_a_reference_is_damaged(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """A pull in progress holds the store's gc lock shared (it may be about to reference a
+    blob that looks unused); a damaged reference hides which blobs it uses. Either way prune
+    removes nothing and says why in one line."""
+    import fcntl
+
+    good, bad = f"{registry.address}/busybox:latest", f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", good)
+    good_blobs = ucore_cli.blobs()
+    ucore_cli.ok("pull", bad)
+    before = ucore_cli.blobs()
+    (record_file,) = [p for p in ucore_cli.refs() if json.loads(p.read_text())["ref"] == bad]
+    record_file.write_bytes(b"\x00\xff{")
+    result = ucore_cli.fails(7, "prune")
+    assert "multilayer" in result.stderr and "rmi -f" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert ucore_cli.blobs() == before
+    ucore_cli.ok("rmi", "-f", bad)
+    with open(ucore_cli.store / "locks" / "gc.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # as a running pull holds it
+        assert "pull" in ucore_cli.fails(7, "prune").stderr
+        assert ucore_cli.blobs() == before
+        assert "ucore prune" in ucore_cli.ok("rmi", good).stderr  # its blobs stay for now
+        assert ucore_cli.blobs() == before
+    ucore_cli.ok("pull", good)
+    ucore_cli.ok("prune")
+    assert ucore_cli.blobs() == good_blobs
+    ucore_cli.ok("verify", good)
+
+
 def test_verify_reports_a_blob_that_cannot_be_read(
     ucore_cli: Ucore, registry: RegistryServer, test_images: TestImages
 ) -> None:

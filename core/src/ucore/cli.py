@@ -23,7 +23,8 @@ Handler = Callable[[Any, argparse.Namespace], int]
 #: ``ucore run``'s start-up budget. A test checks this table against the modules.
 COMMANDS = {
     **dict.fromkeys(
-        ("pull", "images", "inspect", "rmi", "tag", "verify", "manifest"), "ucore.commands.images"
+        ("pull", "images", "inspect", "rmi", "prune", "tag", "verify", "manifest"),
+        "ucore.commands.images",
     ),
     **dict.fromkeys(("load", "save"), "ucore.commands.archive"),
     **dict.fromkeys(

@@ -9,8 +9,11 @@ from typing import Any, Optional
 
 from ucore import manifest as mf
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
+from ucore.log import get_logger
 from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform, names_registry, split_registry
 from ucore.store import Store
+
+log = get_logger(__name__)
 
 
 def parse_ref(text: str, default_registry: str) -> ImageRef:
@@ -98,6 +101,52 @@ def all_images(store: Store) -> list[Image]:
     return out
 
 
+def used_blobs(store: Store) -> tuple[set[Digest], list[ImageRef]]:
+    """The blobs the store's images use, and the references that cannot be read or loaded:
+    the blobs those use are unknown, so nothing may be freed as unused while they exist."""
+    used: set[Digest] = set()
+    damaged: list[ImageRef] = []
+    for ref, record in store.list_refs():
+        try:
+            used |= blobs_of(load(store, ref, record))
+        except (NotFoundError, StoreError, IntegrityError):
+            damaged.append(ref)
+    return used, damaged
+
+
+def prune(store: Store) -> list[tuple[Digest, int]]:
+    """Remove every blob no image uses, and what dead processes left in ``tmp/``; returns
+    the blobs removed with their sizes.
+
+    Such blobs come from a pull, import or load that was interrupted before it wrote its
+    reference, and from an ``rmi`` that ran while a pull held the store. Refused while a pull,
+    create, import or load runs (it may be about to reference a blob that looks unused), and
+    while a reference is damaged (its blobs are unknown)."""
+    if not store.root.exists():
+        return []
+    store.ensure()
+    with store.shared_lock("gc", exclusive=True) as got:
+        if not got:
+            raise StoreError(
+                "a pull, create, import or load is using the store: run 'ucore prune' again"
+                " when it has finished"
+            )
+        used, damaged = used_blobs(store)
+        if damaged:
+            name = damaged[0].familiar
+            raise StoreError(
+                f"image {name} is damaged, so the blobs it uses are unknown: nothing was"
+                f" pruned ('ucore rmi -f {name}' removes it)"
+            )
+        removed = []
+        for digest, size in sorted(store.list_blobs(), key=lambda blob: blob[0].hex):
+            if digest not in used:
+                store.remove_blob(digest)
+                removed.append((digest, size))
+        store.cleanup_tmp()
+    return removed
+
+
 def tag(store: Store, source: ImageRef, target: ImageRef) -> None:
     record = store.get_ref(source)
     if record is None:
@@ -129,6 +178,11 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
     with store.shared_lock("gc", exclusive=True) as got:
         store.delete_ref(ref)
         if not got:
+            log.warning(
+                "a pull, create, import or load is using the store: the image's blobs were"
+                " kept ('ucore prune' frees them later)",
+                image=ref.familiar,
+            )
             return removed
         unused = blobs_of(image)
         for other in all_images(store):

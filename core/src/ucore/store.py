@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -446,6 +447,29 @@ class Store:
                 continue
             if record is not None:
                 out.append((ref, record))
+        return out
+
+    def list_blobs(self) -> list[tuple[Digest, int]]:
+        """Every stored blob with its size. Entries not named by a sha256 digest, and
+        directories (made by hand), are not blobs: ``prune`` leaves them alone."""
+        from ucore.oci import Digest
+
+        try:
+            entries = list(os.scandir(self.blobs))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise store_error(exc, f"listing {self.blobs}") from exc
+        out = []
+        for entry in entries:
+            if len(entry.name) != 64 or entry.name.strip("0123456789abcdef"):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                out.append((Digest(entry.name), st.st_size))
         return out
 
     def remove_blob(self, digest: Digest) -> None:

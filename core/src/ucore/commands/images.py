@@ -1,4 +1,4 @@
-"""Image commands: pull, images, inspect, rmi, tag, verify, manifest inspect."""
+"""Image commands: pull, images, inspect, rmi, prune, tag, verify, manifest inspect."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     p.add_argument("image", metavar="IMAGE", nargs="+")
     p.set_defaults(handler=cmd_rmi)
     parsers["rmi"] = p
+
+    p = sub.add_parser(
+        "prune",
+        parents=[common],
+        help="remove blobs no image uses (left by an interrupted pull, import or load)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(handler=cmd_prune)
+    parsers["prune"] = p
 
     p = sub.add_parser("tag", parents=[common], help="give a local image another name")
     p.add_argument("source", metavar="SOURCE")
@@ -223,6 +232,19 @@ def cmd_rmi(session: Session, args: argparse.Namespace) -> int:
             raise
         removed = images.remove(store, ref, force=args.force)
         print(f"removed {ref.familiar} ({len(removed)} blobs freed)")
+    return 0
+
+
+def cmd_prune(session: Session, args: argparse.Namespace) -> int:
+    from ucore.builtin.progress import human
+
+    removed = images.prune(session.store)
+    freed = sum(size for _digest, size in removed)
+    if args.json:
+        blobs = [{"digest": str(digest), "size": size} for digest, size in removed]
+        print(json.dumps({"removed": blobs, "freed": freed}))
+    else:
+        print(f"{len(removed)} unused blobs removed, {human(freed)} freed")
     return 0
 
 
