@@ -533,8 +533,9 @@ def tree(top: Path) -> dict[str, tuple[object, ...]]:
 
 
 def test_clone_keeps_owners_links_times_and_holes(ucore_cli: Ucore, tmp_path: Path) -> None:
-    """A clone is the same tree: owners (as root), modes, times, hardlinks as hardlinks,
-    symlinks, extended attributes; a directory a program locked, a tree deeper than the
+    """A clone is the same tree: owners (as root), modes, times, hardlinks as hardlinks (one
+    whose first name is in a directory a program locked too), symlinks, extended attributes;
+    a directory a program locked, a tree deeper than the
     recursion limit and a huge sparse file (copied as holes, not as a disk full of zeros)."""
     tarball = tmp_path / "owned.tar"
     with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -562,6 +563,7 @@ def test_clone_keeps_owners_links_times_and_holes(ucore_cli: Ucore, tmp_path: Pa
         f.write(b"head")
     (src / "locked" / "in").mkdir(parents=True)
     (src / "locked" / "in" / "f").write_text("locked away\n")
+    os.link(src / "locked" / "in" / "f", src / "z-linked")  # copied after "locked" is shut
     os.chmod(src / "locked" / "in", 0o000)
     os.chmod(src / "locked", 0o000)
     nest(src, 1200)

@@ -161,6 +161,7 @@ def copy_tree(source: Path, dest: Path) -> None:
     copier = _Copier(os.open(dest, DIR_FLAGS))
     try:
         copier.walk(source)
+        copier.shut_late()
     finally:
         copier.close()
 
@@ -176,6 +177,9 @@ class _Copier(Walker):
         self.dirs: list[os.stat_result] = []
         #: The first path copied of each inode with more than one link.
         self.links: dict[tuple[int, int], str] = {}
+        #: Copied directories the owner may not search, by path, in the order left: their
+        #: mode is set last, since a later hardlink may be made from a path through them.
+        self.late: list[tuple[str, int]] = []
 
     def close(self) -> None:
         os.close(self.dest)
@@ -244,9 +248,23 @@ class _Copier(Walker):
         through it) and times, then back to its parent."""
         st = self.dirs.pop()
         parent = os.open("..", DIR_FLAGS, dir_fd=self.dest)
-        os.chmod(self.dest, stat.S_IMODE(st.st_mode))
+        mode = stat.S_IMODE(st.st_mode)
+        if self.euid != 0 and not mode & stat.S_IXUSR:
+            self.late.append((path, mode))
+        else:
+            os.chmod(self.dest, mode)
         os.utime(self.dest, ns=_times(st))
         self.dest = _swap(self.dest, parent)
+
+    def shut_late(self) -> None:
+        """Set the modes :meth:`left` put off. In the order the directories were left, a
+        directory comes before those above it, which are still open to the walk down."""
+        for path, mode in self.late:
+            fd = os.open(path, _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.top)
+            try:
+                os.chmod(f"/proc/self/fd/{fd}", mode)
+            finally:
+                os.close(fd)
 
 
 def _swap(old: int, new: int) -> int:
