@@ -22,6 +22,7 @@ from typing import Any, Optional
 import pytest
 from support.cli import (
     Ucore,
+    assert_error_line,
     describe,
     engine_container,
     installed_engines,
@@ -295,6 +296,53 @@ def test_volume_target_symlink_resolves_inside_the_root(
     out = sh(cli, container, "cat /opt/real/marker", "-v", f"{tmp_path}:/linked")
     assert out == "m\n"
     assert (root / "linked").is_symlink()  # the image's link is left as it was
+
+
+def test_a_volume_of_the_wrong_kind_is_one_line_in_every_engine(
+    cli: Ucore, container: str, tmp_path: Path
+) -> None:
+    """A file over an image directory, or a directory over an image file, cannot be bind
+    mounted: every engine refuses it before starting, in one line, exit 2 (runc and crun used
+    to add their own line; PRoot hid the image's directory behind the file). Inside another
+    volume, the other volume decides what is there."""
+    (tmp_path / "file").write_text("f\n")
+    (tmp_path / "x").write_text("x\n")
+    sh(cli, container, "mkdir -p /data/dir/x && echo i > /data/file")
+    for volume in (f"{tmp_path}/file:/data/dir", f"{tmp_path}:/data/file"):
+        result = cli.fails(2, "run", "-v", volume, container, "true")
+        assert "/data/" in assert_error_line(result)
+    outer, inner = f"{tmp_path}:/data/dir", f"{tmp_path}/file:/data/dir/x"
+    assert sh(cli, container, "cat /data/dir/x", "-v", outer, "-v", inner) == "f\n"
+    assert (tmp_path / "x").read_text() == "x\n"
+
+
+def test_name_resolution_files_are_private_copies(cli: Ucore, container: str) -> None:
+    """The container sees the host's /etc/resolv.conf and /etc/host.conf as copies (as Docker
+    does): what it writes there never reaches the host's files, which for root are writable.
+    Checked by inode first, so that a regression fails without writing to the host's file."""
+    host = Path("/etc/resolv.conf")
+    before = host.read_bytes()
+    script = "stat -L -c %i /etc/resolv.conf; cat /etc/resolv.conf"
+    inode, _, seen = sh(cli, container, script).partition("\n")
+    assert int(inode) != host.stat().st_ino, "the host's own file is bound"
+    assert seen.encode() == before
+    sh(cli, container, "echo 'nameserver 192.0.2.1' > /etc/resolv.conf; rm -f /etc/host.conf; true")
+    assert host.read_bytes() == before
+    assert Path("/etc/host.conf").exists()
+
+
+def test_an_image_name_file_that_is_a_directory_is_left_alone(cli: Ucore, container: str) -> None:
+    """An image whose /etc/resolv.conf is a directory keeps it: no file is bound over it."""
+    resolv = root_of(cli, container) / "etc" / "resolv.conf"
+    saved = resolv.read_bytes() if resolv.is_file() else None
+    resolv.unlink(missing_ok=True)
+    resolv.mkdir()
+    try:
+        assert sh(cli, container, "test -d /etc/resolv.conf && echo dir") == "dir\n"
+    finally:
+        resolv.rmdir()
+        if saved is not None:
+            resolv.write_bytes(saved)
 
 
 def test_file_written_in_the_container_is_in_its_root(cli: Ucore, container: str) -> None:

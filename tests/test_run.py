@@ -248,6 +248,21 @@ def test_setup_takes_engine_names_and_udocker_modes(ucore_cli: Ucore, proxy: Fau
     ucore_cli.fails(2, "setup", "--engine", "no-such-engine", "c")
 
 
+def test_setup_purge_removes_what_runs_made(ucore_cli: Ucore, proxy: FaultProxy) -> None:
+    """Runs leave the account and name-resolution copies in the container directory (outside
+    its root); ``setup --purge`` removes them, and the next run makes them again."""
+    ucore_cli.ok("create", "--name", "c", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("run", "-u", str(os.getuid() + 4242), "c", "true")
+    made = Path(ucore_cli.ok("inspect", "-p", "c").stdout.strip()).parent
+    assert (made / "hostfiles" / "resolv.conf").read_bytes() == Path(
+        "/etc/resolv.conf"
+    ).read_bytes()
+    ucore_cli.ok("setup", "--purge", "c")
+    assert not (made / "hostfiles").exists() and not (made / "hostauth").exists()
+    ucore_cli.ok("run", "c", "true")
+    assert (made / "hostfiles" / "resolv.conf").exists()
+
+
 def test_setup_names_the_plugin_a_mode_needs(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     info = json.loads(ucore_cli.ok("info", "--json").stdout)
     provided = {a for e in info["engines"] for a in e["aliases"]}

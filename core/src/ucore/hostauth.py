@@ -9,7 +9,6 @@ and the container stays exactly as it was unpacked.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from ucore import inroot
+from ucore.hostfiles import bindable, write_copy
 from ucore.model import Mount
 
 #: Larger account files than this are not ones we should be copying around.
@@ -39,7 +39,8 @@ def container_accounts(root: Path) -> Accounts:
 
 def host_accounts(root: Path, state_dir: Path) -> Accounts:
     """The container's files plus the invoking user and its primary group, written to
-    ``state_dir`` and bound over the originals, where a file can be (see :func:`_bindable`)."""
+    ``state_dir`` and bound over the originals, where a file can be (see
+    :func:`~ucore.hostfiles.bindable`)."""
     own = container_accounts(root)
     texts = {
         "passwd": with_user(own.passwd, _user_line()),
@@ -49,27 +50,12 @@ def host_accounts(root: Path, state_dir: Path) -> Accounts:
     for name, original in (("passwd", own.passwd), ("group", own.group)):
         if texts[name] == original:
             continue
-        copy = _write(state_dir, name, texts[name]) if _bindable(root, f"/etc/{name}") else None
+        copy = _write(state_dir, name, texts[name]) if bindable(root, f"/etc/{name}") else None
         if copy is None:
             texts[name] = original
         else:
             mounts.append(Mount(str(copy), f"/etc/{name}"))
     return Accounts(texts["passwd"], texts["group"], tuple(mounts))
-
-
-def _bindable(root: Path, path: str) -> bool:
-    """Whether a file can be bound over the image's ``path``: it is a regular file, or
-    nothing (the engine makes the mount point), and no image link aims it under ``/proc``,
-    ``/sys`` or ``/dev``. A directory there, or a loop of links, is the image's own affair."""
-    import stat
-
-    try:
-        walk = inroot.resolve(root, path)
-    except OSError:
-        return False
-    if any(inroot.under(walk.path, p) for p in inroot.PSEUDO):
-        return False
-    return walk.missing > 0 or (walk.mode is not None and stat.S_ISREG(walk.mode))
 
 
 def with_user(text: str, line: str) -> str:
@@ -135,41 +121,15 @@ def _read(root: Path, path: str) -> str:
 
 
 def _write(state_dir: Path, name: str, text: str) -> Optional[Path]:
-    """Write atomically, and not at all when unchanged: concurrent runs of one container share
-    these files, and a cluster filesystem is better off without needless writes.
-
-    None, with a warning, when the container cannot be written (another user's store shared
-    read-only): the container then runs with its own file, as with ``--containerauth``. A
-    full disk is a StoreError, as everywhere in the store.
-    """
-    path = state_dir / name
-    with contextlib.suppress(OSError):
-        if path.read_text() == text:
-            return path
-    tmp = state_dir / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
-    try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        import errno
-
-        from ucore.store import store_error
-
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise store_error(exc, f"writing the container's copy of /etc/{name}") from exc
+    """The copy of ``/etc/NAME`` naming the invoking user; None, with a warning, when the
+    container cannot be written (another user's store shared read-only): the container then
+    runs with its own file, as with ``--containerauth``."""
+    copy = write_copy(state_dir, name, text.encode())
+    if copy is None:
         from ucore.log import get_logger
 
         get_logger(__name__).warning(
-            f"cannot write the copy of /etc/{name} naming you ({exc.strerror}):"
-            f" the container's own is used, as with --containerauth"
+            f"cannot write the copy of /etc/{name} naming you:"
+            " the container's own is used, as with --containerauth"
         )
-        return None
-    return path
+    return copy

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from ucore import hostauth, inroot
+from ucore import hostauth, hostfiles, inroot
 from ucore.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -102,7 +102,12 @@ def build(
     env, chosen = _environment(meta, opts, environ)
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", home)
-    mounts = [*_sysdirs(opts), *accounts.mounts, *_home(opts), *map(parse_volume, opts.volumes)]
+    mounts = [
+        *_sysdirs(root, Path(container.dir) / "hostfiles", opts),
+        *accounts.mounts,
+        *_home(opts),
+        *map(parse_volume, opts.volumes),
+    ]
     mounts = [m for m in mounts if m.source not in opts.novol and m.target not in opts.novol]
     spec = RunSpec(
         argv=argv,
@@ -369,10 +374,25 @@ def parse_device(text: str) -> DeviceNode:
     return DeviceNode(path, target or None)
 
 
-def _sysdirs(opts: RunOptions) -> list[Mount]:
+def _sysdirs(root: Path, state_dir: Path, opts: RunOptions) -> list[Mount]:
+    """The host's system directories, and private copies of its name-resolution files (see
+    :mod:`ucore.hostfiles`). One the image has as a file is left out, as the image's affair."""
     if not opts.sysdirs:
         return []
-    return [Mount(os.path.realpath(p), p) for p in SYSDIRS if os.path.exists(p)]
+    mounts = [
+        Mount(os.path.realpath(p), p)
+        for p in SYSDIRS
+        if p not in hostfiles.NAME_FILES and os.path.isdir(p) and _directory_or_none(root, p)
+    ]
+    return [*mounts, *hostfiles.name_files(root, state_dir)]
+
+
+def _directory_or_none(root: Path, path: str) -> bool:
+    try:
+        mode = inroot.resolve(root, path).mode
+    except OSError:
+        return False
+    return mode is None or stat.S_ISDIR(mode)
 
 
 def _home(opts: RunOptions) -> list[Mount]:
@@ -388,9 +408,11 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
     """Resolve each target inside the root (a target that is an image symlink lands where the
     link points, inside the root); the last mount of a target wins; parents first."""
     placed: dict[str, Mount] = {}
+    modes: dict[str, Optional[int]] = {}
     for m in mounts:
         try:
-            target = inroot.resolve(root, m.target).path
+            walk = inroot.resolve(root, m.target)
+            target = walk.path
         except OSError as exc:
             raise UsageError(f"cannot mount {m.source} on {m.target}: {exc}") from None
         if target == "/":
@@ -409,7 +431,24 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
             )
         placed.pop(target, None)
         placed[target] = m._replace(target=target)
+        modes[target] = walk.mode
+    for target, m in placed.items():
+        outer = covering(posixpath.dirname(target), placed.values())
+        if outer is None:  # what is there is the image's, not another mount's
+            _same_kind(m, target, modes[target])
     return tuple(sorted(placed.values(), key=lambda m: m.target.count("/")))
+
+
+def _same_kind(m: Mount, target: str, mode: Optional[int]) -> None:
+    """A directory is mounted only on a directory, anything else only on a non-directory, as
+    the kernel's bind mount requires: runc and crun would fail with two lines of their own,
+    and PRoot would quietly hide the image's directory behind a file. The default mounts were
+    left out where they do not fit (:func:`_sysdirs`), so this is about what the user asked."""
+    if mode is None or stat.S_ISDIR(mode) == os.path.isdir(m.source):
+        return
+    there = "a directory" if stat.S_ISDIR(mode) else "not a directory"
+    source = "the directory" if os.path.isdir(m.source) else "the file"
+    raise UsageError(f"cannot mount {source} {m.source} on {target}: in the image it is {there}")
 
 
 def covering(path: str, mounts: Iterable[Mount]) -> Optional[Mount]:

@@ -313,7 +313,8 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
     if args.purge:
         import shutil
 
-        shutil.rmtree(Path(container.dir) / "hostauth", ignore_errors=True)
+        for made in ("hostauth", "hostfiles"):
+            shutil.rmtree(Path(container.dir) / made, ignore_errors=True)
     if args.engine is None:
         if not args.purge:
             print(container.engine or f"{AUTO} (chosen at the next run)")
