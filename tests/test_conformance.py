@@ -121,6 +121,7 @@ def test_command_not_found_127_not_executable_126(cli: Ucore, container: str) ->
     missing = cli.fails(127, "run", container, "no-such-command")
     assert "no-such-command" in missing.stderr
     cli.fails(126, "run", container, "/etc/passwd")
+    assert "empty" in assert_error_line(cli.fails(127, "run", container, ""))  # as docker run
 
 
 # --- signals --------------------------------------------------------------------------------------

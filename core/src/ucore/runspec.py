@@ -497,6 +497,8 @@ def check_command(root: Path, spec: RunSpec) -> None:
     """Fail before starting anything when the command is not there (127) or cannot be run
     (126), as a shell would: every engine then reports it the same way."""
     command = spec.argv[0]
+    if not command:  # not the PATH's first directory, as joining it would make it
+        raise CommandNotFoundError("'': command not found in the container (an empty name)")
     if "/" in command:
         candidates = [posixpath.join(spec.cwd, command)]
     else:
