@@ -428,14 +428,8 @@ class Store:
         what is wrong)."""
         from ucore.oci import ImageRef
 
-        try:
-            entries = sorted(os.listdir(self.refs))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as exc:
-            raise store_error(exc, f"listing {self.refs}") from exc
         out: list[tuple[ImageRef, Optional[dict[str, Any]]]] = []
-        for entry in entries:
+        for entry in sorted(self._names(self.refs)):
             try:
                 ref = ImageRef.parse(unquote(entry))
             except Exception:  # noqa: BLE001 - a stray file in refs/ is not fatal
@@ -454,23 +448,27 @@ class Store:
         directories (made by hand), are not blobs: ``prune`` leaves them alone."""
         from ucore.oci import Digest
 
-        try:
-            entries = list(os.scandir(self.blobs))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as exc:
-            raise store_error(exc, f"listing {self.blobs}") from exc
         out = []
-        for entry in entries:
-            if len(entry.name) != 64 or entry.name.strip("0123456789abcdef"):
+        for name in self._names(self.blobs):
+            if len(name) != 64 or name.strip("0123456789abcdef"):
                 continue
             try:
-                st = entry.stat(follow_symlinks=False)
+                st = os.stat(self.blobs / name, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                out.append((Digest(entry.name), st.st_size))
+                out.append((Digest(name), st.st_size))
         return out
+
+    @staticmethod
+    def _names(directory: Path) -> list[str]:
+        """What a store directory holds; nothing when it is missing (a store not used yet)."""
+        try:
+            return os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise store_error(exc, f"listing {directory}") from exc
 
     def remove_blob(self, digest: Digest) -> None:
         try:
