@@ -263,6 +263,23 @@ def test_setup_purge_removes_what_runs_made(ucore_cli: Ucore, proxy: FaultProxy)
     assert (made / "hostfiles" / "resolv.conf").exists()
 
 
+def test_an_engine_probe_on_a_full_disk_is_the_disks_error(
+    ucore_cli: Ucore, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """PRoot's probe writes a scratch file in the store; on a full disk that is exit 7 (the
+    disk), not exit 8 (no usable engine), and the probe runs again once there is room."""
+    ucore_cli.ok("create", "--name", "c", f"{proxy.address}/busybox:latest")
+    ucore_cli.ok("setup", "--engine", "proot", "c")
+    ucore_cli.ok("run", "c", "true")  # the copies a run keeps are written
+    (ucore_cli.store / "cache" / "proot.json").unlink()
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    result = ucore_cli.on_full_disk(0, mount, "run", "c", "true")
+    assert result.returncode == 7, describe(result)
+    assert "disk full" in assert_error_line(result)
+    ucore_cli.ok("run", "c", "true")
+
+
 def test_setup_names_the_plugin_a_mode_needs(ucore_cli: Ucore, proxy: FaultProxy) -> None:
     info = json.loads(ucore_cli.ok("info", "--json").stdout)
     provided = {a for e in info["engines"] for a in e["aliases"]}

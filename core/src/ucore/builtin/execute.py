@@ -26,6 +26,7 @@ returns an exit status first takes over.
 from __future__ import annotations
 
 import contextlib
+import errno
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -98,6 +99,11 @@ class Engines:
             try:
                 self._probes[name] = self.engine(name).probe()
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    from ucore.store import store_error
+
+                    # the disk's fault, not the engine's: no other engine would fare better
+                    raise store_error(exc, f"probing engine {name}") from None
                 self._probes[name] = f"its probe failed: {type(exc).__name__}: {exc}"
         return self._probes[name]
 
