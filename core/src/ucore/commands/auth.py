@@ -78,8 +78,7 @@ def cmd_logout(session: Session, args: argparse.Namespace) -> int:
 
     creds = Credentials(session.store)
     if args.all:
-        if creds.path.exists():
-            creds.path.unlink()
+        creds.remove_all()
         print("all stored credentials removed")
         return 0
     server = _server(args)
