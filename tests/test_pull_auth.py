@@ -7,11 +7,12 @@ import base64
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import Ucore, assert_error_line, write_docker_config
+from support.cli import Ucore, assert_error_line, describe, write_docker_config
 from support.registries import AuthRegistry
 
 from ucore.testing.images import TestImages
@@ -291,6 +292,83 @@ def test_planted_symlink_is_neither_followed_nor_written_through(
     assert planted.read_bytes() == before and not os.path.lexists(ucore_cli.store / "auth.json")
 
 
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [
+        ("{}\r\n", 0),  # docker strips one "\n", then one "\r"
+        ("{}", 0),
+        ("{}\n\n", 5),  # the password is everything but the last line break, as in docker
+        ("{}\nsecond line\n", 5),
+        ("\n", 2),
+        ("", 2),
+    ],
+)
+def test_password_stdin_is_read_as_docker_reads_it(
+    ucore_cli: Ucore, basic_registry: AuthRegistry, given: str, code: int
+) -> None:
+    reg = basic_registry
+    args = ("login", "-u", reg.username, "--password-stdin", reg.address)
+    result = ucore_cli.run(*args, input=given.format(reg.password))
+    assert result.returncode == code, result.stderr
+    if code:
+        assert_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("-u", "a:b", "-p", "x"), None, "must not contain ':'"),
+        (("-u", "user", "-p", "\udcff"), None, "not valid UTF-8"),
+        (("-u", "\udcff", "-p", "x"), None, "not valid UTF-8"),
+        (("-u", "user", "--password-stdin"), b"\xff\xfe\n", "not valid UTF-8"),
+        (("-u", "user", "--password-stdin"), b"x" * (1 << 20), "longer than"),
+    ],
+)
+def test_unusable_credentials_are_refused_before_any_request(
+    ucore_cli: Ucore, args: tuple[str, ...], stdin: bytes, message: str
+) -> None:
+    """A ':' in a user name makes Basic credentials ambiguous; bytes that are not UTF-8 were an
+    internal error; an endless stdin (``yes | ucore login``) was read forever."""
+    result = subprocess.run(
+        ucore_cli.argv("login", *args, "127.0.0.1:1"),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env=ucore_cli.env,
+        timeout=60,
+        check=False,
+    )
+    text = subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+    assert result.returncode == 2, describe(text)
+    assert message in assert_error_line(text)
+    assert not (ucore_cli.store / "auth.json").exists()
+
+
+def test_no_secret_in_verbose_or_json_logs(ucore_cli: Ucore, basic_registry: AuthRegistry) -> None:
+    reg = basic_registry
+    for password in ("wrong-pass", reg.password):
+        result = ucore_cli.run(
+            "-vv",
+            "--log-format=json",
+            "login",
+            "-u",
+            reg.username,
+            "--password-stdin",
+            reg.address,
+            input=password + "\n",
+        )
+        assert result.returncode == (5 if password == "wrong-pass" else 0), describe(result)
+        no_secret(result.stdout + result.stderr, password, _b64(reg.username, password))
+        result = ucore_cli.run("-vv", "--log-format=json", "pull", f"{reg.address}/x:1")
+        no_secret(result.stdout + result.stderr, password, _b64(reg.username, password))
+
+
+def _b64(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def test_logout_forgets_every_spelling_that_pull_would_use(
     ucore_cli: Ucore, basic_registry: AuthRegistry
 ) -> None:
@@ -299,7 +377,7 @@ def test_logout_forgets_every_spelling_that_pull_would_use(
     error."""
     reg = basic_registry
     ucore_cli.store.mkdir(mode=0o700)
-    auth = base64.b64encode(f"{reg.username}:{reg.password}".encode()).decode()
+    auth = _b64(reg.username, reg.password)
     entries = {"": {"auth": auth}, f"https://{reg.address}/v2/": {"auth": auth}}
     (ucore_cli.store / "auth.json").write_text(json.dumps({"auths": entries}))
     ucore_cli.ok("pull", f"{reg.address}/busybox:latest")

@@ -56,7 +56,7 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
             raise UsageError("--username is required when stdin is not a terminal")
         user = input("Username: ").strip()
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _password_from_stdin()
     elif args.password is not None:
         password = args.password
     elif sys.stdin.isatty():
@@ -65,12 +65,36 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
         raise UsageError("no password: use --password-stdin in scripts")
     if not user or not password:
         raise UsageError("username and password must not be empty")
+    if ":" in user:
+        raise UsageError("the username must not contain ':' (Basic credentials would be ambiguous)")
+    for what, text in (("username", user), ("password", password)):
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # bytes from argv that are not UTF-8
+            raise UsageError(f"the {what} is not valid UTF-8") from None
     from ucore.builtin.registry.client import DistributionClient
 
     DistributionClient(session).check_login(server, user, password)
     Credentials(session.store).save(server, user, password)
     print(f"login succeeded: credentials for {server} saved")
     return 0
+
+
+#: Registry passwords and tokens are at most a few KiB; ``yes | ucore login`` must end.
+MAX_PASSWORD = 64 << 10
+
+
+def _password_from_stdin() -> str:
+    """All of stdin less one final line break (``\\n``, then ``\\r``), as ``docker login
+    --password-stdin`` reads it, so that a password piped to both is the same password."""
+    data = sys.stdin.buffer.read(MAX_PASSWORD + 1)
+    if len(data) > MAX_PASSWORD:
+        raise UsageError(f"the password on stdin is longer than {MAX_PASSWORD} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UsageError("the password on stdin is not valid UTF-8") from None
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def cmd_logout(session: Session, args: argparse.Namespace) -> int:
