@@ -10,6 +10,7 @@ import pty
 import resource
 import select
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -330,3 +331,59 @@ def test_batch_pull_is_silent_and_terminal_pull_draws_progress(
     text = screen.decode(errors="replace")
     assert "\x1b[2K" in text and "[#" in text, text  # redrawn bars
     assert f"pulled {ref}" in text
+
+
+def test_save_writes_through_no_planted_symlink(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """``save -o out.tar`` wrote ``out.tar.PID.part`` with a plain ``open``: a symbolic link
+    planted under that predictable name (in a shared directory) had the tarball written into
+    its target, and then became the output. Links at the output itself are replaced, never
+    followed, as a rename does."""
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = shared / "out.tar"
+    plant = f"import os; os.symlink({str(victim)!r}, f'{out}.{{os.getpid()}}.part')"
+    script = f"{plant}; import sys; from ucore.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "save", "-o", str(out), ref],
+        capture_output=True,
+        text=True,
+        env=ucore_cli.env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious\n"
+    assert not out.is_symlink() and tarfile.is_tarfile(out)
+    linked = shared / "linked.tar"
+    linked.symlink_to(victim)
+    ucore_cli.ok("save", "-o", str(linked), ref)
+    assert victim.read_text() == "precious\n"
+    assert not linked.is_symlink() and tarfile.is_tarfile(linked)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_failed_save_leaves_the_old_output_and_no_partial_file(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path, damage: str
+) -> None:
+    ref = f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", ref)
+    layer = json.loads(ucore_cli.ok("manifest", "inspect", ref).stdout)["layers"][-1]["digest"]
+    blob = ucore_cli.blob_dir() / layer.split(":")[1]
+    blob.chmod(0o644)
+    data = blob.read_bytes()
+    half = len(data) // 2
+    flipped = data[:half] + bytes([data[half] ^ 0xFF]) + data[half + 1 :]
+    blob.write_bytes(data[:half] if damage == "truncated" else flipped)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out.tar"
+    out.write_text("the previous archive\n")
+    ucore_cli.fails(6, "save", "-o", str(out), ref)
+    assert out.read_text() == "the previous archive\n"
+    assert sorted(p.name for p in work.iterdir()) == ["out.tar"]
