@@ -3,6 +3,7 @@ skopeo, an independent implementation), manifest inspect, and the terminal progr
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from support.cli import Ucore
 
+from ucore.oci import Platform
 from ucore.testing.images import TestImages
 from ucore.testing.registry import RegistryServer
 
@@ -387,3 +389,37 @@ def test_failed_save_leaves_the_old_output_and_no_partial_file(
     ucore_cli.fails(6, "save", "-o", str(out), ref)
     assert out.read_text() == "the previous archive\n"
     assert sorted(p.name for p in work.iterdir()) == ["out.tar"]
+
+
+@pytest.mark.parametrize("depth", [2, 1200])
+def test_load_refuses_nested_image_indexes(ucore_cli: Ucore, tmp_path: Path, depth: int) -> None:
+    """Each index names the next as a manifest for this platform: pulls refuse an index in an
+    index, and so does load (a deep chain ran into the recursion limit, reported as invalid
+    JSON)."""
+    arch = Platform.host().architecture
+    blobs: dict[str, bytes] = {}
+
+    def add(doc: dict[str, object]) -> tuple[str, int]:
+        raw = json.dumps(doc).encode()
+        blobs[hashlib.sha256(raw).hexdigest()] = raw
+        return hashlib.sha256(raw).hexdigest(), len(raw)
+
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    digest, size = add({"schemaVersion": 2, "mediaType": manifest_type, "layers": []})
+    for _ in range(depth):
+        entry = {"mediaType": manifest_type, "digest": f"sha256:{digest}", "size": size}
+        platform = {"os": "linux", "architecture": arch}
+        digest, size = add({"schemaVersion": 2, "manifests": [{**entry, "platform": platform}]})
+    name = {"io.containerd.image.name": "example.org/nested:1"}
+    entry = {"mediaType": manifest_type, "digest": f"sha256:{digest}", "size": size}
+    index = {"schemaVersion": 2, "manifests": [{**entry, "annotations": name}]}
+    members = {
+        "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+        "index.json": json.dumps(index).encode(),
+    }
+    members.update({f"blobs/sha256/{hex_}": raw for hex_, raw in blobs.items()})
+    archive = tmp_path / "nested.tar"
+    archive.write_bytes(_tar(members))
+    result = ucore_cli.fails(6, "load", "-i", str(archive))
+    assert "nested image indexes are not supported" in result.stderr
+    assert ucore_cli.refs() == [] and ucore_cli.blobs() == set()
