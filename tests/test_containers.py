@@ -221,7 +221,15 @@ def test_rm(ucore_cli: Ucore, registry: RegistryServer) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [b'{"created": "yesterday"}', b'{"created": 1e400}', b'{"engine": 7}', b"\x00[", b"dir", b""],
+    [
+        b'{"created": "yesterday"}',
+        b'{"created": 1e400}',
+        b'{"engine": 7}',
+        b"\x00[",
+        b"dir",
+        b"",
+        b"[" * 100_000 + b"]" * 100_000,  # past json's recursion limit: was an internal error
+    ],
 )
 def test_a_damaged_container_is_listed_and_removed_with_rm_force(
     ucore_cli: Ucore, registry: RegistryServer, damage: bytes
@@ -862,3 +870,15 @@ def test_huge_extended_headers_are_refused(
     assert "extended header of 67108864 bytes exceeds" in err
     assert ucore_cli.blobs() == set()
     ucore_cli.check_store()
+
+
+def test_a_damaged_copy_of_the_image_config_is_no_internal_error(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """The container's copy of its image's config, nested past json's recursion limit, is a
+    damaged copy like any other (read as empty), not an internal error."""
+    cid = create(ucore_cli, "--name", "deep", f"{registry.address}/busybox:latest")
+    copy = ucore_cli.store / "containers" / cid / "image-config.json"
+    copy.chmod(0o600)
+    copy.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert json.loads(ucore_cli.ok("inspect", "deep").stdout)["image_config"] is None
