@@ -384,3 +384,18 @@ def test_logout_forgets_every_spelling_that_pull_would_use(
     assert ucore_cli.ok("logout", reg.address).stdout == f"credentials for {reg.address} removed\n"
     assert list(auth_file(ucore_cli)["auths"]) == [""]
     ucore_cli.fails(5, "pull", f"{reg.address}/multilayer:latest")
+
+
+def test_login_replaces_every_spelling_of_the_registry(
+    ucore_cli: Ucore, basic_registry: AuthRegistry
+) -> None:
+    """A stale entry spelt ``https://host/v2/`` came before the one ``login`` wrote, so pulls
+    kept using the old password after a successful login."""
+    reg = basic_registry
+    ucore_cli.store.mkdir(mode=0o700)
+    stale = {f"https://{reg.address}/v2/": {"auth": _b64(reg.username, "old-password")}}
+    (ucore_cli.store / "auth.json").write_text(json.dumps({"auths": stale}))
+    ucore_cli.fails(5, "pull", f"{reg.address}/busybox:latest")
+    login(ucore_cli, reg)
+    assert list(auth_file(ucore_cli)["auths"]) == [reg.address]
+    ucore_cli.ok("pull", f"{reg.address}/busybox:latest")

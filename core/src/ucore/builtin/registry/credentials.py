@@ -141,9 +141,15 @@ class Credentials:
         return None
 
     def save(self, host: str, user: str, password: str) -> None:
+        """Store the credentials under the normalized name, replacing every other spelling
+        of it: :meth:`lookup` takes the first match, so a stale ``https://host/v2/`` entry
+        left beside the new one would keep being used."""
         data = self._own()
+        key = server_key(normalize_server(host))
+        for name in _spellings(data["auths"], key):
+            del data["auths"][name]
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        data["auths"][server_key(normalize_server(host))] = {"auth": token}
+        data["auths"][key] = {"auth": token}
         self.store.ensure()
         self.store.write_json_atomic(self.path, data)  # a new file, 0600 from the start
 
@@ -152,7 +158,7 @@ class Credentials:
         spelled (``https://host/v2/``, written by hand or copied from Docker's file)."""
         data = self._own()
         key = server_key(normalize_server(host))
-        names = [name for name in data["auths"] if _key_of(name) == key]
+        names = _spellings(data["auths"], key)
         if not names:
             return False
         for name in names:
@@ -179,3 +185,8 @@ def _key_of(name: str) -> Optional[str]:
         return server_key(normalize_server(name))
     except UsageError:
         return None
+
+
+def _spellings(auths: dict[str, Any], key: str) -> list[str]:
+    """The names in ``auths`` that stand for the registry ``key``."""
+    return [name for name in auths if _key_of(name) == key]
