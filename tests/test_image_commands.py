@@ -425,3 +425,23 @@ def test_load_refuses_nested_image_indexes(ucore_cli: Ucore, tmp_path: Path, dep
     result = ucore_cli.fails(6, "load", "-i", str(archive))
     assert "nested image indexes are not supported" in result.stderr
     assert ucore_cli.refs() == [] and ucore_cli.blobs() == set()
+
+
+def test_save_to_a_closed_stdout_is_a_usage_error(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """With descriptor 1 closed Python has no ``sys.stdout``: was an internal error."""
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *ucore_cli.argv("save", ref)],
+        env=ucore_cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (closed.returncode, closed.stderr) == (
+        2,
+        "ucore: save: no stdout to write to; use -o FILE\n",
+    )

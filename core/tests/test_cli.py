@@ -282,3 +282,23 @@ def test_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("ucore: cannot read config file /dev/zero: larger than")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["load"], "ucore: load: give -i FILE or pipe a tarball into stdin"),
+        (["login", "-u", "a", "--password-stdin", "h.io"], "ucore: --password-stdin: no stdin"),
+        (["login", "h.io"], "ucore: --username is required when stdin is not a terminal"),
+    ],
+)
+def test_closed_stdin_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
+    """With descriptor 0 closed Python has no ``sys.stdin`` at all: was an internal error."""
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "ucore", *args],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SRC, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (closed.returncode, closed.stderr) == (2, message + "\n")

@@ -33,7 +33,7 @@ def cmd_load(session: Session, args: argparse.Namespace) -> int:
     from ucore.archive import load
 
     if args.input == "-":
-        if sys.stdin.isatty():
+        if sys.stdin is None or sys.stdin.isatty():  # None: descriptor 0 closed
             raise UsageError("load: give -i FILE or pipe a tarball into stdin")
         stream = sys.stdin.buffer
         with session.stage("load", "stdin"):
@@ -56,6 +56,8 @@ def cmd_save(session: Session, args: argparse.Namespace) -> int:
     store = session.store
     refs = [images.lookup(store, text, session.config.registry) for text in args.image]
     if args.output == "-":
+        if sys.stdout is None:  # descriptor 1 closed
+            raise UsageError("save: no stdout to write to; use -o FILE")
         if sys.stdout.isatty():
             raise UsageError("save: refusing to write a tarball to a terminal; use -o FILE")
         save(store, refs, sys.stdout.buffer)

@@ -52,14 +52,14 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
         raise UsageError("--password and --password-stdin are mutually exclusive")
     user = args.username
     if not user:
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():  # None: descriptor 0 closed
             raise UsageError("--username is required when stdin is not a terminal")
         user = input("Username: ").strip()
     if args.password_stdin:
         password = _password_from_stdin()
     elif args.password is not None:
         password = args.password
-    elif sys.stdin.isatty():
+    elif sys.stdin is not None and sys.stdin.isatty():
         password = getpass.getpass("Password: ")
     else:
         raise UsageError("no password: use --password-stdin in scripts")
@@ -87,6 +87,8 @@ MAX_PASSWORD = 64 << 10
 def _password_from_stdin() -> str:
     """All of stdin less one final line break (``\\n``, then ``\\r``), as ``docker login
     --password-stdin`` reads it, so that a password piped to both is the same password."""
+    if sys.stdin is None:  # descriptor 0 closed
+        raise UsageError("--password-stdin: no stdin")
     data = sys.stdin.buffer.read(MAX_PASSWORD + 1)
     if len(data) > MAX_PASSWORD:
         raise UsageError(f"the password on stdin is longer than {MAX_PASSWORD} bytes")
