@@ -46,6 +46,7 @@ def ucore(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess
         (["pull", "Ubuntu"], 2, "ucore: invalid reference 'Ubuntu'"),
         (["pull", "--platform", "linux", "busybox"], 2, "ucore: invalid platform 'linux'"),
         (["pull", "--jobs=0", "busybox"], 2, "ucore: jobs must be at least 1"),
+        (["pull", "--jobs=100000000", "busybox"], 2, "ucore: jobs must be at most 64"),
         (
             ["pull", "--registry=http://example.invalid", "x"],
             2,
@@ -302,3 +303,10 @@ def test_closed_stdin_is_a_usage_error(tmp_path: Path, args: list[str], message:
         timeout=60,
     )
     assert (closed.returncode, closed.stderr) == (2, message + "\n")
+
+
+def test_absurd_jobs_in_the_environment_is_refused_at_once(tmp_path: Path) -> None:
+    """The connection pool is sized by ``jobs`` and filled up front: UCORE_JOBS=100000000
+    kept a core busy for minutes before the first request."""
+    proc = ucore(tmp_path, "pull", "127.0.0.1:1/x", UCORE_JOBS="100000000")
+    assert (proc.returncode, proc.stderr) == (2, "ucore: jobs must be at most 64\n")

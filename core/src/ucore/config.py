@@ -9,7 +9,7 @@ setting                  environment                 meaning
 ``dir``                  ``UCORE_DIR``               the store (default ``~/.ucore``)
 ``registry``             ``UCORE_REGISTRY``          default registry for short names
 ``insecure_registries``  ``UCORE_INSECURE``          hosts allowed over plain HTTP
-``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4)
+``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4, at most 64)
 ``platform``             ``UCORE_PLATFORM``          default os/arch[/variant]
 ``timeout``              ``UCORE_TIMEOUT``           read timeout, seconds (60)
 ``retries``              ``UCORE_RETRIES``           attempts per request (5)
@@ -53,7 +53,7 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def positive_int(name: str) -> Callable[[str], int]:
+def positive_int(name: str, maximum: Optional[int] = None) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -61,9 +61,16 @@ def positive_int(name: str) -> Callable[[str], int]:
             raise UsageError(f"{name} must be a whole number, not {text!r}") from None
         if value < 1:
             raise UsageError(f"{name} must be at least 1")
+        if maximum is not None and value > maximum:
+            raise UsageError(f"{name} must be at most {maximum}")
         return value
 
     return convert
+
+
+#: Parallel downloads. The HTTP connection pool is sized by it and filled up front, so an
+#: absurd value is minutes of CPU before the first request; no registry wants more anyway.
+MAX_JOBS = 64
 
 
 #: The longest a time setting may be: a day. ``float`` also reads ``nan``, ``inf`` and
@@ -105,7 +112,7 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "dir": _directory,
     "registry": str,
     "insecure_registries": _csv,
-    "jobs": positive_int("jobs"),
+    "jobs": positive_int("jobs", MAX_JOBS),
     "platform": _platform,
     "timeout": _positive_float("timeout"),
     "retries": positive_int("retries"),
