@@ -882,3 +882,19 @@ def test_a_damaged_copy_of_the_image_config_is_no_internal_error(
     copy.chmod(0o600)
     copy.write_bytes(b"[" * 100_000 + b"]" * 100_000)
     assert json.loads(ucore_cli.ok("inspect", "deep").stdout)["image_config"] is None
+
+
+def test_a_mode_record_nested_too_deep_is_a_damaged_record(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """The record of the modes an unprivileged unpack changed, nested past json's recursion
+    limit: export stops with one line (exit 7), as for other damage, not an internal error."""
+    create(ucore_cli, "--name", "deep", f"{registry.address}/busybox:latest")
+    root = root_of(ucore_cli, "deep")
+    record = root.with_name(root.name + ".modes.json")
+    if record.exists():
+        record.chmod(0o600)
+    record.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert (
+        "modes.json" in ucore_cli.fails(7, "export", "-o", str(tmp_path / "x.tar"), "deep").stderr
+    )
