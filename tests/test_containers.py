@@ -221,7 +221,15 @@ def test_rm(ucore_cli: Ucore, registry: RegistryServer) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [b'{"created": "yesterday"}', b'{"created": 1e400}', b'{"engine": 7}', b"\x00[", b"dir", b""],
+    [
+        b'{"created": "yesterday"}',
+        b'{"created": 1e400}',
+        b'{"engine": 7}',
+        b"\x00[",
+        b"dir",
+        b"",
+        b"[" * 100_000 + b"]" * 100_000,  # past json's recursion limit: was an internal error
+    ],
 )
 def test_a_damaged_container_is_listed_and_removed_with_rm_force(
     ucore_cli: Ucore, registry: RegistryServer, damage: bytes
@@ -864,3 +872,31 @@ def test_huge_extended_headers_are_refused(
     assert "extended header of 67108864 bytes exceeds" in err
     assert ucore_cli.blobs() == set()
     ucore_cli.check_store()
+
+
+def test_a_damaged_copy_of_the_image_config_is_no_internal_error(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """The container's copy of its image's config, nested past json's recursion limit, is a
+    damaged copy like any other (read as empty), not an internal error."""
+    cid = create(ucore_cli, "--name", "deep", f"{registry.address}/busybox:latest")
+    copy = ucore_cli.store / "containers" / cid / "image-config.json"
+    copy.chmod(0o600)
+    copy.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert json.loads(ucore_cli.ok("inspect", "deep").stdout)["image_config"] is None
+
+
+def test_a_mode_record_nested_too_deep_is_a_damaged_record(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """The record of the modes an unprivileged unpack changed, nested past json's recursion
+    limit: export stops with one line (exit 7), as for other damage, not an internal error."""
+    create(ucore_cli, "--name", "deep", f"{registry.address}/busybox:latest")
+    root = root_of(ucore_cli, "deep")
+    record = root.with_name(root.name + ".modes.json")
+    if record.exists():
+        record.chmod(0o600)
+    record.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert (
+        "modes.json" in ucore_cli.fails(7, "export", "-o", str(tmp_path / "x.tar"), "deep").stderr
+    )

@@ -3,6 +3,7 @@ skopeo, an independent implementation), manifest inspect, and the terminal progr
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import pty
 import resource
 import select
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from support.cli import Ucore
 
+from ucore.oci import Platform
 from ucore.testing.images import TestImages
 from ucore.testing.registry import RegistryServer
 
@@ -58,7 +61,7 @@ def test_a_reference_with_an_unreadable_platform_breaks_nothing(
     ucore_cli.ok("create", "--name", "still-runs", odd)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "directory", "huge", "no manifest"])
+@pytest.mark.parametrize("damage", ["garbage", "directory", "huge", "no manifest", "deep"])
 def test_a_damaged_reference_is_listed_and_removed_with_rmi_force(
     ucore_cli: Ucore, registry: RegistryServer, damage: str
 ) -> None:
@@ -75,6 +78,8 @@ def test_a_damaged_reference_is_listed_and_removed_with_rmi_force(
     elif damage == "huge":
         with open(record_file, "ab") as f:
             f.truncate(64 << 20)
+    elif damage == "deep":  # past json's recursion limit: was an internal error
+        record_file.write_bytes(b"[" * 100_000 + b"]" * 100_000)
     else:
         record_file.write_bytes(b'{"manifest": 5}' if damage == "no manifest" else b"\x00\xff{")
     listed = {row["ref"]: row for row in json.loads(ucore_cli.ok("images", "--json").stdout)}
@@ -390,3 +395,113 @@ def test_batch_pull_is_silent_and_terminal_pull_draws_progress(
     text = screen.decode(errors="replace")
     assert "\x1b[2K" in text and "[#" in text, text  # redrawn bars
     assert f"pulled {ref}" in text
+
+
+def test_save_writes_through_no_planted_symlink(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """``save -o out.tar`` wrote ``out.tar.PID.part`` with a plain ``open``: a symbolic link
+    planted under that predictable name (in a shared directory) had the tarball written into
+    its target, and then became the output. Links at the output itself are replaced, never
+    followed, as a rename does."""
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = shared / "out.tar"
+    plant = f"import os; os.symlink({str(victim)!r}, f'{out}.{{os.getpid()}}.part')"
+    script = f"{plant}; import sys; from ucore.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "save", "-o", str(out), ref],
+        capture_output=True,
+        text=True,
+        env=ucore_cli.env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious\n"
+    assert not out.is_symlink() and tarfile.is_tarfile(out)
+    linked = shared / "linked.tar"
+    linked.symlink_to(victim)
+    ucore_cli.ok("save", "-o", str(linked), ref)
+    assert victim.read_text() == "precious\n"
+    assert not linked.is_symlink() and tarfile.is_tarfile(linked)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_failed_save_leaves_the_old_output_and_no_partial_file(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path, damage: str
+) -> None:
+    ref = f"{registry.address}/multilayer:latest"
+    ucore_cli.ok("pull", ref)
+    layer = json.loads(ucore_cli.ok("manifest", "inspect", ref).stdout)["layers"][-1]["digest"]
+    blob = ucore_cli.blob_dir() / layer.split(":")[1]
+    blob.chmod(0o644)
+    data = blob.read_bytes()
+    half = len(data) // 2
+    flipped = data[:half] + bytes([data[half] ^ 0xFF]) + data[half + 1 :]
+    blob.write_bytes(data[:half] if damage == "truncated" else flipped)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out.tar"
+    out.write_text("the previous archive\n")
+    ucore_cli.fails(6, "save", "-o", str(out), ref)
+    assert out.read_text() == "the previous archive\n"
+    assert sorted(p.name for p in work.iterdir()) == ["out.tar"]
+
+
+@pytest.mark.parametrize("depth", [2, 1200])
+def test_load_refuses_nested_image_indexes(ucore_cli: Ucore, tmp_path: Path, depth: int) -> None:
+    """Each index names the next as a manifest for this platform: pulls refuse an index in an
+    index, and so does load (a deep chain ran into the recursion limit, reported as invalid
+    JSON)."""
+    arch = Platform.host().architecture
+    blobs: dict[str, bytes] = {}
+
+    def add(doc: dict[str, object]) -> tuple[str, int]:
+        raw = json.dumps(doc).encode()
+        blobs[hashlib.sha256(raw).hexdigest()] = raw
+        return hashlib.sha256(raw).hexdigest(), len(raw)
+
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    digest, size = add({"schemaVersion": 2, "mediaType": manifest_type, "layers": []})
+    for _ in range(depth):
+        entry = {"mediaType": manifest_type, "digest": f"sha256:{digest}", "size": size}
+        platform = {"os": "linux", "architecture": arch}
+        digest, size = add({"schemaVersion": 2, "manifests": [{**entry, "platform": platform}]})
+    name = {"io.containerd.image.name": "example.org/nested:1"}
+    entry = {"mediaType": manifest_type, "digest": f"sha256:{digest}", "size": size}
+    index = {"schemaVersion": 2, "manifests": [{**entry, "annotations": name}]}
+    members = {
+        "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+        "index.json": json.dumps(index).encode(),
+    }
+    members.update({f"blobs/sha256/{hex_}": raw for hex_, raw in blobs.items()})
+    archive = tmp_path / "nested.tar"
+    archive.write_bytes(_tar(members))
+    result = ucore_cli.fails(6, "load", "-i", str(archive))
+    assert "nested image indexes are not supported" in result.stderr
+    assert ucore_cli.refs() == [] and ucore_cli.blobs() == set()
+
+
+def test_save_to_a_closed_stdout_is_a_usage_error(
+    ucore_cli: Ucore, registry: RegistryServer
+) -> None:
+    """With descriptor 1 closed Python has no ``sys.stdout``: was an internal error."""
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *ucore_cli.argv("save", ref)],
+        env=ucore_cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (closed.returncode, closed.stderr) == (
+        2,
+        "ucore: save: no stdout to write to; use -o FILE\n",
+    )

@@ -11,14 +11,19 @@ from pathlib import Path
 
 import pytest
 
+import ucore as ucore_package
 from ucore.config import Config
 from ucore.errors import EXIT_CODES, NotFoundError, UsageError
 from ucore.oci import Platform
+
+#: The subprocess imports the ucore under test, not whichever one the interpreter has installed.
+SRC = str(Path(ucore_package.__file__).resolve().parents[1])
 
 
 def ucore(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {
         "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": SRC,
         "HOME": str(tmp_path),
         "UCORE_DIR": str(tmp_path / "store"),
         **env,
@@ -41,6 +46,7 @@ def ucore(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess
         (["pull", "Ubuntu"], 2, "ucore: invalid reference 'Ubuntu'"),
         (["pull", "--platform", "linux", "busybox"], 2, "ucore: invalid platform 'linux'"),
         (["pull", "--jobs=0", "busybox"], 2, "ucore: jobs must be at least 1"),
+        (["pull", "--jobs=100000000", "busybox"], 2, "ucore: jobs must be at most 64"),
         (
             ["pull", "--registry=http://example.invalid", "x"],
             2,
@@ -226,3 +232,81 @@ def test_quick_exit_gives_way_to_atexit_callbacks(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "callback ran"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[ucore]\ndir =\n", "ucore: dir must not be empty"),
+        ("[ucore]\ndir = a\0b\n", "ucore: dir must not contain a NUL byte"),
+        ("[ucore]\njobs = %(x)s\n", "ucore: jobs must be a whole number, not '%(x)s'"),
+    ],
+)
+def test_hostile_config_values_are_one_line_and_write_nothing(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    """An empty ``dir`` once made the current directory the store (made private and filled
+    with blobs/, refs/...); a NUL byte or a ``%`` that configparser's interpolation chokes on
+    was an internal error."""
+    conf = tmp_path / "ucore.conf"
+    conf.write_text(content)
+    work = tmp_path / "work"
+    work.mkdir(mode=0o755)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ucore", "pull", "127.0.0.1:1/x"],
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": SRC,
+            "HOME": str(tmp_path),
+            "UCORE_CONFIG": str(conf),
+        },
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (proc.returncode, proc.stderr) == (2, message + "\n")
+    assert list(work.iterdir()) == [] and (work.stat().st_mode & 0o777) == 0o755
+
+
+def test_config_values_are_taken_verbatim(tmp_path: Path) -> None:
+    """No ``%`` interpolation: a percent sign (a URL-encoded path) is just a character."""
+    conf = tmp_path / "ucore.conf"
+    conf.write_text("[ucore]\njobs = 2\n[proot]\npath = /opt/100%/proot\nx = %(path)s\n")
+    config = Config.load({"UCORE_CONFIG": str(conf)})
+    assert config.section("proot") == {"path": "/opt/100%/proot", "x": "%(path)s"}
+
+
+def test_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    proc = ucore(tmp_path, "images", UCORE_CONFIG="/dev/zero")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("ucore: cannot read config file /dev/zero: larger than")
+    assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["load"], "ucore: load: give -i FILE or pipe a tarball into stdin"),
+        (["login", "-u", "a", "--password-stdin", "h.io"], "ucore: --password-stdin: no stdin"),
+        (["login", "h.io"], "ucore: --username is required when stdin is not a terminal"),
+    ],
+)
+def test_closed_stdin_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
+    """With descriptor 0 closed Python has no ``sys.stdin`` at all: was an internal error."""
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "ucore", *args],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SRC, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (closed.returncode, closed.stderr) == (2, message + "\n")
+
+
+def test_absurd_jobs_in_the_environment_is_refused_at_once(tmp_path: Path) -> None:
+    """The connection pool is sized by ``jobs`` and filled up front: UCORE_JOBS=100000000
+    kept a core busy for minutes before the first request."""
+    proc = ucore(tmp_path, "pull", "127.0.0.1:1/x", UCORE_JOBS="100000000")
+    assert (proc.returncode, proc.stderr) == (2, "ucore: jobs must be at most 64\n")

@@ -204,3 +204,12 @@ def test_probe_cache_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "{'small': 1}\n"
     assert os.listdir(tmp_path) == ["runc.json"]
+
+
+def test_probe_cache_nested_past_the_recursion_limit_is_empty(tmp_path: Path) -> None:
+    """A damaged cache is an empty one, also when json gives up with RecursionError."""
+    from ucore.probecache import ProbeCache
+
+    path = tmp_path / "runc.json"
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert ProbeCache(path).load() == {}

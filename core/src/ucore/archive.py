@@ -144,7 +144,12 @@ def _oci_images(store: Store, contents: _Contents) -> list[tuple[ImageRef, Diges
     return out
 
 
-def _platform_manifest(store: Store, contents: _Contents, desc: Descriptor) -> Digest:
+def _platform_manifest(
+    store: Store, contents: _Contents, desc: Descriptor, in_index: bool = False
+) -> Digest:
+    """The manifest ``desc`` names, or this host's one when it names an image index. An index
+    in an index is refused, as pulls refuse it: a chain of them a thousand deep (each entry
+    claiming to be a manifest) ran into the recursion limit, reported as invalid JSON."""
     digest, _size = contents.blob(f"blobs/sha256/{desc.digest.hex}")
     if digest != desc.digest:
         raise IntegrityError(f"archive blob {desc.digest} does not match its name")
@@ -152,8 +157,10 @@ def _platform_manifest(store: Store, contents: _Contents, desc: Descriptor) -> D
     if isinstance(doc, mf.Index):
         from ucore.oci import Platform
 
+        if in_index:
+            raise IntegrityError("archive: nested image indexes are not supported")
         chosen = doc.select(Platform.host())
-        return _platform_manifest(store, contents, chosen)
+        return _platform_manifest(store, contents, chosen, in_index=True)
     for blob in (doc.config, *doc.layers):
         found, _ = contents.blob(f"blobs/sha256/{blob.digest.hex}")
         if found != blob.digest:

@@ -9,7 +9,7 @@ setting                  environment                 meaning
 ``dir``                  ``UCORE_DIR``               the store (default ``~/.ucore``)
 ``registry``             ``UCORE_REGISTRY``          default registry for short names
 ``insecure_registries``  ``UCORE_INSECURE``          hosts allowed over plain HTTP
-``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4)
+``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4, at most 64)
 ``platform``             ``UCORE_PLATFORM``          default os/arch[/variant]
 ``timeout``              ``UCORE_TIMEOUT``           read timeout, seconds (60)
 ``retries``              ``UCORE_RETRIES``           attempts per request (5)
@@ -53,7 +53,7 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def positive_int(name: str) -> Callable[[str], int]:
+def positive_int(name: str, maximum: Optional[int] = None) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
             value = int(text)
@@ -61,9 +61,16 @@ def positive_int(name: str) -> Callable[[str], int]:
             raise UsageError(f"{name} must be a whole number, not {text!r}") from None
         if value < 1:
             raise UsageError(f"{name} must be at least 1")
+        if maximum is not None and value > maximum:
+            raise UsageError(f"{name} must be at most {maximum}")
         return value
 
     return convert
+
+
+#: Parallel downloads. The HTTP connection pool is sized by it and filled up front, so an
+#: absurd value is minutes of CPU before the first request; no registry wants more anyway.
+MAX_JOBS = 64
 
 
 #: The longest a time setting may be: a day. ``float`` also reads ``nan``, ``inf`` and
@@ -84,6 +91,17 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return convert
 
 
+def _directory(text: str) -> Path:
+    """The store's path. Empty would mean the current directory, which the store would then
+    take over (made private, filled with ``blobs/``, ``refs/``...): refused, as is a NUL byte,
+    which no system call accepts."""
+    if not text.strip():
+        raise UsageError("dir must not be empty")
+    if "\0" in text:
+        raise UsageError("dir must not contain a NUL byte")
+    return Path(text).expanduser()
+
+
 def _platform(text: str) -> Platform:
     from ucore.oci import Platform
 
@@ -91,10 +109,10 @@ def _platform(text: str) -> Platform:
 
 
 _CONVERT: dict[str, Callable[[str], Any]] = {
-    "dir": lambda s: Path(s).expanduser(),
+    "dir": _directory,
     "registry": str,
     "insecure_registries": _csv,
-    "jobs": positive_int("jobs"),
+    "jobs": positive_int("jobs", MAX_JOBS),
     "platform": _platform,
     "timeout": _positive_float("timeout"),
     "retries": positive_int("retries"),
@@ -131,7 +149,7 @@ class Config(NamedTuple):
         """Merge the layers; flags are the ``options`` attributes named like the settings."""
         env = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
-        home = Path(env["UCORE_DIR"]).expanduser() if env.get("UCORE_DIR") else None
+        home = _directory(env["UCORE_DIR"]) if env.get("UCORE_DIR") else None
         values["dir"] = home or Path.home() / ".ucore"
         path = env.get("UCORE_CONFIG") or str(values["dir"] / "ucore.conf")
         sections = _read_file(path)
@@ -160,15 +178,22 @@ class Config(NamedTuple):
         return self.sections.get(name, {})
 
 
+#: A config file is a few lines; ``UCORE_CONFIG=/dev/zero`` must not fill the memory.
+_MAX_FILE = 1 << 20
+
+
 def _read_file(path: str) -> dict[str, dict[str, str]]:
     """The config file's sections; nothing when there is no file.
 
     configparser is imported only when a file exists: most runs have none, and ``ucore run``
-    should not pay for the import.
+    should not pay for the import. Values are taken verbatim (no ``%`` interpolation): sites
+    write URLs and paths with ``%`` in them, and a lone one was a crash.
     """
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(_MAX_FILE + 1)
+        if len(text) > _MAX_FILE:
+            raise UsageError(f"cannot read config file {path}: larger than {_MAX_FILE} bytes")
     except (FileNotFoundError, NotADirectoryError):  # the latter: $UCORE_DIR is a file,
         return {}  # which the store reports as the store's problem
     except (OSError, UnicodeDecodeError) as exc:
@@ -176,7 +201,7 @@ def _read_file(path: str) -> dict[str, dict[str, str]]:
         raise UsageError(f"cannot read config file {path}: {reason}") from None
     import configparser
 
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:

@@ -275,7 +275,7 @@ def image_config(container: Container) -> dict[str, Any]:
     try:
         with open(Path(container.dir) / IMAGE_CONFIG, "rb") as f:
             doc = json.loads(f.read())  # written by create, from a blob within MAX_CONFIG
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past json's limit
         return {}
     return doc if isinstance(doc, dict) else {}
 

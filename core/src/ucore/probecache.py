@@ -35,7 +35,7 @@ class ProbeCache:
         try:
             with open(self.path) as f:
                 data = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nested past json's limit
             return {}
         return data if isinstance(data, dict) else {}
 

@@ -76,6 +76,8 @@ def recorded(container: Container) -> Recorded:
             data = json.load(f)
     except FileNotFoundError:
         return Recorded()  # unpacked by another plugin, or as root: the disk says it all
+    except RecursionError:  # arrays nested past json's limit: damaged like any other
+        raise StoreError(f"unreadable {path.name} of container {container.id}") from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"unreadable {path.name} of container {container.id}: {exc}") from None
     if not isinstance(data, dict):

@@ -84,6 +84,8 @@ def read_record(path: Path, what: str) -> Any:
         return json.loads(data)
     except FileNotFoundError:
         raise
+    except RecursionError:  # arrays nested past json's limit: damaged like any other
+        raise StoreError(f"unreadable {what}: nested too deeply") from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise StoreError(f"unreadable {what}: {reason}") from None

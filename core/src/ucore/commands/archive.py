@@ -33,7 +33,7 @@ def cmd_load(session: Session, args: argparse.Namespace) -> int:
     from ucore.archive import load
 
     if args.input == "-":
-        if sys.stdin.isatty():
+        if sys.stdin is None or sys.stdin.isatty():  # None: descriptor 0 closed
             raise UsageError("load: give -i FILE or pipe a tarball into stdin")
         stream = sys.stdin.buffer
         with session.stage("load", "stdin"):
@@ -56,13 +56,23 @@ def cmd_save(session: Session, args: argparse.Namespace) -> int:
     store = session.store
     refs = [images.lookup(store, text, session.config.registry) for text in args.image]
     if args.output == "-":
+        if sys.stdout is None:  # descriptor 1 closed
+            raise UsageError("save: no stdout to write to; use -o FILE")
         if sys.stdout.isatty():
             raise UsageError("save: refusing to write a tarball to a terminal; use -o FILE")
         save(store, refs, sys.stdout.buffer)
         return 0
-    tmp = f"{args.output}.{os.getpid()}.part"
+    # Beside the output, so that the rename is atomic; a fresh file (O_EXCL, O_NOFOLLOW) under
+    # an unpredictable name, so that a link planted in a shared directory is never written
+    # through. The rename replaces a link at the output itself rather than following it.
+    tmp = f"{args.output}.{os.getpid()}.{os.urandom(6).hex()}.part"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with open(tmp, "wb") as out:
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as exc:
+        raise StoreError(f"save: cannot write {args.output}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
             save(store, refs, out)
         os.replace(tmp, args.output)
     except OSError as exc:

@@ -52,19 +52,26 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
         raise UsageError("--password and --password-stdin are mutually exclusive")
     user = args.username
     if not user:
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():  # None: descriptor 0 closed
             raise UsageError("--username is required when stdin is not a terminal")
         user = input("Username: ").strip()
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        password = _password_from_stdin()
     elif args.password is not None:
         password = args.password
-    elif sys.stdin.isatty():
+    elif sys.stdin is not None and sys.stdin.isatty():
         password = getpass.getpass("Password: ")
     else:
         raise UsageError("no password: use --password-stdin in scripts")
     if not user or not password:
         raise UsageError("username and password must not be empty")
+    if ":" in user:
+        raise UsageError("the username must not contain ':' (Basic credentials would be ambiguous)")
+    for what, text in (("username", user), ("password", password)):
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # bytes from argv that are not UTF-8
+            raise UsageError(f"the {what} is not valid UTF-8") from None
     from ucore.builtin.registry.client import DistributionClient
 
     DistributionClient(session).check_login(server, user, password)
@@ -73,13 +80,31 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Registry passwords and tokens are at most a few KiB; ``yes | ucore login`` must end.
+MAX_PASSWORD = 64 << 10
+
+
+def _password_from_stdin() -> str:
+    """All of stdin less one final line break (``\\n``, then ``\\r``), as ``docker login
+    --password-stdin`` reads it, so that a password piped to both is the same password."""
+    if sys.stdin is None:  # descriptor 0 closed
+        raise UsageError("--password-stdin: no stdin")
+    data = sys.stdin.buffer.read(MAX_PASSWORD + 1)
+    if len(data) > MAX_PASSWORD:
+        raise UsageError(f"the password on stdin is longer than {MAX_PASSWORD} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UsageError("the password on stdin is not valid UTF-8") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def cmd_logout(session: Session, args: argparse.Namespace) -> int:
     from ucore.builtin.registry.credentials import Credentials
 
     creds = Credentials(session.store)
     if args.all:
-        if creds.path.exists():
-            creds.path.unlink()
+        creds.remove_all()
         print("all stored credentials removed")
         return 0
     server = _server(args)

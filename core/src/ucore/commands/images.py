@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ucore import images
 from ucore.commands import add_registry_options
-from ucore.config import positive_int
+from ucore.config import MAX_JOBS, positive_int
 from ucore.errors import IntegrityError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -23,7 +23,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     p = sub.add_parser("pull", parents=[common], help="fetch an image into the local store")
     add_registry_options(p)
     p.add_argument(
-        "--jobs", type=positive_int("jobs"), metavar="N", help="parallel blob downloads (default 4)"
+        "--jobs",
+        type=positive_int("jobs", MAX_JOBS),
+        metavar="N",
+        help="parallel blob downloads (default 4)",
     )
     p.add_argument(
         "--allow-foreign-layers",

@@ -8,19 +8,27 @@ named by a config file is outside what a rootless pull should do.
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
 from ucore.config import DOCKER_HUB
-from ucore.errors import StoreError
+from ucore.errors import StoreError, UsageError
+from ucore.log import get_logger
 from ucore.oci import DOCKER_HUB_API, split_registry
-from ucore.store import Store
+from ucore.store import Store, store_error
+
+log = get_logger(__name__)
 
 #: Docker keeps Docker Hub's credentials under this historical key.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+
+#: A credentials file holds a few hundred bytes; one larger than this is not one.
+MAX_FILE = 1 << 20
 
 
 def server_key(host: str) -> str:
@@ -34,15 +42,48 @@ def normalize_server(text: str) -> str:
     return split_registry(text)[1]
 
 
-def _read(path: Path) -> dict[str, Any]:
+class _Unreadable(ValueError):
+    """A credentials file that exists but is not one; ``str()`` says why."""
+
+
+def _load(path: Path, follow: bool) -> dict[str, Any]:
+    """The file's JSON object, holding an ``auths`` object (empty when there is no file).
+    Bounded, whatever is there: a link to ``/dev/zero``, a FIFO, gigabytes, arrays nested
+    past the recursion limit.
+
+    ``follow=False`` is for ucore's own file: a symbolic link planted there is refused rather
+    than read (credentials someone else chose) and the file, if it was opened up to others,
+    is made private again.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return {"auths": {}}
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise _Unreadable("it is a symbolic link, which ucore does not follow") from None
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _Unreadable("not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        if not follow and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            with contextlib.suppress(OSError):  # a store shared read-only: not ours to fix
+                os.fchmod(fd, 0o600)
+        data = f.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise _Unreadable(f"larger than {MAX_FILE} bytes")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise _Unreadable("not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise _Unreadable("not a JSON object")
+    if not isinstance(doc.setdefault("auths", {}), dict):
+        raise _Unreadable("its 'auths' is not a JSON object")
+    return doc
 
 
 def _decode(entry: Any) -> Optional[tuple[str, str]]:
@@ -55,7 +96,7 @@ def _decode(entry: Any) -> Optional[tuple[str, str]]:
         return None
     try:
         user, sep, password = base64.b64decode(auth).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 once decoded
         return None
     return (user, password) if sep else None
 
@@ -68,38 +109,84 @@ class Credentials:
         self.docker_path = Path(docker_dir) / "config.json"
         self.store = store
 
+    def _own(self) -> dict[str, Any]:
+        """ucore's file. A damaged one is an error, never read as empty: ``login`` would then
+        replace it (losing every other credential in it) and a pull would go on anonymously
+        without saying why."""
+        try:
+            return _load(self.path, follow=False)
+        except _Unreadable as exc:
+            raise StoreError(
+                f"unusable credentials file {self.path}: {exc}"
+                " (repair it, or remove it with 'ucore logout --all')"
+            ) from None
+
+    def _docker(self) -> dict[str, Any]:
+        """Docker's file is Docker's: a damaged one is skipped with a warning, as docker
+        itself does, so that it does not stop pulls that need no credentials."""
+        try:
+            return _load(self.docker_path, follow=True)
+        except _Unreadable as exc:
+            log.warning("ignoring Docker's credentials", path=str(self.docker_path), why=str(exc))
+            return {}
+
     def lookup(self, host: str) -> Optional[tuple[str, str]]:
         key = server_key(normalize_server(host))
-        for path in (self.path, self.docker_path):
-            auths = _read(path).get("auths")
-            if not isinstance(auths, dict):
-                continue
-            for name, entry in auths.items():
-                if isinstance(name, str) and server_key(normalize_server(name)) == key:
+        for read in (self._own, self._docker):
+            for name, entry in read()["auths"].items():
+                if isinstance(name, str) and _key_of(name) == key:
                     found = _decode(entry)
                     if found:
                         return found
         return None
 
     def save(self, host: str, user: str, password: str) -> None:
-        data = _read(self.path)
-        auths: dict[str, Any] = data["auths"] if isinstance(data.get("auths"), dict) else {}
+        """Store the credentials under the normalized name, replacing every other spelling
+        of it: :meth:`lookup` takes the first match, so a stale ``https://host/v2/`` entry
+        left beside the new one would keep being used."""
+        data = self._own()
+        key = server_key(normalize_server(host))
+        for name in _spellings(data["auths"], key):
+            del data["auths"][name]
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        auths[server_key(normalize_server(host))] = {"auth": token}
-        data["auths"] = auths
+        data["auths"][key] = {"auth": token}
         self.store.ensure()
-        self.store.write_json_atomic(self.path, data)
-        try:
-            os.chmod(self.path, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot protect {self.path}: {exc.strerror}") from exc
+        self.store.write_json_atomic(self.path, data)  # a new file, 0600 from the start
 
     def remove(self, host: str) -> bool:
-        data = _read(self.path)
-        auths = data.get("auths")
+        """Forget every entry that :meth:`lookup` would use for ``host``, however it is
+        spelled (``https://host/v2/``, written by hand or copied from Docker's file)."""
+        data = self._own()
         key = server_key(normalize_server(host))
-        if not isinstance(auths, dict) or key not in auths:
+        names = _spellings(data["auths"], key)
+        if not names:
             return False
-        del auths[key]
+        for name in names:
+            del data["auths"][name]
+        self.store.ensure()
         self.store.write_json_atomic(self.path, data)
         return True
+
+    def remove_all(self) -> None:
+        """Delete the file, whatever it holds (the way out of a damaged one); a symbolic link
+        is removed, not what it points to."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise store_error(exc, f"removing {self.path}") from exc
+
+
+def _key_of(name: str) -> Optional[str]:
+    """The normalized key of an entry's name; None for one that names no registry (``""``
+    was a usage error on every pull)."""
+    try:
+        return server_key(normalize_server(name))
+    except UsageError:
+        return None
+
+
+def _spellings(auths: dict[str, Any], key: str) -> list[str]:
+    """The names in ``auths`` that stand for the registry ``key``."""
+    return [name for name in auths if _key_of(name) == key]
