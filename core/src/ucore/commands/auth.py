@@ -74,8 +74,10 @@ def cmd_login(session: Session, args: argparse.Namespace) -> int:
             raise UsageError(f"the {what} is not valid UTF-8") from None
     from ucore.builtin.registry.client import DistributionClient
 
+    credentials = Credentials(session.store)
+    credentials.check()
     DistributionClient(session).check_login(server, user, password)
-    Credentials(session.store).save(server, user, password)
+    credentials.save(server, user, password)
     print(f"login succeeded: credentials for {server} saved")
     return 0
 

@@ -108,6 +108,7 @@ class Credentials:
         docker_dir = env.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
         self.docker_path = Path(docker_dir) / "config.json"
         self.store = store
+        self._warned = False
 
     def _own(self) -> dict[str, Any]:
         """ucore's file. A damaged one is an error, never read as empty: ``login`` would then
@@ -130,9 +131,26 @@ class Credentials:
             log.warning("ignoring Docker's credentials", path=str(self.docker_path), why=str(exc))
             return {}
 
+    def check(self) -> None:
+        """Fail now if the file ``login`` would update is damaged: before a password is sent
+        to a registry, not after."""
+        self._own()
+
+    def _own_for_pulls(self) -> dict[str, Any]:
+        """ucore's file for a pull: a damaged one is said once, as a warning, and the pull
+        goes on without it, as with Docker's file: it stops no pull that needs no
+        credentials, and one that does fails on the registry's refusal after this warning."""
+        try:
+            return self._own()
+        except StoreError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning(f"{exc}; pulling without it")
+            return {"auths": {}}
+
     def lookup(self, host: str) -> Optional[tuple[str, str]]:
         key = server_key(normalize_server(host))
-        for read in (self._own, self._docker):
+        for read in (self._own_for_pulls, self._docker):
             for name, entry in read()["auths"].items():
                 if isinstance(name, str) and _key_of(name) == key:
                     found = _decode(entry)
