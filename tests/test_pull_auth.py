@@ -333,6 +333,8 @@ def test_password_stdin_is_read_as_docker_reads_it(
         (("-u", "user", "--password-stdin"), b"\xff\xfe\n", "not valid UTF-8"),
         (("-u", "user", "--password-stdin"), b"x" * (1 << 20), "longer than"),
     ],
+    # short ids: a 1 MiB id in PYTEST_CURRENT_TEST, inherited by ucore, makes exec fail (E2BIG)
+    ids=["colon-in-user", "password-utf8", "user-utf8", "stdin-utf8", "stdin-endless"],
 )
 def test_unusable_credentials_are_refused_before_any_request(
     ucore_cli: Ucore, args: tuple[str, ...], stdin: bytes, message: str
