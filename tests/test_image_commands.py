@@ -431,6 +431,23 @@ def test_save_writes_through_no_planted_symlink(
     assert not linked.is_symlink() and tarfile.is_tarfile(linked)
 
 
+def test_save_and_export_to_a_name_at_the_length_limit(
+    ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """The temporary file beside the output had the output's name plus a suffix, so an
+    output name near the filesystem's 255-byte limit could not be written at all."""
+    ref = f"{registry.address}/busybox:latest"
+    ucore_cli.ok("pull", ref)
+    ucore_cli.ok("create", "--name", "c", ref)
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    for command, source in (("save", ref), ("export", "c")):
+        out = outputs / (command[0] * 251 + ".tar")
+        ucore_cli.ok(command, "-o", str(out), source)
+        assert tarfile.is_tarfile(out)
+    assert len(list(outputs.iterdir())) == 2
+
+
 @pytest.mark.parametrize("damage", ["flipped", "truncated"])
 def test_failed_save_leaves_the_old_output_and_no_partial_file(
     ucore_cli: Ucore, registry: RegistryServer, tmp_path: Path, damage: str

@@ -7,6 +7,11 @@ command being run (see ``ucore.cli.COMMANDS``), so what is shared lives here, no
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from typing import IO, Callable
+
+from ucore.errors import StoreError
 
 
 def add_registry_options(p: argparse.ArgumentParser, platform: bool = True) -> None:
@@ -24,3 +29,30 @@ def add_registry_options(p: argparse.ArgumentParser, platform: bool = True) -> N
             metavar="OS/ARCH[/VARIANT]",
             help="platform to pull (default: this host's)",
         )
+
+
+def write_beside(path: str, command: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write an output file (``save -o``, ``export -o``) whole or not at all.
+
+    The bytes go to a fresh file beside ``path`` (so that the rename is atomic), made with
+    O_EXCL and O_NOFOLLOW under an unpredictable, short name: a link planted in a shared
+    directory is never written through, nor can a planted name block the command, and an
+    output name near the 255-byte limit still leaves room. The rename replaces a link at
+    ``path`` itself rather than following it; a failure leaves any previous file as it was.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".ucore-{command}.{os.getpid()}.{os.urandom(6).hex()}.part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as exc:
+        raise StoreError(f"{command}: cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"{command}: cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from ucore import images
-from ucore.errors import StoreError, UsageError
+from ucore.commands import write_beside
+from ucore.errors import UsageError
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -62,22 +61,5 @@ def cmd_save(session: Session, args: argparse.Namespace) -> int:
             raise UsageError("save: refusing to write a tarball to a terminal; use -o FILE")
         save(store, refs, sys.stdout.buffer)
         return 0
-    # Beside the output, so that the rename is atomic; a fresh file (O_EXCL, O_NOFOLLOW) under
-    # an unpredictable name, so that a link planted in a shared directory is never written
-    # through. The rename replaces a link at the output itself rather than following it.
-    tmp = f"{args.output}.{os.getpid()}.{os.urandom(6).hex()}.part"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o666)
-    except OSError as exc:
-        raise StoreError(f"save: cannot write {args.output}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            save(store, refs, out)
-        os.replace(tmp, args.output)
-    except OSError as exc:
-        raise StoreError(f"save: cannot write {args.output}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    write_beside(args.output, "save", lambda out: save(store, refs, out))
     return 0

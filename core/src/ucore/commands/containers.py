@@ -15,7 +15,7 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from ucore import containers, images
-from ucore.commands import add_registry_options
+from ucore.commands import add_registry_options, write_beside
 from ucore.errors import NotFoundError, StoreError, UcoreError, UsageError
 from ucore.model import Container
 from ucore.oci import Image, ImageRef
@@ -382,28 +382,8 @@ def cmd_export(session: Session, args: argparse.Namespace) -> int:
         export(container, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return 0
-    _write_atomically(output, lambda out: export(container, out))
+    write_beside(output, "export", lambda out: export(container, out))
     return 0
-
-
-def _write_atomically(path: str, write: Any) -> None:
-    """Write next to ``path`` and rename into place: a failed export leaves no partial file
-    that looks like a tarball, and an existing file is replaced only by a complete one."""
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.part")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise StoreError(f"export: cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StoreError(f"export: cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager
