@@ -171,7 +171,10 @@ def test_on_a_terminal_what_the_command_leaves_is_ended(cli: Ucore, container: s
     """In the foreground (terminal) mode the runtime would wait for a background process that
     holds the terminal; ucore ends it when the main process ends."""
     argv = cli.argv("run", container, "sh", "-c", "sleep 30 & echo started; exit 3")
-    pid, fd = on_terminal(argv, cli.env)
+    # A shell leads the terminal's session and outlives ucore by a moment: when the session
+    # leader exits the kernel hangs the terminal up, and output not yet read is lost with it.
+    linger = '"$@"; status=$?; sleep 1; exit $status'
+    pid, fd = on_terminal(["/bin/sh", "-c", linger, "sh", *argv], cli.env)
     started = time.monotonic()
     output = b""
     try:
