@@ -3,6 +3,7 @@ skopeo, an independent implementation), manifest inspect, and the terminal progr
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -151,6 +152,31 @@ def test_prune_is_refused_while_the_store_is_in_use_or_a_reference_is_damaged(
     ucore_cli.ok("prune")
     assert ucore_cli.blobs() == good_blobs
     ucore_cli.ok("verify", good)
+
+
+def test_verify_checks_each_layer_against_its_diff_id(ucore_cli: Ucore, tmp_path: Path) -> None:
+    """A docker archive whose gzip layer uncompresses to other bytes than its config's
+    diff_id says loads (each blob is stored under its own digest), but it is not sound:
+    verify said "ok" and only create found out. Now verify finds it too; a sound image from
+    the same layer verifies."""
+    layer_tar = _tar({"hello.txt": b"hello\n"})
+    diff_ids = {"bad": hashlib.sha256(b"other"), "good": hashlib.sha256(layer_tar)}
+    for name, diff_id in diff_ids.items():
+        rootfs = {"type": "layers", "diff_ids": [f"sha256:{diff_id.hexdigest()}"]}
+        config = {"architecture": "amd64", "os": "linux", "rootfs": rootfs}
+        entry = {"Config": "config.json", "RepoTags": [f"x/{name}:1"], "Layers": ["l.tar.gz"]}
+        archive = tmp_path / f"{name}.tar"
+        members = {
+            "config.json": json.dumps(config).encode(),
+            "l.tar.gz": gzip.compress(layer_tar, mtime=0),
+            "manifest.json": json.dumps([entry]).encode(),
+        }
+        archive.write_bytes(_tar(members))
+        ucore_cli.ok("load", "-i", str(archive))
+    result = ucore_cli.fails(6, "verify", "x/bad:1")
+    assert "diff_id" in result.stdout, result.stdout
+    assert ucore_cli.ok("verify", "x/good:1").stdout.endswith("ok\n")
+    ucore_cli.fails(6, "create", "x/bad:1")
 
 
 def test_verify_reports_a_blob_that_cannot_be_read(

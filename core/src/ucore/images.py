@@ -194,7 +194,14 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
 
 
 def verify(store: Store, image: Image) -> list[str]:
-    """Re-hash every blob of the image; returns the problems found (empty when sound)."""
+    """Re-hash every blob of the image, then uncompress each layer and check it against the
+    ``diff_id`` its config lists (what ``create`` would refuse); returns the problems found
+    (empty when sound)."""
+    problems = _verify_blobs(store, image)
+    return problems or _verify_diff_ids(store, image)
+
+
+def _verify_blobs(store: Store, image: Image) -> list[str]:
     problems = []
     descs: Iterable[Descriptor] = image.layers
     expected: dict[Digest, Optional[int]] = {d.digest: d.size for d in descs}
@@ -214,4 +221,39 @@ def verify(store: Store, image: Image) -> list[str]:
             problems.append(f"blob {digest} is corrupt (hashes to {actual})")
         elif size is not None and actual_size != size:
             problems.append(f"blob {digest} has {actual_size} bytes, expected {size}")
+    return problems
+
+
+def _verify_diff_ids(store: Store, image: Image) -> list[str]:
+    """A pull checks each blob against its digest, but nothing checks the uncompressed
+    content of a layer that arrived otherwise (``load``, a registry that lies) until a
+    ``create`` unpacks it. Bounded like an unpack, so a decompression bomb ends."""
+    from ucore.builtin.unpack.extract import Limits
+    from ucore.builtin.unpack.stream import BadLayer, LayerStream
+
+    try:
+        ids = mf.config_diff_ids(read_config(store, image))
+    except IntegrityError as exc:
+        return [f"config {image.config_digest}: {exc}"]
+    if len(ids) != len(image.layers):
+        layers = len(image.layers)
+        return [f"config {image.config_digest} lists {len(ids)} diff_ids for {layers} layers"]
+    problems = []
+    budget = Limits().max_bytes
+    for desc, diff_id in zip(image.layers, ids):
+        with open(store.blob_path(desc.digest), "rb") as raw:
+            stream = LayerStream(raw, budget)
+            try:
+                _packed, (plain, size) = stream.finish()
+            except (BadLayer, OSError, EOFError) as exc:
+                problems.append(f"layer {desc.digest} cannot be uncompressed: {exc}")
+                continue
+            finally:
+                stream.close()
+        budget -= size
+        if plain != diff_id:
+            problems.append(
+                f"layer {desc.digest} uncompresses to {plain}, not to the diff_id {diff_id}"
+                " its config lists"
+            )
     return problems

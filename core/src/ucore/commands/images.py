@@ -94,7 +94,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     p.set_defaults(handler=cmd_tag)
     parsers["tag"] = p
 
-    p = sub.add_parser("verify", parents=[common], help="re-hash every blob of images")
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="re-hash every blob of images, check layers against diff_ids",
+    )
     p.add_argument("image", metavar="IMAGE", nargs="+")
     p.set_defaults(handler=cmd_verify)
     parsers["verify"] = p
