@@ -90,6 +90,20 @@ def test_basic_bad_password_in_docker_config(
     ucore_cli.fails(5, "pull", f"{reg.address}/busybox:latest")
 
 
+def test_damaged_docker_config_is_skipped_with_a_warning(
+    ucore_cli: Ucore, basic_registry: AuthRegistry
+) -> None:
+    """Docker's file is Docker's: a damaged one is ignored with a warning, and the pull is
+    then refused by the registry for want of credentials (exit 5), not an internal error."""
+    reg = basic_registry
+    docker = ucore_cli.home / ".docker"
+    docker.mkdir()
+    (docker / "config.json").write_bytes(b'{"auths": {')
+    result = ucore_cli.run("pull", f"{reg.address}/busybox:latest", timeout=30)
+    assert result.returncode == 5, describe(result)
+    assert "ignoring Docker's credentials" in result.stderr
+
+
 def test_basic_from_docker_config(
     ucore_cli: Ucore, basic_registry: AuthRegistry, test_images: TestImages
 ) -> None:

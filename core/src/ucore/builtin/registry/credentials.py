@@ -129,7 +129,7 @@ class Credentials:
             return _load(self.docker_path, follow=True)
         except _Unreadable as exc:
             log.warning("ignoring Docker's credentials", path=str(self.docker_path), why=str(exc))
-            return {}
+            return {"auths": {}}
 
     def check(self) -> None:
         """Fail now if the file ``login`` would update is damaged: before a password is sent
