@@ -530,14 +530,16 @@ def test_load_refuses_nested_image_indexes(ucore_cli: Ucore, tmp_path: Path, dep
     assert ucore_cli.refs() == [] and ucore_cli.blobs() == set()
 
 
-def test_save_to_a_closed_stdout_is_a_usage_error(
-    ucore_cli: Ucore, registry: RegistryServer
+@pytest.mark.parametrize("command", ["save", "export"])
+def test_a_tarball_to_a_closed_stdout_is_a_usage_error(
+    ucore_cli: Ucore, registry: RegistryServer, command: str
 ) -> None:
     """With descriptor 1 closed Python has no ``sys.stdout``: was an internal error."""
     ref = f"{registry.address}/busybox:latest"
     ucore_cli.ok("pull", ref)
+    source = ucore_cli.ok("create", ref).stdout.strip() if command == "export" else ref
     closed = subprocess.run(
-        ["sh", "-c", 'exec "$@" >&-', "sh", *ucore_cli.argv("save", ref)],
+        ["sh", "-c", 'exec "$@" >&-', "sh", *ucore_cli.argv(command, source)],
         env=ucore_cli.env,
         capture_output=True,
         text=True,
@@ -546,5 +548,5 @@ def test_save_to_a_closed_stdout_is_a_usage_error(
     )
     assert (closed.returncode, closed.stderr) == (
         2,
-        "ucore: save: no stdout to write to; use -o FILE\n",
+        f"ucore: {command}: no stdout to write to; use -o FILE\n",
     )

@@ -289,6 +289,11 @@ def test_config_file_that_never_ends_is_refused(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["load"], "ucore: load: give -i FILE or pipe a tarball into stdin"),
+        (["import", "-", "x:1"], "ucore: import: give a FILE or pipe a tarball into stdin ('-')"),
+        (
+            ["import", "--tocontainer", "-"],
+            "ucore: import: give a FILE or pipe a tarball into stdin ('-')",
+        ),
         (["login", "-u", "a", "--password-stdin", "h.io"], "ucore: --password-stdin: no stdin"),
         (["login", "h.io"], "ucore: --username is required when stdin is not a terminal"),
     ],

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from typing import IO, Callable
 
-from ucore.errors import StoreError
+from ucore.errors import StoreError, UsageError
 
 
 def add_registry_options(p: argparse.ArgumentParser, platform: bool = True) -> None:
@@ -56,3 +58,37 @@ def write_beside(path: str, command: str, write: Callable[[IO[bytes]], None]) ->
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def read_input(path: str, command: str, hint: str) -> Iterator[IO[bytes]]:
+    """The tarball a command reads (``load``, ``import``): the file ``path``, or standard
+    input for ``-``, which is refused (``hint`` says what to give instead) when it is a
+    terminal (a file was forgotten) or closed (``<&-``: Python then has no ``sys.stdin``)."""
+    if path == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError(f"{command}: {hint}")
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"{command}: cannot read {path}: {exc.strerror}") from None
+    with f:
+        yield f
+
+
+def write_output(path: str, command: str, write: Callable[[IO[bytes]], None]) -> None:
+    """The tarball a command writes (``save``, ``export``): to the file ``path`` through
+    :func:`write_beside`, or to standard output for ``-``, which is refused when it is a
+    terminal or closed (``>&-``: Python then has no ``sys.stdout``)."""
+    if path != "-":
+        write_beside(path, command, write)
+        return
+    if sys.stdout is None:
+        raise UsageError(f"{command}: no stdout to write to; use -o FILE")
+    if sys.stdout.isatty():
+        raise UsageError(f"{command}: refusing to write a tarball to a terminal; use -o FILE")
+    sys.stdout.flush()  # what was printed before goes first
+    write(sys.stdout.buffer)
+    sys.stdout.buffer.flush()

@@ -12,10 +12,10 @@ import contextlib
 import datetime
 import os
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ucore import containers, images
-from ucore.commands import add_registry_options, write_beside
+from ucore.commands import add_registry_options, read_input, write_output
 from ucore.errors import NotFoundError, StoreError, UcoreError, UsageError
 from ucore.model import Container
 from ucore.oci import Image, ImageRef
@@ -375,30 +375,11 @@ def cmd_export(session: Session, args: argparse.Namespace) -> int:
     if len(args.container) != 1:
         raise UsageError("export: give one CONTAINER (and -o FILE, or '-' for stdout)")
     container = containers.lookup(session.store, args.container[0])
-    if output == "-":
-        if sys.stdout.isatty():
-            raise UsageError("export: refusing to write a tarball to a terminal; use -o FILE")
-        sys.stdout.flush()
-        export(container, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return 0
-    write_beside(output, "export", lambda out: export(container, out))
+    write_output(output, "export", lambda out: export(container, out))
     return 0
 
 
-@contextlib.contextmanager
-def _input(path: str) -> Any:
-    if path == "-":
-        if sys.stdin.isatty():
-            raise UsageError("import: give a FILE or pipe a tarball into stdin ('-')")
-        yield sys.stdin.buffer
-        return
-    try:
-        f: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"import: cannot read {path}: {exc.strerror}") from None
-    with f:
-        yield f
+_IMPORT_HINT = "give a FILE or pipe a tarball into stdin ('-')"
 
 
 def cmd_import(session: Session, args: argparse.Namespace) -> int:
@@ -420,14 +401,16 @@ def cmd_import(session: Session, args: argparse.Namespace) -> int:
             if args.image
             else ImageRef("localhost", "imported", "unknown")
         )
-        with _input(args.file) as stream, session.stage("import", source):
+        tarball = read_input(args.file, "import", _IMPORT_HINT)
+        with tarball as stream, session.stage("import", source):
             container = import_container(session, stream, ref, source, args.name)
         print(container.id)
         return 0
     if not args.image:
         raise UsageError("import: give the image a NAME:TAG (or use --tocontainer)")
     ref = images.parse_ref(args.image, session.config.registry)
-    with _input(args.file) as stream, session.stage("import", source):
+    tarball = read_input(args.file, "import", _IMPORT_HINT)
+    with tarball as stream, session.stage("import", source):
         image = import_image(session.store, stream, ref, source)
     print(image.id)
     return 0
