@@ -215,11 +215,7 @@ def load(store: Store, stream: IO[bytes], tag: Optional[str] = None) -> list[Ima
             _read(store, stream, contents)
             return _store_refs(store, contents, tag)
         finally:
-            used: set[Digest] = set()
-            for image in images.all_images(store):
-                used |= images.blobs_of(image)
-            for digest in contents.new - used:
-                store.remove_blob(digest)
+            images.drop_unused(store, contents.new)
 
 
 def _store_refs(store: Store, contents: _Contents, tag: Optional[str]) -> list[ImageRef]:

@@ -3,7 +3,6 @@ removing (with garbage collection of blobs no other image uses)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -93,14 +92,6 @@ def blobs_of(image: Image) -> set[Digest]:
     return found
 
 
-def all_images(store: Store) -> list[Image]:
-    out = []
-    for ref, record in store.list_refs():
-        with contextlib.suppress(NotFoundError, StoreError, IntegrityError):
-            out.append(load(store, ref, record))
-    return out
-
-
 def used_blobs(store: Store) -> tuple[set[Digest], list[ImageRef]]:
     """The blobs the store's images use, and the references that cannot be read or loaded:
     the blobs those use are unknown, so nothing may be freed as unused while they exist."""
@@ -112,6 +103,14 @@ def used_blobs(store: Store) -> tuple[set[Digest], list[ImageRef]]:
         except (NotFoundError, StoreError, IntegrityError):
             damaged.append(ref)
     return used, damaged
+
+
+def drop_unused(store: Store, new: set[Digest]) -> None:
+    """Remove those of the blobs an import or load just added that no image uses (it was
+    refused or interrupted), so that it leaves the store as it was."""
+    used, _damaged = used_blobs(store)
+    for digest in new - used:
+        store.remove_blob(digest)
 
 
 def prune(store: Store) -> list[tuple[Digest, int]]:
@@ -184,9 +183,7 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
                 image=ref.familiar,
             )
             return removed
-        unused = blobs_of(image)
-        for other in all_images(store):
-            unused -= blobs_of(other)
+        unused = blobs_of(image) - used_blobs(store)[0]
         for digest in sorted(unused, key=str):
             store.remove_blob(digest)
             removed.append(digest)

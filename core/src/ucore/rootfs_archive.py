@@ -363,15 +363,6 @@ def build_image(
     return image, new
 
 
-def _drop_unused(store: Store, new: set[Digest]) -> None:
-    """Remove blobs this import added that no image uses."""
-    used: set[Digest] = set()
-    for image in images.all_images(store):
-        used |= images.blobs_of(image)
-    for digest in new - used:
-        store.remove_blob(digest)
-
-
 def import_image(store: Store, stream: IO[bytes], ref: ImageRef, source: str) -> Image:
     """A rootfs tarball into the store as the one-layer image ``ref`` (replacing what the
     name pointed at, as ``docker import`` does, unless that is protected)."""
@@ -395,7 +386,7 @@ def import_image(store: Store, stream: IO[bytes], ref: ImageRef, source: str) ->
                 },
             )
         except BaseException:
-            _drop_unused(store, new)
+            images.drop_unused(store, new)
             raise
     return image
 
@@ -415,5 +406,5 @@ def import_container(
             image, new = build_image(store, layer, ref, source)
             container = containers.create(session, image, name)
         finally:
-            _drop_unused(store, new)
+            images.drop_unused(store, new)
     return container
