@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ucore.builtin.unpack.rootfs import DIR_FLAGS
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 from ucore.model import Container
 from ucore.store import _STALE_FOREIGN, HOST, pid_alive, read_record, store_error
@@ -380,7 +381,7 @@ def _locked(container: Container, exclusive: bool) -> Iterator[bool]:
     import fcntl
 
     try:
-        fd = os.open(container.dir, _DIR_FLAGS)
+        fd = os.open(container.dir, DIR_FLAGS)
     except FileNotFoundError:
         raise NotFoundError(f"container {container.id} was removed") from None
     except OSError as exc:
@@ -477,9 +478,6 @@ def remove_tree(path: Path) -> None:
         raise store_error(exc, f"removing {path}") from exc
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _grant_owner(dir_fd: Optional[int], name: str) -> None:
     """Give the owner ``rwx`` on a directory it owns, through an ``O_PATH`` descriptor
     checked to be a directory (never a symlink a rival swapped in)."""
@@ -501,7 +499,7 @@ def _empty_tree(top: Path) -> None:
         with os.scandir(fd) as it:
             return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
 
-    fd = os.open(top, _DIR_FLAGS)
+    fd = os.open(top, DIR_FLAGS)
     try:
         stack: list[tuple[str, list[tuple[str, bool]]]] = [("", children(fd))]
         while stack:
@@ -512,14 +510,14 @@ def _empty_tree(top: Path) -> None:
                     os.unlink(name, dir_fd=fd)
                     continue
                 _grant_owner(fd, name)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = child
                 stack.append((name, children(fd)))
                 continue
             stack.pop()
             if stack:
-                parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                parent = os.open("..", DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = parent
                 os.rmdir(here, dir_fd=fd)

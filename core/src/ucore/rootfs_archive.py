@@ -37,13 +37,14 @@ from ucore import images
 from ucore import manifest as mf
 from ucore.archive import LAYER_TYPES
 from ucore.builtin.unpack.extract import open_stream
+from ucore.builtin.unpack.rootfs import DIR_FLAGS
 from ucore.builtin.unpack.stream import BadLayer
 from ucore.errors import IntegrityError, StoreError, UcoreError, UsageError
 from ucore.layers import compression
 from ucore.model import Container
 from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
 from ucore.store import Store, store_error
-from ucore.treewalk import DIR_FLAGS, Walker
+from ucore.treewalk import Walker
 
 if TYPE_CHECKING:
     from ucore.session import Session

@@ -18,9 +18,9 @@ import stat
 from pathlib import Path
 from typing import Optional
 
+from ucore.builtin.unpack.rootfs import DIR_FLAGS
 from ucore.errors import StoreError
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 _O_PATH = getattr(os, "O_PATH", 0)
 #: Why copying an extended attribute may fail without failing the copy: the filesystem has
