@@ -25,6 +25,7 @@ BUILTIN = {
     "registry": "ucore.builtin.registry.plugin",
     "unpack": "ucore.builtin.unpack.plugin",
     "execute": "ucore.builtin.execute",
+    "devices": "ucore.builtin.devices",
 }
 
 

@@ -76,11 +76,14 @@ def _container(store: Store, cid: str) -> Container:
     by hand), rather than a failure later in whatever command uses it."""
     meta = _read_meta(store.containers / cid)
     created, engine, manifest = meta.get("created", 0.0), meta.get("engine"), meta.get("manifest")
+    devices = meta.get("devices") or []
     if not (
         isinstance(created, (int, float))
         and 0 <= created < _MAX_TIME
         and isinstance(engine, (str, type(None)))
         and isinstance(manifest, (str, type(None)))
+        and isinstance(devices, list)
+        and all(isinstance(d, str) for d in devices)
     ):
         raise StoreError(f"unreadable metadata of container {cid}: a field has the wrong type")
     return Container(
@@ -92,6 +95,7 @@ def _container(store: Store, cid: str) -> Container:
         engine=engine,
         protected=bool(meta.get("protected", False)),
         created=float(created),
+        devices=tuple(devices),
     )
 
 

@@ -7,6 +7,7 @@ plugin needs nothing more (see README "Writing an engine plugin")::
         name = "mine"
         aliases = ("M1",)      # udocker-style execution-mode names, optional
         preference = 50        # lower is tried first when the user chose none
+        hides_devices = False  # True: the container gets its own /dev (only bound nodes)
 
         def __init__(self, session): self.session = session
         def probe(self) -> str | None: ...   # why it cannot run here, or None
@@ -29,6 +30,9 @@ class Engine(Protocol):
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]]
     preference: ClassVar[int]
+    #: Whether the container gets a /dev of its own, showing only the device nodes in the
+    #: spec; False where it sees the host's /dev (device selection then rests on variables).
+    hides_devices: ClassVar[bool]
 
     def __init__(self, session: Session) -> None: ...
 

@@ -58,6 +58,13 @@ class PluginError(UcoreError):
     exit_code = 8
 
 
+class DeviceError(UcoreError):
+    """A requested device (GPU, HCA) is not on this host, or what describes it (a CDI spec,
+    the driver's files) is unusable, or the image needs a newer driver: nothing was started."""
+
+    exit_code = 9
+
+
 class CommandNotExecutableError(UcoreError):
     """The container's command exists but cannot be run (a directory, no execute bit), as a
     shell and Docker report it."""
@@ -83,6 +90,7 @@ EXIT_CODES: dict[int, str] = {
     IntegrityError.exit_code: "content failed verification or is malformed",
     StoreError.exit_code: "local store error (disk full, quota, permissions)",
     PluginError.exit_code: "plugin configuration error, or no usable execution engine",
+    DeviceError.exit_code: "requested device missing, its description unusable, or driver too old",
     CommandNotExecutableError.exit_code: "the container's command cannot be executed",
     CommandNotFoundError.exit_code: "the container's command was not found in the container",
     130: "interrupted (SIGINT)",

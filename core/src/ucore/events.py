@@ -26,6 +26,10 @@ class Event:
 def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return str(value)
 
 
@@ -90,3 +94,13 @@ class Retrying(Event):
     reason: str
     attempt: int
     delay: float
+
+
+@dataclass(frozen=True)
+class DevicesBound(Event):
+    """A device provider bound devices for a run: ``report`` says what (driver version,
+    devices, libraries, the discovery source); also kept in the container's ``devices.json``."""
+
+    name: ClassVar[str] = "run.devices"
+    kind: str
+    report: dict[str, Any]

@@ -75,7 +75,16 @@ def ucore_register_registries(register: Registry) -> None:
 
 @hookspec
 def ucore_register_devices(register: Registry) -> None:
-    """Hand device providers (GPUs, InfiniBand HCAs) to ``register(name, provider)``.
+    """Hand device providers (GPUs, InfiniBand HCAs) to ``register(kind, provider_class)``.
+
+    A provider serves the requests of one kind (``--device nvidia.com/gpu=0``; see
+    :mod:`ucore.devices`). The class has ``kind`` and optional ``aliases``; constructed with
+    the session, it offers ``prepare(container, spec, requests)``, which returns what
+    :func:`ucore_prepare` returns plus an optional ``report`` (a JSON-able record of what was
+    bound), and ``report(requests)`` for ``ucore info --devices`` (a JSON-able mapping whose
+    ``summary`` lines are printed). It binds devices as engine-neutral values only, so every
+    engine honours it; it raises :class:`~ucore.errors.DeviceError` for a device the host
+    lacks. Providers are collected only when a run asks for devices.
 
     :param register: the device-provider registry.
     """

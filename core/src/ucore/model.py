@@ -26,6 +26,11 @@ class Mount(NamedTuple):
     source: str
     target: str
     readonly: bool = False
+    #: Made for this run only (GPU libraries, device files): an engine that must create the
+    #: mount point in the root (runc, crun) removes what it made once no run uses the
+    #: container, so the container directory is as it was. Volumes and the default binds keep
+    #: their mount points, which a store shared read-only relies on.
+    transient: bool = False
 
 
 class DeviceNode(NamedTuple):
@@ -33,6 +38,20 @@ class DeviceNode(NamedTuple):
 
     path: str
     target: Optional[str] = None
+
+
+class DeviceRequest(NamedTuple):
+    """A request for devices a provider plugin binds (``--gpus``, ``--device KIND[=WHICH]``).
+
+    ``kind`` is the provider's name (``nvidia.com/gpu``, ``infiniband``); ``selection`` is
+    what the user wrote after ``=`` (``all``, ``0,2``, ``GPU-…``, ``none``), empty for "the
+    provider's default" (a batch job's allocation); ``origin`` is how it was asked for, for
+    messages (``--gpus device=1``, ``setup --nvidia``).
+    """
+
+    kind: str
+    selection: str = ""
+    origin: str = ""
 
 
 class Container(NamedTuple):
@@ -48,6 +67,8 @@ class Container(NamedTuple):
     created: float = 0.0
     #: A root directory outside the store (``run --location DIR``); ``dir`` is then scratch.
     location: Optional[Path] = None
+    #: Device requests recorded with ``setup --device`` (``--nvidia``), bound at every run.
+    devices: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -74,3 +95,6 @@ class RunSpec(NamedTuple):
     #: Kernel release to report (``--kernel``), where the engine can fake it.
     kernel: Optional[str] = None
     cpuset: Optional[str] = None
+    #: Device requests for the provider plugins (GPUs, HCAs), which turn them into mounts,
+    #: device nodes and environment in ``ucore_prepare``; engines never read them.
+    requests: tuple[DeviceRequest, ...] = ()

@@ -36,7 +36,7 @@ from ucore.errors import (
     PluginError,
     UsageError,
 )
-from ucore.model import Container, DeviceNode, Mount, RunSpec
+from ucore.model import Container, DeviceNode, DeviceRequest, Mount, RunSpec
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -64,7 +64,9 @@ class RunOptions(NamedTuple):
     volumes: tuple[str, ...] = ()
     #: Host or container paths to leave out of the sysdirs and volumes (udocker's ``--novol``).
     novol: tuple[str, ...] = ()
-    devices: tuple[str, ...] = ()
+    #: ``--device`` values: ``/dev`` paths, and requests for provider plugins: ``KIND[=WHICH]``
+    #: text, or a :class:`~ucore.model.DeviceRequest` a plugin's own flag made (``--gpus``).
+    devices: tuple[str | DeviceRequest, ...] = ()
     hostauth: bool = True
     sysdirs: bool = True
     #: False: ignore the image config entirely (``--nometa``).
@@ -109,6 +111,8 @@ def build(
         *map(parse_volume, opts.volumes),
     ]
     mounts = [m for m in mounts if m.source not in opts.novol and m.target not in opts.novol]
+    nodes = [d for d in opts.devices if isinstance(d, str) and d.startswith("/")]
+    asked = [d for d in opts.devices if not (isinstance(d, str) and d.startswith("/"))]
     spec = RunSpec(
         argv=argv,
         env=tuple(env.items()),
@@ -116,10 +120,11 @@ def build(
         uid=uid,
         gid=gid,
         mounts=place(root, mounts),
-        devices=tuple(map(parse_device, opts.devices)),
+        devices=tuple(map(parse_device, nodes)),
         terminal=os.isatty(0),
         kernel=opts.kernel or None,
         cpuset=check_cpuset(opts.cpuset) if opts.cpuset else None,
+        requests=_requests(session, container, asked),
     )
     spec = merge(root, spec, session.prepare(container, spec), chosen)
     workdir = opts.workdir if opts.workdir is not None else _string(meta, "WorkingDir") or "/"
@@ -362,6 +367,22 @@ def parse_volume(text: str) -> Mount:
     if not os.path.exists(host):
         raise UsageError(f"-v {text}: {host} does not exist on this host")
     return Mount(os.path.realpath(host), posixpath.normpath(target), readonly)
+
+
+def _requests(
+    session: Session, container: Container, asked: Sequence[str | DeviceRequest]
+) -> tuple[DeviceRequest, ...]:
+    """Device requests for the provider plugins: the container's recorded ones and the
+    command line's (see :mod:`ucore.devices`, imported only when there is one)."""
+    if not asked and not container.devices:
+        return ()
+    from ucore import devices
+
+    parsed = [
+        r if isinstance(r, DeviceRequest) else devices.parse_request(r, f"--device {r}")
+        for r in asked
+    ]
+    return devices.requests(session, container.devices, parsed)
 
 
 def parse_device(text: str) -> DeviceNode:

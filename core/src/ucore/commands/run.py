@@ -85,7 +85,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     p.add_argument(
         "--novol", action="append", default=[], metavar="PATH", help="leave out a default bind"
     )
-    p.add_argument("--device", action="append", default=[], metavar="HOST[:CONT]", help="a device")
+    p.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="HOST[:CONT]|KIND[=WHICH]",
+        help="a device node, or devices a plugin provides (nvidia.com/gpu=0, infiniband=mlx5_0)",
+    )
     p.add_argument("-w", "--workdir", metavar="DIR", help="working directory (made if missing)")
     p.add_argument("-u", "--user", metavar="NAME|UID[:GROUP|GID]", help="the user to run as")
     auth = p.add_mutually_exclusive_group()
@@ -127,12 +133,32 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     )
     q.add_argument("--force", action="store_true", help="record it even if it cannot run here")
     q.add_argument("--purge", action="store_true", help="remove files ucore made for runs")
+    q.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="KIND[=WHICH]",
+        help="devices to bind at every run (nvidia.com/gpu, infiniband); nothing is copied",
+    )
+    q.add_argument("--nodevice", action="store_true", help="forget the recorded devices")
     q.add_argument("container", metavar="CONTAINER")
     q.set_defaults(handler=cmd_setup)
     parsers["setup"] = q
 
     r = sub.add_parser("info", parents=[common], help="engines installed, and which work here")
     r.add_argument("--json", action="store_true", help="JSON on stdout")
+    r.add_argument(
+        "--devices",
+        action="store_true",
+        help="the devices the provider plugins find, and what a request would bind",
+    )
+    r.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="KIND[=WHICH]",
+        help="with --devices: the request to explain (default: each provider's default)",
+    )
     r.set_defaults(handler=cmd_info)
     parsers["info"] = r
     return parsers
@@ -313,11 +339,24 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
     if args.purge:
         import shutil
 
+        from ucore.builtin.devices import RECORD
+
         for made in ("hostauth", "hostfiles"):
             shutil.rmtree(Path(container.dir) / made, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Path(container.dir) / RECORD)
+    if args.device or args.nodevice:
+        from ucore import devices
+
+        if args.device and args.nodevice:
+            raise UsageError("setup: --device and --nodevice together")
+        recorded = devices.check_recordable(session, args.device) if args.device else []
+        container = containers.update(store, container, devices=tuple(recorded))
     if args.engine is None:
-        if not args.purge:
+        if not (args.purge or args.device or args.nodevice):
             print(container.engine or f"{AUTO} (chosen at the next run)")
+            for text in container.devices:
+                print(f"device {text} (bound at every run)")
         return 0
     if args.engine == AUTO:
         containers.update(store, container, engine=None)
@@ -340,6 +379,10 @@ def cmd_info(session: Session, args: argparse.Namespace) -> int:
     from ucore import __version__
     from ucore.builtin.execute import PROVIDERS, engines
 
+    if args.devices:
+        return _info_devices(session, args)
+    if args.device:
+        raise UsageError("info: --device goes with --devices")
     known = engines(session)
     rows: list[dict[str, Any]] = []
     for name in known.names():
@@ -396,3 +439,51 @@ def _print_info(data: dict[str, Any]) -> None:
         print(f"  {','.join(item['modes'])}: not installed (pip install {item['plugin']})")
     if os.environ.get("UCORE_DISABLE_PLUGINS"):
         print(f"plugins disabled by UCORE_DISABLE_PLUGINS: {os.environ['UCORE_DISABLE_PLUGINS']}")
+
+
+def _info_devices(session: Session, args: argparse.Namespace) -> int:
+    """``info --devices``: each provider's report (what it found, from which source, what the
+    request would bind, what is missing and why), and how each engine honours a selection."""
+    from ucore import devices
+    from ucore.builtin.execute import engines
+
+    known = devices.providers(session)
+    asked = [
+        r if isinstance(r, devices.DeviceRequest) else devices.parse_request(r, f"--device {r}")
+        for r in args.device
+    ]
+    asked = [known.canonical(r) for r in asked]
+    rows = []
+    for kind in known.registry:
+        requests = [r for r in asked if r.kind == kind] or [devices.DeviceRequest(kind, "", "")]
+        report = dict(known.provider(kind).report(requests))
+        plugin = known.registry.owner(kind)
+        report.update(kind=kind, plugin=session.plugins.sources.get(plugin, (plugin, ""))[0])
+        rows.append(report)
+    engine_rows = []
+    found = engines(session)
+    for name in found.names():
+        hides = bool(getattr(found.registry[name], "hides_devices", False))
+        engine_rows.append({"name": name, "hides_devices": hides})
+    data = {"providers": rows, "engines": engine_rows}
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not rows:
+        print("no device provider installed (pip install ucore-gpu)")
+    for row in rows:
+        print(f"{row['kind']} ({row['plugin']}):")
+        for line in row.get("summary", ()):
+            print(f"  {line}")
+    if rows:
+        print("engines:")
+    for e in engine_rows if rows else ():
+        how = (
+            "its own /dev: only the selected device nodes (and control nodes) are bound"
+            if e["hides_devices"]
+            else "the host's /dev: every node is visible; the selection is enforced by the"
+            " visible-device variables (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, ...)"
+        )
+        print(f"  {e['name']:<16} {how}")
+    return 0
