@@ -1,5 +1,86 @@
-"""Hook implementations of ucore-gpu, loaded through the ``ucore`` entry-point group.
+"""Hook implementations of ucore-gpu: the ``nvidia.com/gpu`` and ``infiniband`` device
+providers, and the flags users know from Docker and udocker (``--gpus``, ``setup --nvidia``).
 
-It will register NVIDIA GPU and InfiniBand device providers; until then it only
-proves that the distribution installs and that ucore discovers it (``ucore plugins``).
+Kept small: this module is imported by every ``ucore`` command, the providers only when a run
+asks for devices.
 """
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ucore.hookspecs import hookimpl
+from ucore.model import DeviceRequest
+
+KIND = "nvidia.com/gpu"
+
+
+class _Gpus(argparse.Action):
+    """``--gpus all|N|device=0,2|device=GPU-…|none``, Docker's spelling, as a device
+    request (Docker also accepts the ``device=`` part quoted, ``'"device=0,2"'``)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        text = str(values).strip().strip('"').strip("'")
+        if text.startswith("device="):
+            selection = text[len("device=") :].strip('"')
+        elif text.isdigit():
+            if int(text) < 1:
+                parser.error("--gpus: a count must be at least 1 (or none)")
+            selection = f"count={text}"
+        elif text in ("all", "none"):
+            selection = text
+        else:
+            parser.error(f"--gpus {values}: expected all, none, N or device=LIST")
+        if not selection or any(c.isspace() for c in selection):
+            parser.error(f"--gpus {values}: expected all, none, N or device=LIST")
+        asked = [d for d in getattr(namespace, "device", None) or [] if not _is_gpu(d)]
+        asked.append(DeviceRequest(KIND, selection, f"--gpus {values}"))
+        namespace.device = asked
+
+
+def _is_gpu(item: Any) -> bool:
+    return isinstance(item, DeviceRequest) and item.kind == KIND
+
+
+@hookimpl
+def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]) -> None:
+    for name in ("run", "info"):
+        sub = subcommands.get(name)
+        if sub is not None:
+            sub.add_argument(
+                "--gpus",
+                action=_Gpus,
+                metavar="all|N|device=LIST|none",
+                help="NVIDIA GPUs to bind (Docker's spelling; ucore-gpu)",
+            )
+    run = subcommands.get("run")
+    if run is not None:
+        run.add_argument(
+            "--no-require-cuda",
+            action="store_true",
+            help="run even if the image's NVIDIA_REQUIRE_CUDA is not met (ucore-gpu)",
+        )
+        run.add_argument(
+            "--infiniband-libs",
+            action="store_true",
+            help="with --device infiniband: also bind the host's verbs libraries (ucore-gpu)",
+        )
+    setup = subcommands.get("setup")
+    if setup is not None:
+        setup.add_argument(
+            "--nvidia",
+            dest="device",
+            action="append_const",
+            const=KIND,
+            help="bind the NVIDIA GPUs at every run, from the host's driver (ucore-gpu)",
+        )
+
+
+@hookimpl
+def ucore_register_devices(register: Any) -> None:
+    from ucore_gpu.infiniband import InfiniBand
+    from ucore_gpu.nvidia import NvidiaGpus
+
+    register(NvidiaGpus.kind, NvidiaGpus)
+    register(InfiniBand.kind, InfiniBand)
