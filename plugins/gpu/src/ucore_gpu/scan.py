@@ -107,7 +107,8 @@ def _mig(settings: Settings, gpus: list[Gpu]) -> list[Gpu]:
                 ci_minor = _cap_minor(os.path.join(mig, gi, ci, "access"))
                 caps = [f"/dev/nvidia-caps/nvidia-cap{m}" for m in (gi_minor, ci_minor) if m]
                 name = f"{gpu.number}:{gi[2:]}:{ci[2:]}"
-                out.append(Gpu(-1, "", gpu.pci, gpu.model, (*gpu.nodes, *caps), (name,), gpu.number))
+                nodes = (*gpu.nodes, *caps)
+                out.append(Gpu(-1, "", gpu.pci, gpu.model, nodes, (name,), gpu.number))
     return out
 
 
