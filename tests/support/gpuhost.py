@@ -258,7 +258,6 @@ def program(name: str) -> Path:
 
 
 _DEVICES_C = r"""
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,35 +268,20 @@ _DEVICES_C = r"""
 
 struct uc_dev { unsigned long minor; char uuid[128]; };
 
-static int uc_by_minor(const void *a, const void *b)
-{
-    unsigned long x = ((const struct uc_dev *)a)->minor, y = ((const struct uc_dev *)b)->minor;
-    return (x > y) - (x < y);
-}
-
-/* Every /dev/nvidia<digits> this process can open, in numeric order, with its UUID (the
-   synthetic node's content): what a container was given, as the real driver would see it. */
+/* Every /dev/nvidia<minor> this process can open, in minor order, with its UUID (the
+   synthetic node's content): what a container was given, as the real driver sees it. Like
+   the real driver, it opens the nodes by minor number rather than listing /dev: an engine
+   may show a bound node without listing it (PRoot binds a file into a directory it cannot
+   write as a user). */
 static int uc_open_devices(struct uc_dev *devs)
 {
     const char *dir = getenv("SYNTHETIC_NVIDIA_DEV_DIR");
     if (dir == NULL || *dir == '\0')
         dir = "/dev";
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
     int n = 0;
-    struct dirent *e;
-    while (n < UC_MAX && (e = readdir(d)) != NULL) {
-        const char *p = e->d_name;
-        if (strncmp(p, "nvidia", 6) != 0 || p[6] == '\0')
-            continue;
-        const char *q = p + 6;
-        while (*q >= '0' && *q <= '9')
-            q++;
-        if (*q != '\0')
-            continue;
+    for (unsigned long minor = 0; minor < UC_MAX; minor++) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, p);
+        snprintf(path, sizeof path, "%s/nvidia%lu", dir, minor);
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0)
             continue;
@@ -308,11 +292,9 @@ static int uc_open_devices(struct uc_dev *devs)
         devs[n].uuid[r] = '\0';
         while (r > 0 && (devs[n].uuid[r - 1] == '\n' || devs[n].uuid[r - 1] == ' '))
             devs[n].uuid[--r] = '\0';
-        devs[n].minor = strtoul(p + 6, NULL, 10);
+        devs[n].minor = minor;
         n++;
     }
-    closedir(d);
-    qsort(devs, (size_t)n, sizeof *devs, uc_by_minor);
     return n;
 }
 

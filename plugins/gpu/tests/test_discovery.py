@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ucore_gpu.settings import Settings
 
 def test_ldcache_reads_what_ldconfig_prints() -> None:
     """This machine's real cache, against ``ldconfig -p``."""
-    printed = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True)
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"  # /sbin is not on a user's PATH
+    printed = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=True)
     pairs = set()
     for line in printed.stdout.splitlines()[1:]:
         name, _, path = line.strip().partition(" => ")
