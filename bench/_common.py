@@ -46,6 +46,7 @@ UCORE_VENV_DISTS = (
     REPO_ROOT / "core",
     REPO_ROOT / "plugins" / "proot",
     REPO_ROOT / "plugins" / "runc",
+    REPO_ROOT / "plugins" / "gpu",
 )
 
 

@@ -42,6 +42,8 @@ from _common import Case, Invocation, Stats
 
 TOOLS = (
     "ucore",
+    "ucore-gpuoff",
+    "ucore-gpus",
     "udocker",
     "proot",
     "ucore-runc",
@@ -61,6 +63,7 @@ CONTAINER = "bench-run"
 #: ucore's containers per engine (``{container}`` of ``--ucore-cmd``) and udocker's R1 one.
 ENGINE_CONTAINERS = {"ucore": ("P1", CONTAINER), "ucore-runc": ("runc", "bench-runc")}
 ENGINE_CONTAINERS["ucore-crun"] = ("crun", "bench-crun")
+
 UDOCKER_R1 = "bench-r1"
 #: Each tool and the runtime it drives, whose median is subtracted to give its overhead.
 FLOORS = {
@@ -185,6 +188,14 @@ def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Pa
                 direct[f"{kind}+find"] = direct_command(kind, binary, root, where, volume)
         except (OSError, RuntimeError) as exc:
             unavailable[kind] = unavailable[f"{kind}+find"] = str(exc)
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from support import gpuhost
+
+        host = gpuhost.build_host(place / "gpuhost")
+        ucore_env = {**ucore_env, "BENCH_GPU_ROOT": str(host.root)}
+    except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        unavailable["ucore-gpus"] = f"no synthetic GPU host: {exc}"
     return Setup(ucore_env, udocker_env, root, direct, unavailable)
 
 
@@ -235,10 +246,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         runs=20,
         warmup=3,
         tools=TOOLS,
-        tools_help="ucore, udocker, proot (P1); ucore-runc, udocker-r1, runc, ucore-crun, crun"
-        " (OCI runtimes); python (python -c pass), py-pluggy (python -c 'import pluggy'),"
-        " ucore-ver (python -m ucore version), udocker-ver (udocker version), py-udocker"
-        " (python -c pass with udocker's venv interpreter)",
+        tools_help="ucore, udocker, proot (P1); ucore-gpuoff (P1, ucore-gpu blocked),"
+        " ucore-gpus (P1, --gpus all on a synthetic 4-GPU host); ucore-runc, udocker-r1, runc,"
+        " ucore-crun, crun (OCI runtimes); python (python -c pass), py-pluggy"
+        " (python -c 'import pluggy'), ucore-ver (python -m ucore version), udocker-ver"
+        " (udocker version), py-udocker (python -c pass with udocker's venv interpreter)",
         ucore_cmd=DEFAULT_UCORE_CMD,
         ucore_fields="{python} {container} {store}",
     )
@@ -294,6 +306,15 @@ def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) 
     for tool, (_engine, name) in ENGINE_CONTAINERS.items():
         argv = shlex.split(args.ucore_cmd.format(python=python, container=name, store=store))
         commands[tool] = (argv, setup.ucore_env)
+    # What ucore-gpu's prepare hook adds to a P1 run: ``ucore`` (plugin installed, no request)
+    # against ``ucore-gpuoff`` (the plugin blocked); ``ucore-gpus`` (``--gpus all`` on the
+    # tests' synthetic 4-GPU host) against ``ucore``.
+    argv = shlex.split(args.ucore_cmd.format(python=python, container=CONTAINER, store=store))
+    commands["ucore-gpuoff"] = (argv, {**setup.ucore_env, "UCORE_DISABLE_PLUGINS": "gpu"})
+    if "BENCH_GPU_ROOT" in setup.ucore_env:
+        gpus = [*argv[: argv.index("run") + 1], "--gpus", "all", *argv[argv.index("run") + 1 :]]
+        root = setup.ucore_env["BENCH_GPU_ROOT"]
+        commands["ucore-gpus"] = (gpus, {**setup.ucore_env, "UCORE_DEVICE_ROOT": root})
     if udocker is not None:
         for tool, name in (("udocker", CONTAINER), ("udocker-r1", UDOCKER_R1)):
             commands[tool] = (
@@ -455,6 +476,13 @@ def report(stats: list[Stats]) -> bool:
             if walk is not None and start is not None:
                 work = walk - start
                 print(f"  {tool:<12} {work * 1000:8.1f} ms  {work / native:6.2f}x native")
+    plain, off, gpus = median("ucore"), median("ucore-gpuoff"), median("ucore-gpus")
+    if plain is not None and (off is not None or gpus is not None):
+        print("ucore-gpu's prepare hook, P1 (medians of this run):")
+        if off is not None:
+            print(f"  no request   {(plain - off) * 1000:6.1f} ms (ucore - ucore-gpuoff)")
+        if gpus is not None:
+            print(f"  --gpus all   {(gpus - plain) * 1000:6.1f} ms (ucore-gpus - ucore)")
     version = median("ucore-ver")
     for tool in ENGINE_CONTAINERS:
         run = median(tool)

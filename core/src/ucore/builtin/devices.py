@@ -28,7 +28,6 @@ def ucore_prepare(
     if not spec.requests:
         return None
     from ucore.devices import providers
-    from ucore.events import DevicesBound
     from ucore.model import DeviceNode, Mount
 
     known = providers(session)
@@ -49,7 +48,10 @@ def ucore_prepare(
             env[name] = added[name] = value
         if result.get("report"):
             record[kind] = result["report"]
-            session.emit(DevicesBound(kind=kind, report=result["report"]))
+            if session.listening:  # the events module (dataclasses) costs 4 ms to import
+                from ucore.events import DevicesBound
+
+                session.emit(DevicesBound(kind=kind, report=result["report"]))
     if record and container.location is None:
         from ucore.errors import StoreError
 

@@ -16,7 +16,6 @@ the root.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -95,6 +94,8 @@ def _load(settings: Settings, path: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
         if path.endswith(".json"):
+            import json
+
             data = json.loads(text)
         else:
             import yaml

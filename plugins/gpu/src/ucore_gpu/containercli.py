@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from typing import Optional
 
 from ucore_gpu import catalog
@@ -28,6 +26,8 @@ def tool(settings: Settings) -> Optional[str]:
     if settings.synthetic:
         inside = settings.host("/usr/bin/nvidia-container-cli")
         return inside if os.access(inside, os.X_OK) else None
+    import shutil
+
     return shutil.which("nvidia-container-cli")
 
 
@@ -37,6 +37,8 @@ def discover(settings: Settings, base: Inventory) -> tuple[Optional[Inventory], 
     cli = tool(settings)
     if cli is None:
         return None, "nvidia-container-cli not installed"
+    import subprocess  # only where the tool is installed: its import costs a few ms
+
     try:
         done = subprocess.run(
             [cli, "list"],

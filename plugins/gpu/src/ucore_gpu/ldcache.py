@@ -9,7 +9,7 @@ multilib host) are skipped.
 
 from __future__ import annotations
 
-import platform
+import os
 import struct
 from typing import NamedTuple
 
@@ -39,7 +39,7 @@ def read(path: str) -> list[Entry]:
     if len(data) > MAX_SIZE:
         return []
     try:
-        return parse(data, _ARCH_FLAGS.get(platform.machine()))
+        return parse(data, _ARCH_FLAGS.get(os.uname().machine))  # not platform: 2 ms to import
     except (struct.error, ValueError, UnicodeDecodeError):
         return []
 
