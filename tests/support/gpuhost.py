@@ -435,6 +435,7 @@ _STUB_C = "int ucore_synthetic_stub(void) { return 0; }\n"
 
 _CUDAQUERY_C = r"""
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdio.h>
 
 int main(void)
@@ -457,6 +458,23 @@ int main(void)
         return 4;
     }
     printf("devices: %d\ncuda: %d\n", n, v);
+    /* A device query where the driver has it (the real one; the synthetic one has not). */
+    int (*get)(int *, int) = (int (*)(int *, int))dlsym(h, "cuDeviceGet");
+    int (*name)(char *, int, int) = (int (*)(char *, int, int))dlsym(h, "cuDeviceGetName");
+    int (*attr)(int *, int, int) = (int (*)(int *, int, int))dlsym(h, "cuDeviceGetAttribute");
+    int (*mem)(size_t *, int) = (int (*)(size_t *, int))dlsym(h, "cuDeviceTotalMem_v2");
+    for (int i = 0; get != NULL && name != NULL && attr != NULL && mem != NULL && i < n; i++) {
+        int dev = 0, major = 0, minor = 0;
+        char text[256] = {0};
+        size_t bytes = 0;
+        if (get(&dev, i) != 0 || name(text, (int)sizeof text - 1, dev) != 0)
+            continue;
+        attr(&major, 75, dev); /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR */
+        attr(&minor, 76, dev); /* ..._MINOR */
+        mem(&bytes, dev);
+        printf("device %d: %s, compute capability %d.%d, %zu MiB\n", i, text, major, minor,
+               bytes >> 20);
+    }
     return 0;
 }
 """
