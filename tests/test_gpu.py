@@ -311,3 +311,38 @@ def test_bad_requests_are_usage_errors(
     result = cli.run("run", *opts, container, "true")
     assert result.returncode == status, describe(result)
     assert words in assert_error_line(result)
+
+
+def test_mig_instances(tmp_path: Path, images: dict[str, str]) -> None:
+    """By MIG UUID from a CDI spec (which names them), and as GPU:GI:CI from the driver's
+    capability files (which do not know their UUIDs); each brings its capability nodes."""
+    own = gpuhost.build_host(tmp_path / "host", gpus=2, mig=True)
+    mig = own.mig_devices[0]
+    cli = Ucore(tmp_path)
+    cli.env["UCORE_DEVICE_ROOT"] = str(own.root)
+
+    def would_bind(selection: str) -> dict[str, Any]:
+        out = cli.ok("info", "--devices", "--json", "--gpus", f"device={selection}").stdout
+        gpu = next(p for p in json.loads(out)["providers"] if p["kind"] == "nvidia.com/gpu")
+        assert "request_error" not in gpu, gpu["request_error"]
+        return dict(gpu["would_bind"])
+
+    scanned = would_bind(f"{mig.gpu}:{mig.gi}:{mig.ci}")
+    assert {mig.gi_node, mig.ci_node, "/dev/nvidia0"} <= set(scanned["devices"])
+    assert "/dev/nvidia1" not in scanned["devices"]
+    assert scanned["env"]["CUDA_VISIBLE_DEVICES"] == own.uuids[mig.gpu]  # the instance's GPU
+    gpuhost.write_cdi_spec(own, "nvidia.json")
+    named = would_bind(mig.uuid)
+    assert {mig.gi_node, mig.ci_node} <= set(named["devices"])
+    assert named["env"]["CUDA_VISIBLE_DEVICES"] == mig.uuid
+
+
+def test_infiniband_libs_for_images_without_rdma_core(cli: Ucore, container: str) -> None:
+    script = (
+        "ls /usr/local/ucore-rdma/lib; cat /etc/libibverbs.d/mlx5.driver; echo $LD_LIBRARY_PATH"
+    )
+    out = cli.ok(
+        "run", "--device", "infiniband=mlx5_0", "--infiniband-libs", container, "sh", "-c", script
+    ).stdout.split()  # fmt: skip
+    assert {"libibverbs.so.1", "libmlx5-rdmav34.so"} <= set(out)
+    assert out[-3:] == ["driver", "mlx5", "/usr/local/ucore-rdma/lib"]

@@ -52,11 +52,16 @@ def bindings(
     added["LD_LIBRARY_PATH"] = _prepend(LIB, env.get("LD_LIBRARY_PATH", ""))
     if inventory.binaries:
         added["PATH"] = _append(BIN, env.get("PATH", ""))
-    ids = [g.uuid for g in gpus]
+    # A MIG instance the driver's files name without a UUID goes by its GPU's: CUDA then
+    # shows that GPU's instances this process may use, which the capability nodes limit.
+    whole = {g.number: g for g in inventory.gpus if g.number >= 0}
+    chosen = [g if g.uuid or g.number >= 0 else whole.get(g.parent, g) for g in gpus]
+    chosen = list(dict.fromkeys(chosen))
+    ids = [g.uuid for g in chosen]
     if all(ids):
         visible = ",".join(ids)
     else:  # no UUIDs known: host indices, in the order nvidia-smi uses
-        visible = ",".join(str(g.number) for g in gpus)
+        visible = ",".join(str(g.number) for g in chosen)
         added["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     added["NVIDIA_VISIBLE_DEVICES"] = visible
     added["CUDA_VISIBLE_DEVICES"] = visible
