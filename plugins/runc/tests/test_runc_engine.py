@@ -7,10 +7,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +385,29 @@ _ERRORS = {cls.__name__: cls for cls in (IntegrityError, PluginError, UsageError
 def _run(engine: OciEngine, root: Path, tmp_path: Path, *argv: str, **fields: Any) -> int:
     """``engine.run`` in a child process: a detached run makes its process a subreaper that
     ends all its children afterwards, which pytest's own process must not become."""
-    container = Container(id="c", dir=tmp_path / "c", image="", location=root)
+    return _start(engine, root, tmp_path, *argv, **fields).status()
+
+
+class _Started:
+    """A child process running ``engine.run``; it reports the status or the error."""
+
+    def __init__(self, pid: int, report: int) -> None:
+        self.pid = pid
+        self.report = report
+
+    def status(self) -> int:
+        with os.fdopen(self.report) as f:
+            kind, _, message = f.read().partition("\n")
+        os.waitpid(self.pid, 0)
+        if kind in _ERRORS:
+            raise _ERRORS[kind](message)
+        return int(kind)
+
+
+def _start(engine: OciEngine, root: Path, tmp_path: Path, *argv: str, **fields: Any) -> _Started:
+    directory = tmp_path / "c"
+    directory.mkdir(exist_ok=True)
+    container = Container(id="c", dir=directory, image="", location=root)
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
@@ -395,12 +419,7 @@ def _run(engine: OciEngine, root: Path, tmp_path: Path, *argv: str, **fields: An
             os.write(report_w, f"{type(exc).__name__}\n{exc}".encode())
         os._exit(0)
     os.close(report_w)
-    with os.fdopen(report_r) as f:
-        kind, _, message = f.read().partition("\n")
-    os.waitpid(pid, 0)
-    if kind in _ERRORS:
-        raise _ERRORS[kind](message)
-    return int(kind)
+    return _Started(pid, report_r)
 
 
 @pytest.mark.parametrize("cls", [RuncEngine, CrunEngine])
@@ -439,8 +458,6 @@ def test_runc_as_another_user_without_subordinate_ids_says_what_to_do(
 def test_a_signal_held_while_the_runtime_started_is_given_to_the_command() -> None:
     """``run_detached`` passes on what came before the main process was known; tested in a
     child process that plays ucore (a subreaper whose leftovers are ended)."""
-    import signal
-
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - reports through the pipe
@@ -491,3 +508,163 @@ def test_root_runs_with_ids_mapped_onto_themselves(rootfs: Path, tmp_path: Path)
     script = "echo x > /out/f"
     assert _run(engine, rootfs, tmp_path, "sh", "-c", script, uid=1234, mounts=mount) == 0
     assert (out / "f").stat().st_uid == 1234
+
+
+# --- mount points of transient mounts ---------------------------------------------------------
+
+#: Where the transient mounts of these tests go: nothing of them is in the image.
+LIBRARY = "/usr/local/x/lib/f"
+#: What each run named NAME writes through its (non-transient) volume at /sync: the library in
+#: NAME, then NAME-up; then it waits for NAME-go.
+WAIT = (
+    f'cat {LIBRARY} > /sync/"$0"; : > /sync/"$0"-up;'
+    ' while [ ! -e /sync/"$0"-go ]; do sleep 0.02; done'
+)
+
+
+@pytest.fixture
+def image_root(rootfs: Path) -> Path:
+    """The busybox root with what an image has (``/dev``, ``/proc``, ``/usr``) and a directory
+    for the tests' volume, so that only transient mounts lack their mount points."""
+    for name in ("dev", "proc", "usr/share", "sync"):
+        (rootfs / name).mkdir(parents=True)
+    (rootfs / "usr" / "share" / "keep").write_text("x")
+    return rootfs
+
+
+@pytest.fixture
+def sync(tmp_path: Path) -> Iterator[Path]:
+    """The tests' volume; every run still waiting on it is let go at the end."""
+    path = tmp_path / "sync"
+    path.mkdir()
+    yield path
+    for name in ("a", "b"):
+        (path / f"{name}-go").touch()
+
+
+def _tree(root: Path) -> dict[str, tuple[int, object]]:
+    """Every path under ``root``: its mode (type included) and size (files) or target (links)."""
+    tree: dict[str, tuple[int, object]] = {}
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(top, name)
+            st = path.lstat()
+            detail: object = st.st_size if stat.S_ISREG(st.st_mode) else None
+            if stat.S_ISLNK(st.st_mode):
+                detail = os.readlink(path)
+            tree[str(path.relative_to(root))] = (st.st_mode, detail)
+    return tree
+
+
+def _transient(tmp_path: Path) -> dict[str, Any]:
+    """RunSpec fields: a library file, a directory and two device nodes bound for this run only,
+    and the tests' volume."""
+    library = tmp_path / "libcuda.so.1"
+    library.write_text("driver\n")
+    libraries = tmp_path / "lib64"
+    libraries.mkdir(exist_ok=True)
+    (libraries / "g").write_text("lib64\n")
+    device = tmp_path / "nvidia0"
+    device.write_text("device\n")
+    mounts = (
+        Mount(str(library), LIBRARY, readonly=True, transient=True),
+        Mount(str(libraries), "/opt/gpu/lib64", readonly=True, transient=True),
+        Mount(str(tmp_path / "sync"), "/sync"),
+    )
+    devices = (DeviceNode(str(device), "/dev/fake0"), DeviceNode(str(device), "/opt/gpu/dev1"))
+    return {"mounts": mounts, "devices": devices}
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("cls", [RuncEngine, CrunEngine])
+def test_mount_points_of_transient_mounts_are_removed(
+    cls: type[OciEngine],
+    image_root: Path,
+    sync: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The runtime makes them (directories, empty files) and ucore removes them afterwards;
+    a volume's mount point stays, and so does a directory it shares with a transient one."""
+    engine = _engine(cls, tmp_path)
+    before = _tree(image_root)
+    fields = _transient(tmp_path)
+    fields["mounts"] += (Mount(str(sync), "/opt/data"),)
+    script = f"cat {LIBRARY} /opt/gpu/lib64/g /dev/fake0 /opt/gpu/dev1"
+    assert _run(engine, image_root, tmp_path, "sh", "-c", script, **fields) == 0
+    assert capfd.readouterr().out == "driver\nlib64\ndevice\ndevice\n"
+    after = _tree(image_root)
+    assert all(stat.S_ISDIR(after.pop(path)[0]) for path in ("opt", "opt/data"))
+    assert after == before
+
+
+@pytest.mark.parametrize("cls", [RuncEngine, CrunEngine])
+@pytest.mark.parametrize("last", ["a", "b"])
+def test_the_last_of_overlapping_runs_removes_them(
+    cls: type[OciEngine], last: str, image_root: Path, sync: Path, tmp_path: Path
+) -> None:
+    """Run b starts while run a holds the mount points; whichever ends first leaves them to
+    the other (b recorded none: a's runtime had made them)."""
+    engine = _engine(cls, tmp_path)
+    before = _tree(image_root)
+    fields = _transient(tmp_path)
+    runs = {}
+    for name in ("a", "b"):
+        runs[name] = _start(engine, image_root, tmp_path, "sh", "-c", WAIT, name, **fields)
+        _wait_for(sync / f"{name}-up")
+        assert (sync / name).read_text() == "driver\n"
+    first = "b" if last == "a" else "a"
+    (sync / f"{first}-go").touch()
+    assert runs[first].status() == 0
+    assert (image_root / LIBRARY.lstrip("/")).is_file()  # the other run still uses it
+    (sync / f"{last}-go").touch()
+    assert runs[last].status() == 0
+    assert _tree(image_root) == before
+
+
+@pytest.mark.parametrize("cls", [RuncEngine, CrunEngine])
+@pytest.mark.parametrize("planted", ["usr/local/x", "usr/local/x/lib/f"])
+def test_a_link_planted_at_a_mount_point_is_not_followed(
+    cls: type[OciEngine], planted: str, image_root: Path, sync: Path, tmp_path: Path
+) -> None:
+    """While the run is active, its mount point (a directory on the way, or the file itself)
+    becomes a link to a host path that holds an empty directory and file under the same names:
+    those stay, and so does the link."""
+    engine = _engine(cls, tmp_path)
+    victim = tmp_path / "victim"
+    (victim / "lib").mkdir(parents=True)
+    (victim / "lib" / "f").touch()
+    target = victim if planted == "usr/local/x" else victim / "lib" / "f"
+    run = _start(engine, image_root, tmp_path, "sh", "-c", WAIT, "a", **_transient(tmp_path))
+    _wait_for(sync / "a-up")
+    link = image_root / planted
+    link.rename(link.with_name("moved"))
+    link.symlink_to(target)
+    (sync / "a-go").touch()
+    assert run.status() == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert (victim / "lib").is_dir() and (victim / "lib" / "f").is_file()
+
+
+@pytest.mark.parametrize("cls", [RuncEngine, CrunEngine])
+def test_a_killed_runs_mount_points_are_removed_by_the_next(
+    cls: type[OciEngine], image_root: Path, sync: Path, tmp_path: Path
+) -> None:
+    """``kill -9`` of ucore leaves them; the next run, transient mounts or not, removes them."""
+    engine = _engine(cls, tmp_path)
+    before = _tree(image_root)
+    killed = _start(engine, image_root, tmp_path, "sh", "-c", WAIT, "a", **_transient(tmp_path))
+    _wait_for(sync / "a-up")
+    os.kill(killed.pid, signal.SIGKILL)
+    os.waitpid(killed.pid, 0)
+    os.close(killed.report)
+    assert (image_root / LIBRARY.lstrip("/")).is_file()
+    # the next run also ends the killed run's command
+    assert _run(engine, image_root, tmp_path, "sh", "-c", ":") == 0
+    assert _tree(image_root) == before

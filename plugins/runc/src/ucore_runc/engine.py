@@ -175,14 +175,16 @@ class OciEngine:
 
             cpus = parse_cpuset(spec.cpuset)
         from ucore_runc.discover import runtime_env
+        from ucore_runc.mountpoints import removed_after
 
-        run = launch.open_run(self._runtime, self.session.store, self._global_options())
-        try:
-            run.write_config(config)
-            go = launch.run_foreground if terminal else launch.run_detached
-            return go(run, runtime_env(), steps, cpus)
-        finally:
-            run.cleanup()
+        with removed_after(container, spec):
+            run = launch.open_run(self._runtime, self.session.store, self._global_options())
+            try:
+                run.write_config(config)
+                go = launch.run_foreground if terminal else launch.run_detached
+                return go(run, runtime_env(), steps, cpus)
+            finally:
+                run.cleanup()
 
     def _global_options(self) -> list[str]:
         return []
