@@ -32,6 +32,8 @@ class OciEngine:
     aliases: ClassVar[tuple[str, ...]]
     preference: ClassVar[int]
     kind: ClassVar[str]
+    #: The container gets a minimal ``/dev`` of its own: only the spec's device nodes.
+    hides_devices: ClassVar[bool] = True
     #: The runtime needs ``/proc`` in the container even with ``--nosysdirs``.
     needs_proc: ClassVar[bool] = False
     #: The runtime refuses a user namespace whose root is not mapped (runc).
