@@ -271,3 +271,29 @@ def test_hca_bindings(tmp_path: Path) -> None:
         "OMPI_MCA_btl_openib_if_include": "mlx5_1",
         "NCCL_IB_HCA": "=mlx5_1",
     }
+
+
+def test_spec_files_are_read_only_but_daemon_sockets(tmp_path: Path) -> None:
+    """A file a spec binds cannot be written from the container (root in it could otherwise
+    change the host's file); a daemon's socket can."""
+    import socket
+
+    from ucore_gpu.inventory import Extra
+
+    settings = gpu_host(tmp_path)
+    (tmp_path / "run/nvidia-persistenced").mkdir(parents=True)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "run/nvidia-persistenced/socket"))
+    try:
+        inv = scan.scan(settings)._replace(
+            extras=(
+                Extra("/run/nvidia-persistenced/socket", "/run/nvidia-persistenced/socket"),
+                Extra("/usr/bin/nvidia-smi", "/etc/nvidia-smi"),
+            )
+        )
+        out = bind.bindings(settings, inv, inv.gpus[:1], {})
+    finally:
+        sock.close()
+    modes = {m.target: m.readonly for m in out["mounts"]}
+    assert modes["/run/nvidia-persistenced/socket"] is False
+    assert modes["/etc/nvidia-smi"] is True

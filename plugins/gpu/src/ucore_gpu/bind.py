@@ -12,6 +12,7 @@ written, and the mounts are transient: engines that must make mount points remov
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,8 +48,9 @@ def bindings(
             target = f"{PRIVATE}/{rel}"
             _icd_env(added, var, target)
             mounts.setdefault(target, Mount(real, target, True, True))
-        else:  # a daemon's socket: clients write to it
-            mounts.setdefault(extra.target, Mount(real, extra.target, False, True))
+        else:
+            writable = _daemon_endpoint(extra.host, real)
+            mounts.setdefault(extra.target, Mount(real, extra.target, not writable, True))
     added["LD_LIBRARY_PATH"] = _prepend(LIB, env.get("LD_LIBRARY_PATH", ""))
     if inventory.binaries:
         added["PATH"] = _append(BIN, env.get("PATH", ""))
@@ -66,6 +68,19 @@ def bindings(
     added["NVIDIA_VISIBLE_DEVICES"] = visible
     added["CUDA_VISIBLE_DEVICES"] = visible
     return {"mounts": list(mounts.values()), "devices": devices, "env": added}
+
+
+def _daemon_endpoint(host: str, real: str) -> bool:
+    """Whether clients must write to it: a daemon's socket, or the directory of its pipes
+    (MPS). Anything else a spec binds stays read-only, so a container run as root cannot
+    write a host file through it."""
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return False
+    if stat.S_ISSOCK(mode):
+        return True
+    return stat.S_ISDIR(mode) and host.startswith(("/run/nvidia", "/var/run/nvidia"))
 
 
 def library_names(real: str) -> list[str]:
