@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -55,6 +56,20 @@ def read_file(root: Path, path: str, limit: int) -> Optional[bytes]:
     return box[0] if box else None
 
 
+def open_dir(top: Path | int, names: Sequence[str]) -> int:
+    """A new descriptor of the directory ``names`` lead to from ``top`` (a path, or a
+    directory descriptor, which stays open), each opened without following a symbolic link:
+    for a canonical path in a root, which must not lead out of it whatever was planted."""
+    fd = os.dup(top) if isinstance(top, int) else os.open(top, DIR_FLAGS)
+    try:
+        for name in names:
+            fd = _swap(fd, os.open(name, DIR_FLAGS, dir_fd=fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def make_dirs(root: Path, path: str) -> str:
     """Create what is missing of directory ``path`` inside ``root`` (mode 0755, as Docker makes
     a missing ``WorkingDir``); returns its canonical path."""
@@ -62,10 +77,8 @@ def make_dirs(root: Path, path: str) -> str:
     if walk.missing:
         parts = walk.path.strip("/").split("/")
         cut = len(parts) - walk.missing
-        fd = os.open(root, DIR_FLAGS)
+        fd = open_dir(root, parts[:cut])  # canonical: no links on the way
         try:
-            for name in parts[:cut]:  # canonical: no links on the way
-                fd = _swap(fd, os.open(name, DIR_FLAGS, dir_fd=fd))
             for name in parts[cut:]:
                 os.mkdir(name, 0o755, dir_fd=fd)
                 fd = _swap(fd, os.open(name, DIR_FLAGS, dir_fd=fd))

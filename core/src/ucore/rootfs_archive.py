@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional, cast
 
-from ucore import images
+from ucore import images, inroot
 from ucore import manifest as mf
 from ucore.archive import LAYER_TYPES
 from ucore.builtin.unpack.extract import open_stream
-from ucore.builtin.unpack.rootfs import DIR_FLAGS
 from ucore.builtin.unpack.stream import BadLayer
 from ucore.errors import IntegrityError, StoreError, UcoreError, UsageError
 from ucore.layers import compression
@@ -188,12 +187,11 @@ def _placeholders(root: Path, devices: dict[str, dict[str, Any]]) -> dict[tuple[
     found: dict[tuple[int, int], Any] = {}
     for path, device in devices.items():
         *parents, base = path.split("/")
-        fd = os.open(root, DIR_FLAGS)
         try:
-            for name in parents:
-                child = os.open(name, DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = child
+            fd = inroot.open_dir(root, parents)
+        except OSError:
+            continue
+        try:
             st = os.stat(base, dir_fd=fd, follow_symlinks=False)
         except OSError:
             continue

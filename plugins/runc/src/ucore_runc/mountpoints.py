@@ -175,12 +175,8 @@ def _remove_one(top: int, path: str) -> None:
     """Remove ``path`` (canonical, in the root open as ``top``) if it is an empty directory or
     an empty regular file, opening every directory on the way without following links."""
     *parents, name = path.strip("/").split("/")
-    fd = os.dup(top)
+    fd = inroot.open_dir(top, parents)
     try:
-        for parent in parents:
-            child = os.open(parent, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             os.rmdir(name, dir_fd=fd)
