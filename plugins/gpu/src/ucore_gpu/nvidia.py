@@ -41,6 +41,13 @@ class NvidiaGpus:
         env = dict(spec.env)
         if not getattr(self.session.config.options, "no_require_cuda", False):
             require.check(env, inventory.driver, lambda: require.driver_cuda(self._libcuda()))
+        if self._libcuda() is None:
+            from ucore.log import get_logger
+
+            get_logger(__name__).warning(
+                f"no libcuda.so.{inventory.driver or '<driver version>'} found on this host"
+                f" ({inventory.source}): CUDA programs will not start; see 'ucore info --devices'"
+            )
         result = bind.bindings(self.settings, inventory, gpus, env)
         result["report"] = {
             "source": inventory.source,
