@@ -170,13 +170,17 @@ def _wait_for_pid(path: Path) -> int:
 def test_on_a_terminal_what_the_command_leaves_is_ended(cli: Ucore, container: str) -> None:
     """In the foreground (terminal) mode the runtime would wait for a background process that
     holds the terminal; ucore ends it when the main process ends."""
-    argv = cli.argv("run", container, "sh", "-c", "sleep 30 & echo started; exit 3")
-    # A shell leads the terminal's session and outlives ucore by a moment: when the session
-    # leader exits the kernel hangs the terminal up, and output not yet read is lost with it.
+    # The command waits for the test to have read "started": when a session leader on the
+    # terminal exits (the container's, whose runtime gave it the terminal, or the outer one)
+    # the kernel hangs the terminal up, and output not yet read is lost with it; on a loaded
+    # machine the test could read too late (seen in CI with crun).
+    script = "sleep 30 & echo started; read go; exit 3"
+    argv = cli.argv("run", container, "sh", "-c", script)
     linger = '"$@"; status=$?; sleep 1; exit $status'
     pid, fd = on_terminal(["/bin/sh", "-c", linger, "sh", *argv], cli.env)
     started = time.monotonic()
     output = b""
+    answered = False
     try:
         while True:
             try:
@@ -186,6 +190,9 @@ def test_on_a_terminal_what_the_command_leaves_is_ended(cli: Ucore, container: s
             if not chunk:
                 break
             output += chunk
+            if b"started" in output and not answered:
+                os.write(fd, b"go\n")
+                answered = True
         _, status = os.waitpid(pid, 0)
     finally:
         os.close(fd)
