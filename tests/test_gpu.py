@@ -295,6 +295,9 @@ def test_a_malformed_cdi_spec(tmp_path: Path, images: dict[str, str]) -> None:
     result = cli.run("run", "--gpus", "all", name, "true")
     assert result.returncode == 9, describe(result)
     assert "CDI spec /etc/cdi/nvidia.yaml: not valid YAML or JSON" in assert_error_line(result)
+    report = cli.ok("info", "--devices").stdout  # explains it, and still reports the rest
+    assert "discovery failed: CDI spec /etc/cdi/nvidia.yaml: not valid YAML or JSON" in report
+    assert "infiniband (ucore-gpu):" in report
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,12 @@ class NvidiaGpus:
         return result
 
     def report(self, requests: Sequence[DeviceRequest]) -> dict[str, Any]:
-        found = self.found
+        from ucore.errors import DeviceError
+
+        try:
+            found = self.found
+        except DeviceError as exc:  # a damaged CDI spec: the report says so, runs refuse
+            return {"error": str(exc), "summary": [f"discovery failed: {exc}"]}
         inv = found.inventory
         lines = [f"source {name}: {why}" for name, why in found.sources]
         data: dict[str, Any] = {
