@@ -180,6 +180,39 @@ def test_malformed_yaml(tmp_path: Path) -> None:
     assert "not valid YAML or JSON" in _spec_error(tmp_path, raw="a: [1, 2\n", name="x.yaml")
 
 
+_LAUGHS = (
+    "a: &a ["
+    + ", ".join(["lol"] * 9)
+    + "]\n"
+    + "".join(f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]\n" for a, b in zip("abcde", "bcdef"))
+)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        "cdiVersion: *f\nkind: nvidia.com/gpu\n",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ncontainerEdits: {env: [*f]}\n",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ncontainerEdits: {deviceNodes: [{path: *f}]}\n",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ncontainerEdits: {hooks: [{path: *f}]}\n",
+    ],
+)
+def test_alias_bomb_is_not_spelled_out(tmp_path: Path, part: str) -> None:
+    """YAML aliases make a few hundred bytes a structure of 9**6 strings here (9**9 and more
+    in a real attack, where spelling it out in a message never ends)."""
+    pytest.importorskip("yaml")
+    settings = gpu_host(tmp_path)
+    write_spec(tmp_path, None, name="x.yaml", raw=_LAUGHS + part)
+    try:
+        found = cdi.discover(settings, DRIVER)
+    except DeviceError as exc:
+        message = str(exc)
+    else:
+        assert found is not None
+        message = " ".join(found.notes)
+    assert len(message) < 2000
+
+
 def test_not_a_mapping(tmp_path: Path) -> None:
     assert "not a mapping" in _spec_error(tmp_path, raw="[1, 2]")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import reprlib
 import stat
 from typing import Any, Optional
 
@@ -48,6 +49,15 @@ FILE_PLACES = (
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 100
+_SHOWN.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A spec's value in a message, bounded: YAML aliases can make a few hundred bytes a
+    structure whose full ``repr`` has billions of entries (the "billion laughs")."""
+    return _SHOWN.repr(value)
 
 
 def spec_files(settings: Settings) -> list[str]:
@@ -142,9 +152,9 @@ class _Reader:
 
     def path_of(self, value: Any, where: str) -> str:
         if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-            raise self.fail(f"{where} {value!r} is not an absolute path")
+            raise self.fail(f"{where} {_show(value)} is not an absolute path")
         if ".." in value.split("/") or posixpath.normpath(value) != value:
-            raise self.fail(f"{where} {value!r} is not a plain path")
+            raise self.fail(f"{where} {_show(value)} is not a plain path")
         return value
 
     def node(self, entry: Any, where: str) -> str:
@@ -172,7 +182,7 @@ def _inventory(
     r = _Reader(settings, path)
     version = data.get("cdiVersion")
     if not isinstance(version, str) or not re.match(r"^0\.\d+\.\d+$", version):
-        raise r.fail(f"cdiVersion {version!r} is not one this reader knows (0.x.y)")
+        raise r.fail(f"cdiVersion {_show(version)} is not one this reader knows (0.x.y)")
     edits = r.map(data.get("containerEdits"), "containerEdits")
     control = tuple(
         r.node(n, "containerEdits.deviceNodes")
@@ -217,10 +227,10 @@ def _inventory(
     env = []
     for item in r.list(edits.get("env"), "containerEdits.env"):
         if not isinstance(item, str) or "\0" in item:
-            raise r.fail(f"env entry {item!r} is not NAME=VALUE")
+            raise r.fail(f"env entry {_show(item)} is not NAME=VALUE")
         name, eq, value = item.partition("=")
         if not eq or not _ENV_NAME.match(name):
-            raise r.fail(f"env entry {item!r} is not NAME=VALUE")
+            raise r.fail(f"env entry {_show(item)} is not NAME=VALUE")
         if name == "NVIDIA_VISIBLE_DEVICES":  # ucore sets it from the selection
             continue
         if name.startswith("LD_") or name in ("PATH", "PYTHONPATH"):
@@ -267,7 +277,9 @@ def _hooks(r: _Reader, hooks: list[Any]) -> list[str]:
     for i, item in enumerate(hooks):
         hook = r.map(item, f"hooks[{i}]")
         args = [a for a in r.list(hook.get("args"), f"hooks[{i}] args") if isinstance(a, str)]
-        verb = next((a for a in args if a in _HOOKS), os.path.basename(str(hook.get("path"))))
+        path = hook.get("path")
+        program = os.path.basename(path) if isinstance(path, str) else _show(path)
+        verb = next((a for a in args if a in _HOOKS), program)
         notes.append(f"hook {verb}: {_HOOKS.get(verb, 'not run by a rootless engine')}")
     return sorted(set(notes))
 
