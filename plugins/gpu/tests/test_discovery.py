@@ -66,6 +66,24 @@ def test_scan_takes_only_the_running_drivers_libraries(tmp_path: Path) -> None:
     assert any("libnvidia-nvvm.so.535.104.05" in n for n in found.notes), found.notes
 
 
+@pytest.mark.parametrize("minor", ["\u00b2", "9" * 5000, "-1", ""])
+def test_scan_skips_a_gpu_with_an_odd_minor(tmp_path: Path, minor: str) -> None:
+    """``str.isdigit`` takes a superscript that ``int`` refuses, and ``int`` refuses more
+    than 4300 digits: such a file is skipped, never the end of discovery."""
+    settings = gpu_host(tmp_path, gpus=2)
+    info = min((tmp_path / "proc/driver/nvidia/gpus").iterdir()) / "information"
+    info.write_text(info.read_text().replace("Device Minor: \t 0", f"Device Minor: \t {minor}"))
+    assert [g.uuid for g in scan.scan(settings).gpus] == [UUIDS[1]]
+
+
+def test_cdi_device_named_by_a_huge_number(tmp_path: Path) -> None:
+    settings = gpu_host(tmp_path)
+    spec = cdi_spec(tmp_path)
+    spec["devices"][0]["name"] = "9" * 5000
+    write_spec(tmp_path, spec)
+    assert len(discover(settings).inventory.gpus) == 2
+
+
 def test_scan_without_per_gpu_files_numbers_the_nodes(tmp_path: Path) -> None:
     found = scan.scan(gpu_host(tmp_path, gpus=2, procfs=False))
     assert [(g.number, g.uuid) for g in found.gpus] == [(0, ""), (1, "")]

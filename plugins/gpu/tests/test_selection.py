@@ -69,8 +69,12 @@ def test_explicit_selection_wins_over_the_allocation(tmp_path: Path) -> None:
         ("7", DeviceError, "no GPU 7 on this host (GPUs 0-3)"),
         ("GPU-ffff", DeviceError, "no GPU with UUID GPU-ffff"),
         ("GPU-", UsageError, "the start of several"),
-        ("count=9", DeviceError, "9 GPUs asked, this host has 4"),
+        ("count=9", DeviceError, "more GPUs asked than this host has (4)"),
+        ("count=" + "9" * 5000, DeviceError, "more GPUs asked than this host has (4)"),
         ("count=x", UsageError, "expected a number"),
+        ("count=\u00b2", UsageError, "expected a number"),
+        ("9" * 5000, DeviceError, "no GPU"),
+        ("\u00b2", UsageError, "not a GPU index"),
         ("0,,1", UsageError, "empty entry"),
         ("fast", UsageError, "not a GPU index"),
     ],
@@ -96,6 +100,7 @@ def test_a_host_without_gpus(tmp_path: Path) -> None:
         ('"device=1"', "1"),
         ("none", "none"),
         (f"device={UUIDS[0]}", UUIDS[0]),
+        ("9" * 5000, f"count={'9' * 5000}"),
     ],
 )
 def test_gpus_flag_spellings(flag: str, selection: str) -> None:
@@ -109,7 +114,7 @@ def test_gpus_flag_spellings(flag: str, selection: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("flag", ["0", "many", "device=", "device=0 1"])
+@pytest.mark.parametrize("flag", ["0", "000", "many", "device=", "device=0 1", "\u00b2"])
 def test_gpus_flag_refuses(flag: str) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpus", action=_Gpus)

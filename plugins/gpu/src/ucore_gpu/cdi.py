@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from ucore.errors import DeviceError
 from ucore_gpu import catalog
-from ucore_gpu.inventory import Extra, Gpu, Inventory
+from ucore_gpu.inventory import Extra, Gpu, Inventory, number
 from ucore_gpu.settings import Settings
 
 KIND = "nvidia.com/gpu"
@@ -259,11 +259,12 @@ def _gpus(groups: dict[tuple[str, ...], list[str]]) -> list[Gpu]:
     gpus: list[Gpu] = []
     migs: list[Gpu] = []
     for nodes, names in groups.items():
-        index = next((int(n) for n in names if n.isdigit()), None)
+        index = next((i for n in names if (i := number(n)) is not None), None)
         uuid = next((n for n in names if n.startswith(("GPU-", "MIG-"))), "")
         others = tuple(n for n in names if n != uuid and not n.isdigit())
         if any(n.startswith("/dev/nvidia-caps/") for n in nodes) or uuid.startswith("MIG-"):
-            parent = next((int(n.split(":")[0]) for n in names if re.match(r"^\d+:", n)), -1)
+            parents = (number(n.partition(":")[0]) for n in names if ":" in n)
+            parent = next((i for i in parents if i is not None), -1)
             migs.append(Gpu(-1, uuid, nodes=nodes, names=others, parent=parent))
         else:
             gpus.append(Gpu(index if index is not None else -2, uuid, nodes=nodes, names=others))

@@ -7,7 +7,8 @@ for the same reason as the core's (:mod:`ucore.model`): cheap on the run path.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import sys
+from typing import NamedTuple, Optional
 
 
 class Gpu(NamedTuple):
@@ -50,3 +51,13 @@ class Inventory(NamedTuple):
     @property
     def found(self) -> bool:
         return bool(self.gpus)
+
+
+def number(text: str) -> Optional[int]:
+    """``text`` as a non-negative number when it is ASCII digits, else None. ``str.isdigit``
+    also accepts superscripts (``²``) that ``int`` refuses, and ``int`` refuses more than 4300
+    digits: a number too long to be an index is ``sys.maxsize``, which no GPU has."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) < 19 else sys.maxsize

@@ -21,18 +21,20 @@ class _Gpus(argparse.Action):
     request (Docker also accepts the ``device=`` part quoted, ``'"device=0,2"'``)."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        from ucore_gpu.inventory import number
+
         text = str(values).strip().strip('"').strip("'")
         if text.startswith("device="):
             selection = text[len("device=") :].strip('"')
-        elif text.isdigit():
-            if int(text) < 1:
+        elif (count := number(text)) is not None:
+            if count < 1:
                 parser.error("--gpus: a count must be at least 1 (or none)")
             selection = f"count={text}"
         elif text in ("all", "none"):
             selection = text
         else:
             parser.error(f"--gpus {values}: expected all, none, N or device=LIST")
-        if not selection or any(c.isspace() for c in selection):
+        if not selection or any(c.isspace() or c == "\0" for c in selection):
             parser.error(f"--gpus {values}: expected all, none, N or device=LIST")
         asked = [d for d in getattr(namespace, "device", None) or [] if not _is_gpu(d)]
         asked.append(DeviceRequest(KIND, selection, f"--gpus {values}"))

@@ -15,11 +15,11 @@ import stat
 from typing import Optional
 
 from ucore_gpu import catalog, ldcache
-from ucore_gpu.inventory import Extra, Gpu, Inventory
+from ucore_gpu.inventory import Extra, Gpu, Inventory, number
 from ucore_gpu.settings import Settings
 
-_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)")
-_NODE = re.compile(r"^nvidia(\d+)$")
+_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)", re.ASCII)
+_NODE = re.compile(r"^nvidia(\d+)$", re.ASCII)
 _MAX_TEXT = 1 << 16
 
 
@@ -76,9 +76,10 @@ def _gpus(settings: Settings, notes: list[str]) -> list[Gpu]:
     for bus in buses:
         fields = _fields(_read(os.path.join(info_dir, bus, "information")) or "")
         minor = fields.get("Device Minor", "")
-        if not minor.isdigit():
+        index = number(minor)
+        if index is None:
             continue
-        node = nodes.get(int(minor))
+        node = nodes.get(index)
         if node is None:
             notes.append(f"GPU {bus} has no /dev/nvidia{minor} node")
             continue

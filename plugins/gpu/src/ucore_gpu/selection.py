@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from ucore.errors import DeviceError, UsageError
 from ucore.model import DeviceRequest
-from ucore_gpu.inventory import Gpu, Inventory
+from ucore_gpu.inventory import Gpu, Inventory, number
 
 #: Where a batch job's allocation is read from, in this order.
 ALLOCATION = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
@@ -59,12 +59,12 @@ def _pick(inventory: Inventory, text: str, origin: str) -> list[Gpu]:
     if text == "all":
         return whole
     if text.startswith("count="):
-        n = text[len("count=") :]
-        if not n.isdigit() or int(n) < 1:
+        n = number(text[len("count=") :])
+        if n is None or n < 1:
             raise UsageError(f"{origin}: expected a number of GPUs after count=")
-        if int(n) > len(whole):
-            raise DeviceError(f"{origin}: {n} GPUs asked, this host has {len(whole)}")
-        return whole[: int(n)]
+        if n > len(whole):
+            raise DeviceError(f"{origin}: more GPUs asked than this host has ({len(whole)})")
+        return whole[:n]
     picked = []
     for raw in text.split(","):
         token = raw.strip()
@@ -75,8 +75,8 @@ def _pick(inventory: Inventory, text: str, origin: str) -> list[Gpu]:
 
 
 def _one(inventory: Inventory, whole: list[Gpu], token: str, origin: str) -> Gpu:
-    if token.isdigit():
-        index = int(token)
+    index = number(token)
+    if index is not None:
         if index < len(whole):
             return whole[index]
         raise DeviceError(f"{origin}: no GPU {index} on this host ({_known(whole)})")
