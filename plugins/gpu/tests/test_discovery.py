@@ -33,7 +33,16 @@ def test_ldcache_reads_what_ldconfig_prints() -> None:
     assert {(e.soname, e.path) for e in ldcache.read("/etc/ld.so.cache")} == pairs
 
 
-@pytest.mark.parametrize("data", [b"", b"glibc-ld.so.cache1.1" + b"\xff" * 40, b"\0" * 100])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"glibc-ld.so.cache1.1" + b"\xff" * 40,
+        b"\0" * 100,
+        b"glibc-ld.so.cache1.1\0\0\0",  # cut before its flags byte
+        b"ld.so-1.7.0\0\xff\xff\xff\xff",  # an old header claiming 2**32 entries
+    ],
+)
 def test_ldcache_damaged_is_empty(tmp_path: Path, data: bytes) -> None:
     (tmp_path / "cache").write_bytes(data)
     assert ldcache.read(str(tmp_path / "cache")) == []

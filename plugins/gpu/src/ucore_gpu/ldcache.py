@@ -40,7 +40,7 @@ def read(path: str) -> list[Entry]:
         return []
     try:
         return parse(data, _ARCH_FLAGS.get(os.uname().machine))  # not platform: 2 ms to import
-    except (struct.error, ValueError, UnicodeDecodeError):
+    except (struct.error, ValueError, IndexError):  # truncated or damaged
         return []
 
 
