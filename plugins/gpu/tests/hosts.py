@@ -3,9 +3,12 @@ integration tests' ``support.gpuhost``). Nothing here is a real GPU or HCA."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +18,27 @@ DRIVER = "550.54.15"
 UUIDS = [f"GPU-{i}{i}{i}{i}aaaa-0000-1111-2222-33334444555{i}" for i in range(4)]
 #: Any real shared object with a soname, copied under driver library names.
 _SAMPLE = "/lib/x86_64-linux-gnu/libz.so.1"
+
+
+class Blocked(Exception):
+    """Not an OSError, which the code under test may catch."""
+
+
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fail, rather than hang, a test of something that must not block (a FIFO read): the
+    alarm repeats, in case the code under test swallows one."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise Blocked(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def write(root: Path, path: str, text: str = "", mode: int = 0o644) -> Path:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hosts import DRIVER, UUIDS, cdi_spec, gpu_host, write, write_spec
+from hosts import DRIVER, UUIDS, cdi_spec, gpu_host, within, write, write_spec
 
 from ucore.errors import DeviceError
 from ucore_gpu import cdi, elf, ldcache, scan
@@ -116,6 +116,28 @@ def test_scan_reads_mig_instances(tmp_path: Path) -> None:
         "/dev/nvidia-caps/nvidia-cap12",
         "/dev/nvidia-caps/nvidia-cap13",
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "gpus"),
+    [
+        ("/etc/ld.so.cache", 2),
+        ("/proc/driver/nvidia/version", 0),
+        ("/proc/driver/nvidia/gpus/0000:1b:00.0/information", 1),
+        ("/usr/lib/x86_64-linux-gnu/libcuda.so.1", 2),
+    ],
+)
+def test_a_fifo_in_place_of_a_file_is_not_waited_on(tmp_path: Path, path: str, gpus: int) -> None:
+    """A FIFO without a writer blocks an ordinary open or read for ever: discovery reads such
+    a file as missing."""
+    settings = gpu_host(tmp_path, gpus=2)
+    target = tmp_path / path.lstrip("/")
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    os.mkfifo(target)
+    with within(10):
+        assert len(discover(settings).inventory.gpus) == gpus
+        assert elf.soname(str(target)) is None
 
 
 def test_cdi_spec_comes_first_and_groups_names(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hosts import DRIVER, UUIDS, gpu_host, hca_host
+from hosts import DRIVER, UUIDS, gpu_host, hca_host, within
 
 from ucore.errors import DeviceError, UsageError
 from ucore.model import DeviceRequest
@@ -219,6 +219,16 @@ def test_hcas_are_found_with_pci_addresses_and_nodes(tmp_path: Path) -> None:
         ("mlx5_0", "0000:3b:00.0", ("/dev/infiniband/uverbs0", "/dev/infiniband/umad0")),
         ("mlx5_1", "0000:3b:00.2", ("/dev/infiniband/uverbs1", "/dev/infiniband/umad1")),
     ]
+
+
+def test_an_ibdev_fifo_is_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO without a writer blocks an ordinary open for ever: it names no HCA."""
+    settings = hca_host(tmp_path)
+    ibdev = tmp_path / "sys/class/infiniband_verbs/uverbs0/ibdev"
+    ibdev.unlink()
+    os.mkfifo(ibdev)
+    with within(10):
+        assert infiniband.hcas(settings)[0].nodes == ("/dev/infiniband/umad0",)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from typing import Optional
 
+from ucore_gpu import files
+
 _PT_DYNAMIC = 2
 _DT_NULL, _DT_STRTAB, _DT_SONAME = 0, 5, 14
 _PT_LOAD = 1
@@ -20,10 +22,13 @@ _MAX_READ = 1 << 20
 
 def soname(path: str) -> Optional[str]:
     """The soname of the ELF shared object at ``path``, or None (not ELF, none, unreadable)."""
+    f = files.open_regular(path)
+    if f is None:
+        return None
     try:
-        with open(path, "rb") as f:
+        with f:
             return _soname(f)
-    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+    except (OSError, struct.error, ValueError, OverflowError):
         return None
 
 

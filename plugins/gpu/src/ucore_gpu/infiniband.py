@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Optional
 
 from ucore.errors import DeviceError, UsageError
 from ucore.model import DeviceNode, Mount
+from ucore_gpu import files
 from ucore_gpu import settings as gpu_settings
 from ucore_gpu.settings import Settings
 
@@ -73,11 +74,7 @@ def hcas(settings: Settings) -> list[Hca]:
 
 
 def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(256).strip()
-    except OSError:
-        return ""
+    return (files.read_text(path, 256) or "").strip()
 
 
 def select(

@@ -13,6 +13,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from ucore_gpu import files
+
 _OLD = b"ld.so-1.7.0"
 _NEW = b"glibc-ld.so.cache1.1"
 #: ``FLAG_ELF_LIBC6`` plus the 64-bit library flag of each architecture glibc marks.
@@ -31,12 +33,8 @@ class Entry(NamedTuple):
 def read(path: str) -> list[Entry]:
     """The cache's libraries for this machine's architecture; empty when there is no cache
     or it cannot be parsed."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SIZE + 1)
-    except OSError:
-        return []
-    if len(data) > MAX_SIZE:
+    data = files.read_regular(path, MAX_SIZE + 1)
+    if data is None or len(data) > MAX_SIZE:
         return []
     try:
         return parse(data, _ARCH_FLAGS.get(os.uname().machine))  # not platform: 2 ms to import

@@ -14,7 +14,7 @@ import re
 import stat
 from typing import Optional
 
-from ucore_gpu import catalog, ldcache
+from ucore_gpu import catalog, files, ldcache
 from ucore_gpu.inventory import Extra, Gpu, Inventory, number
 from ucore_gpu.settings import Settings
 
@@ -175,11 +175,7 @@ def _is_node(settings: Settings, path: str) -> bool:
 
 
 def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(_MAX_TEXT)
-    except OSError:
-        return None
+    return files.read_text(path, _MAX_TEXT)
 
 
 def _fields(text: str) -> dict[str, str]:
