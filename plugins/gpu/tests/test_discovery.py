@@ -14,7 +14,7 @@ import pytest
 from hosts import DRIVER, UUIDS, cdi_spec, gpu_host, within, write, write_spec
 
 from ucore.errors import DeviceError
-from ucore_gpu import cdi, elf, ldcache, scan
+from ucore_gpu import cdi, containercli, elf, ldcache, scan
 from ucore_gpu.discover import discover
 from ucore_gpu.settings import Settings
 
@@ -203,6 +203,48 @@ def test_container_cli_failing_falls_back(tmp_path: Path) -> None:
     found = discover(settings)
     assert found.inventory.source == "scan"
     assert found.sources[1] == ("container-cli", "nvidia-container-cli list failed: nvml error")
+
+
+def test_container_cli_listing_odd_paths(tmp_path: Path) -> None:
+    """A line that is not UTF-8 is skipped, not the end of discovery; a FIFO named as a
+    library (whose soname read would block) and a node that does not exist are left out."""
+    settings = gpu_host(tmp_path)
+    os.mkfifo(tmp_path / "usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.550.54.15")
+    write(
+        tmp_path,
+        "/usr/bin/nvidia-container-cli",
+        "#!/bin/sh\nprintf '/dev/nvidia0\\n/dev/nvidia-gone\\n/usr/lib/\\377.so\\n"
+        f"/usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.{DRIVER}\\n"
+        f"/usr/lib/x86_64-linux-gnu/libcuda.so.{DRIVER}\\n'\n",
+        0o755,
+    )
+    with within(10):
+        inv = discover(settings).inventory
+    assert inv.source == "nvidia-container-cli"
+    assert inv.libraries == (f"/usr/lib/x86_64-linux-gnu/libcuda.so.{DRIVER}",)
+    assert inv.control == ()
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        ("head -c 3000000 /dev/zero", "printed more than 1 MiB"),
+        ("sleep 60 & sleep 60", "did not finish within 1 s"),
+        ("(sleep 60; echo /dev/nvidia0)", "did not finish within 1 s"),
+    ],
+)
+def test_container_cli_flooding_or_hanging_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, why: str
+) -> None:
+    """Its output is bounded as it comes, and a tool whose children keep the pipes open
+    after it is killed is not waited for."""
+    monkeypatch.setattr(containercli, "TIMEOUT", 1.0)
+    settings = gpu_host(tmp_path)
+    write(tmp_path, "/usr/bin/nvidia-container-cli", f"#!/bin/sh\n{script}\n", 0o755)
+    with within(10):
+        found = discover(settings)
+    assert found.inventory.source == "scan"
+    assert found.sources[1] == ("container-cli", f"nvidia-container-cli list {why}")
 
 
 # --- hostile or damaged CDI specs -----------------------------------------------------------

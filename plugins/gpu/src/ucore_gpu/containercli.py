@@ -12,11 +12,13 @@ import os
 import re
 from typing import Optional
 
-from ucore_gpu import catalog
+from ucore_gpu import catalog, scan
 from ucore_gpu.inventory import Extra, Inventory
 from ucore_gpu.settings import Settings
 
 TIMEOUT = 20.0
+#: A listing is a few kilobytes; a tool printing more than this is stopped.
+MAX_OUTPUT = 1 << 20
 _GPU_NODE = re.compile(r"^/dev/nvidia\d+$")
 
 
@@ -37,33 +39,31 @@ def discover(settings: Settings, base: Inventory) -> tuple[Optional[Inventory], 
     cli = tool(settings)
     if cli is None:
         return None, "nvidia-container-cli not installed"
-    import subprocess  # only where the tool is installed: its import costs a few ms
-
     try:
-        done = subprocess.run(
-            [cli, "list"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        status, out, err = _listing(cli)
+    except OSError as exc:
         return None, f"nvidia-container-cli list failed: {exc}"
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+    except RuntimeError as exc:
+        return None, f"nvidia-container-cli list {exc}"
+    if status != 0:
+        last = (err.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
         return None, f"nvidia-container-cli list failed: {last[:200]}"
     nodes, libraries, binaries, extras = [], [], [], []
-    for line in done.stdout.splitlines()[:4096]:
+    for line in out.decode("utf-8", "replace").splitlines()[:4096]:
         path = line.strip()
         if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
             continue
+        if "\ufffd" in path:  # not UTF-8: no such driver file, and no path a runtime takes
+            continue
         if path.startswith("/dev/"):
-            nodes.append(path)
+            if scan.is_node(settings, path):
+                nodes.append(path)
         elif catalog.library_name(os.path.basename(path)):
-            libraries.append(path)
+            if os.path.isfile(settings.host(path)):
+                libraries.append(path)
         elif "/bin/" in path or "/sbin/" in path:
-            binaries.append(path)
+            if os.path.isfile(settings.host(path)):
+                binaries.append(path)
         elif path.startswith(("/run/nvidia", "/var/run/nvidia")):
             extras.append(Extra(path, path))
     listed = set(nodes)
@@ -86,3 +86,52 @@ def discover(settings: Settings, base: Inventory) -> tuple[Optional[Inventory], 
         ),
         "",
     )
+
+
+def _listing(cli: str) -> tuple[int, bytes, bytes]:
+    """Run ``cli list``: its status, output and error output. RuntimeError when it runs past
+    :data:`TIMEOUT` or prints more than :data:`MAX_OUTPUT` (it is killed then): a tool that
+    hangs or floods must cost neither the run nor its memory."""
+    import contextlib
+    import selectors
+    import signal
+    import subprocess  # only where the tool is installed: its import costs a few ms
+    import time
+
+    deadline = time.monotonic() + TIMEOUT
+    proc = subprocess.Popen(
+        [cli, "list"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, killed with whatever it started
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    taken = {out: bytearray(), err: bytearray()}
+    try:
+        with selectors.DefaultSelector() as waiting:
+            for fd in taken:
+                waiting.register(fd, selectors.EVENT_READ)
+            while waiting.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"did not finish within {TIMEOUT:g} s")
+                for key, _ in waiting.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        waiting.unregister(key.fd)
+                    taken[key.fd] += chunk
+                    if len(taken[key.fd]) > MAX_OUTPUT:
+                        raise RuntimeError(f"printed more than {MAX_OUTPUT >> 20} MiB")
+        try:
+            status = proc.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"did not finish within {TIMEOUT:g} s") from None
+    finally:
+        with contextlib.suppress(OSError):  # gone with all it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return status, bytes(taken[out]), bytes(taken[err])

@@ -35,7 +35,7 @@ def scan(settings: Settings) -> Inventory:
     if driver is None:
         return Inventory("scan", notes=("no NVIDIA kernel driver (/proc/driver/nvidia/version)",))
     gpus = _gpus(settings, notes)
-    control = tuple(p for p in catalog.CONTROL if _is_node(settings, p))
+    control = tuple(p for p in catalog.CONTROL if is_node(settings, p))
     if "/dev/nvidiactl" not in control:
         notes.append("/dev/nvidiactl is missing: CUDA cannot open the driver")
     libraries = _libraries(settings, driver, notes)
@@ -63,7 +63,7 @@ def _gpus(settings: Settings, notes: list[str]) -> list[Gpu]:
     try:
         for name in os.listdir(settings.host("/dev")):
             m = _NODE.match(name)
-            if m and _is_node(settings, f"/dev/{name}"):
+            if m and is_node(settings, f"/dev/{name}"):
                 nodes[int(m.group(1))] = f"/dev/{name}"
     except OSError:
         pass
@@ -164,7 +164,7 @@ def _first(settings: Settings, paths: list[str]) -> Optional[str]:
     return None
 
 
-def _is_node(settings: Settings, path: str) -> bool:
+def is_node(settings: Settings, path: str) -> bool:
     """A character device; on a synthetic device root, where tests cannot make nodes, any
     file."""
     try:
