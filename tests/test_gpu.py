@@ -157,6 +157,50 @@ def test_the_image_is_unchanged(cli: Ucore, container: str) -> None:
     assert not (root / "usr/local/nvidia").exists()
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            lambda r: (r / "usr/local/nvidia").write_text("x"),
+            "/usr/local/nvidia is not a directory",
+        ),
+        (
+            lambda r: (r / "usr/local/nvidia/lib64/libcuda.so.1").mkdir(parents=True),
+            "on /usr/local/nvidia/lib64/libcuda.so.1: in the image it is a directory",
+        ),
+        (
+            lambda r: (
+                (r / "usr/local/nvidia").mkdir(),
+                (r / "usr/local/nvidia/bin").symlink_to("/bin/sh"),
+            ),
+            "in the image /bin/busybox is not a directory",
+        ),
+    ],
+    ids=["nvidia-a-file", "library-a-directory", "bin-a-link-to-a-file"],
+)
+def test_an_image_in_the_way_of_the_bindings(
+    cli: Ucore,
+    images: dict[str, str],
+    engine: str,
+    case: tuple[Any, str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """Where the image has a file for a directory the libraries need, or a directory for a
+    library, every engine refuses alike (runc and crun printed two lines of their own and
+    exit 8; PRoot ran the command without the libraries)."""
+    lay_out, words = case
+    name = f"in-the-way-{request.node.callspec.id}"
+    cli.ok("create", "--name", name, images["latest"])
+    cli.ok("setup", "--engine", engine, name)
+    root = root_of(cli, name)
+    lay_out(root)
+    before = snapshot(root)
+    result = cli.run("run", "--gpus", "all", name, "cudaquery")
+    assert result.returncode == 6, describe(result)
+    assert words in assert_error_line(result)
+    assert snapshot(root) == before
+
+
 def test_setup_nvidia_binds_the_jobs_allocation_at_every_run(
     cli: Ucore, container: str, host: gpuhost.GpuHost
 ) -> None:

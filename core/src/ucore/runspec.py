@@ -429,7 +429,7 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
     """Resolve each target inside the root (a target that is an image symlink lands where the
     link points, inside the root); the last mount of a target wins; parents first."""
     placed: dict[str, Mount] = {}
-    modes: dict[str, Optional[int]] = {}
+    walks: dict[str, inroot.Walk] = {}
     for m in mounts:
         try:
             walk = inroot.resolve(root, m.target)
@@ -452,24 +452,42 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
             )
         placed.pop(target, None)
         placed[target] = m._replace(target=target)
-        modes[target] = walk.mode
+        walks[target] = walk
+    parents: dict[str, Optional[int]] = {}
     for target, m in placed.items():
         outer = covering(posixpath.dirname(target), placed.values())
         if outer is None:  # what is there is the image's, not another mount's
-            _same_kind(m, target, modes[target])
+            _same_kind(root, m, walks[target], parents)
     return tuple(sorted(placed.values(), key=lambda m: m.target.count("/")))
 
 
-def _same_kind(m: Mount, target: str, mode: Optional[int]) -> None:
+def _same_kind(root: Path, m: Mount, walk: inroot.Walk, parents: dict[str, Optional[int]]) -> None:
     """A directory is mounted only on a directory, anything else only on a non-directory, as
-    the kernel's bind mount requires: runc and crun would fail with two lines of their own,
-    and PRoot would quietly hide the image's directory behind a file. The default mounts were
-    left out where they do not fit (:func:`_sysdirs`), so this is about what the user asked."""
-    if mode is None or stat.S_ISDIR(mode) == os.path.isdir(m.source):
+    the kernel's bind mount requires, and a missing target only below a directory (the image
+    may have a file where the target needs a directory, ``/usr/local/nvidia``): runc and crun
+    would fail with two lines of their own, and PRoot would quietly hide the image's directory
+    behind a file or leave the mount out. The default mounts were left out where they do not
+    fit (:func:`_sysdirs`); a plugin's mount (``transient``) that does not fit is the image's
+    doing, anything else what the user asked. ``parents`` caches the modes of the existing
+    parts of missing targets (the GPU libraries share one)."""
+    error = IntegrityError if m.transient else UsageError
+    if walk.missing:
+        parts = walk.path.split("/")
+        existing = "/".join(parts[: len(parts) - walk.missing]) or "/"
+        if existing not in parents:
+            parents[existing] = inroot.resolve(root, existing).mode
+        mode = parents[existing]
+        if mode is not None and not stat.S_ISDIR(mode):
+            raise error(
+                f"cannot mount {m.source} on {walk.path}: in the image {existing} is not a"
+                " directory"
+            )
         return
-    there = "a directory" if stat.S_ISDIR(mode) else "not a directory"
+    if walk.mode is None or stat.S_ISDIR(walk.mode) == os.path.isdir(m.source):
+        return
+    there = "a directory" if stat.S_ISDIR(walk.mode) else "not a directory"
     source = "the directory" if os.path.isdir(m.source) else "the file"
-    raise UsageError(f"cannot mount {source} {m.source} on {target}: in the image it is {there}")
+    raise error(f"cannot mount {source} {m.source} on {walk.path}: in the image it is {there}")
 
 
 def covering(path: str, mounts: Iterable[Mount]) -> Optional[Mount]:
