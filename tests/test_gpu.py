@@ -393,3 +393,25 @@ def test_infiniband_libs_for_images_without_rdma_core(cli: Ucore, container: str
     ).stdout.split()  # fmt: skip
     assert {"libibverbs.so.1", "libmlx5-rdmav34.so"} <= set(out)
     assert out[-3:] == ["driver", "mlx5", "/usr/local/ucore-rdma/lib"]
+
+
+@pytest.mark.parametrize("recorded", [["!!!"], ["nvidia.com/gpu="], [7], "nvidia.com/gpu"])
+def test_a_damaged_device_record(cli: Ucore, images: dict[str, str], recorded: object) -> None:
+    """A container record edited by hand is a damaged record (exit 7), never a crash or a
+    usage error: a bad request ``setup --nodevice`` forgets, a field of the wrong type (as
+    for every field of the record) ``rm -f`` removes."""
+    name = f"damaged-{abs(hash(repr(recorded)))}"
+    cli.ok("create", "--name", name, images["latest"])
+    meta = root_of(cli, name).parent / "container.json"
+    data = json.loads(meta.read_text())
+    data["devices"] = recorded
+    meta.write_text(json.dumps(data))
+    result = cli.run("run", name, "true")
+    assert result.returncode == 7, describe(result)
+    assert_error_line(result)
+    if all(isinstance(r, str) for r in recorded) and isinstance(recorded, list):
+        assert "'ucore setup --nodevice' forgets them" in result.stderr
+        cli.ok("setup", "--nodevice", name)
+        cli.ok("run", name, "true")
+    else:
+        cli.ok("rm", "-f", name)

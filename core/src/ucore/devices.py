@@ -114,12 +114,25 @@ def requests(
     known = providers(session)
     now = [known.canonical(r) for r in asked]
     kinds = {r.kind for r in now}
-    before = [
-        r
-        for r in (known.canonical(parse_request(t, f"setup --device {t}")) for t in recorded)
-        if r.kind not in kinds
-    ]
+    before = [r for r in map(known.canonical, _recorded(recorded)) if r.kind not in kinds]
     return (*before, *now)
+
+
+def _recorded(texts: Iterable[str]) -> list[DeviceRequest]:
+    """The container's recorded requests; one ucore could not have written is a damaged
+    record (exit 7), which ``setup --nodevice`` replaces."""
+    from ucore.errors import StoreError
+
+    out = []
+    for text in texts:
+        try:
+            out.append(parse_request(text, f"setup --device {text}"))
+        except UsageError as exc:
+            raise StoreError(
+                f"the container's recorded devices are damaged ({exc});"
+                " 'ucore setup --nodevice' forgets them"
+            ) from None
+    return out
 
 
 def check_recordable(session: Session, texts: Iterable[str]) -> list[str]:

@@ -327,10 +327,11 @@ def test_host_file_outside_driver_places(tmp_path: Path) -> None:
     assert "not where drivers install files" in _spec_error(tmp_path, spec)
 
 
-def test_container_path_under_proc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["/proc/self/root/x", "/sys", "/dev", "/"])
+def test_container_path_over_the_engines_own_mounts(tmp_path: Path, target: str) -> None:
     spec = cdi_spec(tmp_path)
-    spec["containerEdits"]["mounts"][0]["containerPath"] = "/proc/self/root/x"
-    assert "is refused" in _spec_error(tmp_path, spec)
+    spec["containerEdits"]["mounts"][0]["containerPath"] = target
+    assert f"containerPath {target} is refused" in _spec_error(tmp_path, spec)
 
 
 def test_missing_host_file(tmp_path: Path) -> None:

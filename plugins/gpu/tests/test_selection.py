@@ -51,6 +51,9 @@ def test_explicit_selections(tmp_path: Path, selection: str, expected: list[str]
         ({}, [0, 1, 2, 3]),
         ({"CUDA_VISIBLE_DEVICES": ""}, []),
         ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, []),
+        ({"CUDA_VISIBLE_DEVICES": "-1"}, []),  # CUDA's way to hide every GPU
+        ({"CUDA_VISIBLE_DEVICES": "2,-1,0"}, [2]),  # CUDA stops at the first bad entry
+        ({"CUDA_VISIBLE_DEVICES": "1,,3"}, [1]),
     ],
 )
 def test_default_request_takes_the_jobs_allocation(
@@ -312,3 +315,14 @@ def test_spec_files_are_read_only_but_daemon_sockets(tmp_path: Path) -> None:
     modes = {m.target: m.readonly for m in out["mounts"]}
     assert modes["/run/nvidia-persistenced/socket"] is False
     assert modes["/etc/nvidia-smi"] is True
+
+
+def test_none_wins_over_any_other_request(tmp_path: Path) -> None:
+    inv = scan.scan(gpu_host(tmp_path))
+    for order in (
+        (("all", "--device nvidia.com/gpu=all"), ("none", "--gpus none")),
+        (("none", "--gpus none"), ("0", "--device nvidia.com/gpu=0")),
+    ):
+        requests = [DeviceRequest("nvidia.com/gpu", sel, origin) for sel, origin in order]
+        chosen, how = select(inv, requests, {})
+        assert (chosen, how) == ([], "--gpus none")

@@ -47,6 +47,8 @@ FILE_PLACES = (
     "/run/nvidia",
     "/var/run/nvidia",
 )
+#: Container paths a spec's mount may not cover (the engines' own mounts, or the root).
+_PSEUDO = ("/", "/proc", "/sys", "/dev")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHOWN = reprlib.Repr()
@@ -212,7 +214,7 @@ def _inventory(
         target = r.path_of(m.get("containerPath"), f"mounts[{i}] containerPath")
         if not host.startswith(FILE_PLACES):
             raise r.fail(f"mounts[{i}] hostPath {host} is not where drivers install files")
-        if target.startswith(("/proc/", "/sys/", "/dev/")) or target in ("/", "/proc"):
+        if target.startswith(("/proc/", "/sys/", "/dev/")) or target in _PSEUDO:
             raise r.fail(f"mounts[{i}] containerPath {target} is refused")
         real = settings.host(host)
         if not os.path.exists(real):

@@ -24,9 +24,13 @@ ALLOCATION = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "GPU_
 def select(
     inventory: Inventory, requests: Sequence[DeviceRequest], environ: Mapping[str, str]
 ) -> tuple[list[Gpu], str]:
-    """The selected GPUs (index order, each once) and where the selection came from."""
+    """The selected GPUs (index order, each once) and where the selection came from. An
+    explicit ``none`` among the requests wins over the others (``--device nvidia.com/gpu=all
+    --gpus none`` binds nothing): the narrower reading of a contradiction."""
     chosen: dict[int, Gpu] = {}
     how = []
+    if any(r.selection == "none" for r in requests):
+        return [], next(r.origin or "none" for r in requests if r.selection == "none")
     for request in requests:
         text, origin = request.selection, request.origin or f"--device {request.kind}"
         if not text:
@@ -45,10 +49,24 @@ def _allocation(environ: Mapping[str, str]) -> tuple[str, str]:
     for var in ALLOCATION:
         if var in environ:
             value = environ[var].strip()
+            if var == "CUDA_VISIBLE_DEVICES":  # as CUDA reads it: up to the first bad entry
+                value = ",".join(_while_valid(value.split(",")))
             if not value or value == "NoDevFiles":
-                return "none", f"{var}={value!r} (the job's allocation)"
+                return "none", f"{var}={environ[var].strip()!r} (the job's allocation)"
             return value, f"{var}={value} (the job's allocation)"
     return "all", "all GPUs (no allocation in the environment)"
+
+
+def _while_valid(tokens: Sequence[str]) -> list[str]:
+    """CUDA's reading of ``CUDA_VISIBLE_DEVICES``: entries up to the first that names no
+    device (``-1``, the usual way to hide every GPU, hides them all)."""
+    out = []
+    for raw in tokens:
+        token = raw.strip()
+        if not (token.isascii() and token.isdigit()) and not token.startswith(("GPU-", "MIG-")):
+            break
+        out.append(token)
+    return out
 
 
 def _pick(inventory: Inventory, text: str, origin: str) -> list[Gpu]:
