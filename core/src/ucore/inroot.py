@@ -34,6 +34,8 @@ class Walk(NamedTuple):
     missing: int
     #: ``st_mode`` of what ``path`` names, when it exists.
     mode: Optional[int]
+    #: The missing tail lies below a file: nothing can ever be made there.
+    blocked: bool = False
 
 
 def resolve(root: Path, path: str) -> Walk:
@@ -110,14 +112,15 @@ def _read(dir_fd: int, name: str, limit: int) -> Optional[bytes]:
         os.close(fd)
 
 
-def _missing(names: list[str], rest: list[str]) -> Walk:
-    """A walk that stopped where nothing exists: the remainder is normalised as written."""
+def _missing(names: list[str], rest: list[str], blocked: bool = False) -> Walk:
+    """A walk that stopped where nothing exists (or, ``blocked``, at a file used as a
+    directory): the remainder is normalised as written."""
     full = posixpath.normpath("/" + "/".join([*names, *rest]))
     parts = full.strip("/").split("/") if full != "/" else []
     common = 0
     while common < min(len(parts), len(names)) and parts[common] == names[common]:
         common += 1
-    return Walk(full, len(parts) - common, None)
+    return Walk(full, len(parts) - common, None, blocked)
 
 
 def _walk(root: Path, path: str, leaf: Optional[Callable[[int, str], None]]) -> Walk:
@@ -162,7 +165,7 @@ def _walk(root: Path, path: str, leaf: Optional[Callable[[int, str], None]]) -> 
                 names.append(comp)
                 continue
             if any(p not in ("", ".") for p in pending):  # a file used as a directory
-                return _missing([*names, comp], list(reversed(pending)))
+                return _missing([*names, comp], list(reversed(pending)), blocked=True)
             if leaf is not None and stat.S_ISREG(mode):
                 leaf(fds[-1], comp)
             return Walk("/" + "/".join([*names, comp]), 0, mode)

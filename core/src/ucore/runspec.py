@@ -112,7 +112,7 @@ def build(
     ]
     mounts = [m for m in mounts if m.source not in opts.novol and m.target not in opts.novol]
     nodes = [d for d in opts.devices if isinstance(d, str) and d.startswith("/")]
-    asked = [d for d in opts.devices if not (isinstance(d, str) and d.startswith("/"))]
+    asked = [d for d in opts.devices if d not in nodes]
     spec = RunSpec(
         argv=argv,
         env=tuple(env.items()),
@@ -378,11 +378,7 @@ def _requests(
         return ()
     from ucore import devices
 
-    parsed = [
-        r if isinstance(r, DeviceRequest) else devices.parse_request(r, f"--device {r}")
-        for r in asked
-    ]
-    return devices.requests(session, container.devices, parsed)
+    return devices.requests(session, container.devices, asked)
 
 
 def parse_device(text: str) -> DeviceNode:
@@ -453,35 +449,29 @@ def place(root: Path, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
         placed.pop(target, None)
         placed[target] = m._replace(target=target)
         walks[target] = walk
-    parents: dict[str, Optional[int]] = {}
     for target, m in placed.items():
         outer = covering(posixpath.dirname(target), placed.values())
         if outer is None:  # what is there is the image's, not another mount's
-            _same_kind(root, m, walks[target], parents)
+            _same_kind(m, walks[target])
     return tuple(sorted(placed.values(), key=lambda m: m.target.count("/")))
 
 
-def _same_kind(root: Path, m: Mount, walk: inroot.Walk, parents: dict[str, Optional[int]]) -> None:
+def _same_kind(m: Mount, walk: inroot.Walk) -> None:
     """A directory is mounted only on a directory, anything else only on a non-directory, as
     the kernel's bind mount requires, and a missing target only below a directory (the image
     may have a file where the target needs a directory, ``/usr/local/nvidia``): runc and crun
     would fail with two lines of their own, and PRoot would quietly hide the image's directory
     behind a file or leave the mount out. The default mounts were left out where they do not
     fit (:func:`_sysdirs`); a plugin's mount (``transient``) that does not fit is the image's
-    doing, anything else what the user asked. ``parents`` caches the modes of the existing
-    parts of missing targets (the GPU libraries share one)."""
+    doing, anything else what the user asked."""
     error = IntegrityError if m.transient else UsageError
-    if walk.missing:
+    if walk.blocked:
         parts = walk.path.split("/")
-        existing = "/".join(parts[: len(parts) - walk.missing]) or "/"
-        if existing not in parents:
-            parents[existing] = inroot.resolve(root, existing).mode
-        mode = parents[existing]
-        if mode is not None and not stat.S_ISDIR(mode):
-            raise error(
-                f"cannot mount {m.source} on {walk.path}: in the image {existing} is not a"
-                " directory"
-            )
+        existing = "/".join(parts[: len(parts) - walk.missing])
+        raise error(
+            f"cannot mount {m.source} on {walk.path}: in the image {existing} is not a directory"
+        )
+    if walk.missing:
         return
     if walk.mode is None or stat.S_ISDIR(walk.mode) == os.path.isdir(m.source):
         return
