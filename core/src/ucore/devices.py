@@ -24,15 +24,6 @@ from ucore.errors import UsageError
 from ucore.model import DeviceRequest
 from ucore.registration import Registry
 
-__all__ = [
-    "DeviceRequest",
-    "Providers",
-    "check_recordable",
-    "parse_request",
-    "providers",
-    "requests",
-]
-
 if TYPE_CHECKING:
     from ucore.session import Session
 
@@ -54,6 +45,11 @@ def parse_request(text: str, origin: str) -> DeviceRequest:
     if any(c.isspace() or c == "\0" for c in selection):
         raise UsageError(f"{origin}: whitespace in the device selection {selection!r}")
     return DeviceRequest(kind, selection, origin)
+
+
+def parse_requests(items: Iterable[str | DeviceRequest]) -> list[DeviceRequest]:
+    """``--device`` requests as written, or as a plugin's own flag made them (``--gpus``)."""
+    return [r if isinstance(r, DeviceRequest) else parse_request(r, f"--device {r}") for r in items]
 
 
 class Providers:
@@ -102,17 +98,13 @@ def providers(session: Session) -> Providers:
 
 
 def requests(
-    session: Session, recorded: Iterable[str], asked: Iterable[DeviceRequest]
+    session: Session, recorded: Iterable[str], asked: Iterable[str | DeviceRequest]
 ) -> tuple[DeviceRequest, ...]:
     """The run's requests: those recorded on the container (``setup --device``), except the
     kinds the command line asks for itself (``--gpus none`` turns off a recorded
     ``setup --nvidia``)."""
-    recorded = list(recorded)
-    asked = list(asked)
-    if not recorded and not asked:
-        return ()
     known = providers(session)
-    now = [known.canonical(r) for r in asked]
+    now = [known.canonical(r) for r in parse_requests(asked)]
     kinds = {r.kind for r in now}
     before = [r for r in map(known.canonical, _recorded(recorded)) if r.kind not in kinds]
     return (*before, *now)

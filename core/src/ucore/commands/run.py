@@ -446,16 +446,13 @@ def _info_devices(session: Session, args: argparse.Namespace) -> int:
     request would bind, what is missing and why), and how each engine honours a selection."""
     from ucore import devices
     from ucore.builtin.execute import engines
+    from ucore.model import DeviceRequest
 
     known = devices.providers(session)
-    asked = [
-        r if isinstance(r, devices.DeviceRequest) else devices.parse_request(r, f"--device {r}")
-        for r in args.device
-    ]
-    asked = [known.canonical(r) for r in asked]
+    asked = [known.canonical(r) for r in devices.parse_requests(args.device)]
     rows = []
     for kind in known.registry:
-        requests = [r for r in asked if r.kind == kind] or [devices.DeviceRequest(kind, "", "")]
+        requests = [r for r in asked if r.kind == kind] or [DeviceRequest(kind)]
         report = dict(known.provider(kind).report(requests))
         plugin = known.registry.owner(kind)
         report.update(kind=kind, plugin=session.plugins.sources.get(plugin, (plugin, ""))[0])
