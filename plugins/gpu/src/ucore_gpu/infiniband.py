@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Optional
 
 from ucore.errors import DeviceError, UsageError
@@ -134,13 +135,10 @@ class InfiniBand:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.settings = gpu_settings.load(session)
-        self._found: Optional[list[Hca]] = None
 
-    @property
+    @cached_property
     def found(self) -> list[Hca]:
-        if self._found is None:
-            self._found = hcas(self.settings)
-        return self._found
+        return hcas(self.settings)
 
     def prepare(
         self, container: Container, spec: RunSpec, requests: Sequence[DeviceRequest]

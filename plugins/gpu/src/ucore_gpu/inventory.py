@@ -48,10 +48,6 @@ class Inventory(NamedTuple):
     #: What is missing or was left out, and why (for ``info --devices``).
     notes: tuple[str, ...] = ()
 
-    @property
-    def found(self) -> bool:
-        return bool(self.gpus)
-
 
 def number(text: str) -> Optional[int]:
     """``text`` as a non-negative number when it is ASCII digits, else None. ``str.isdigit``

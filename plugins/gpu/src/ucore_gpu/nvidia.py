@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from ucore_gpu import bind, require, settings
@@ -22,14 +23,11 @@ class NvidiaGpus:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._found: Optional[Discovery] = None
         self.settings = settings.load(session)
 
-    @property
+    @cached_property
     def found(self) -> Discovery:
-        if self._found is None:
-            self._found = discover(self.settings)
-        return self._found
+        return discover(self.settings)
 
     def prepare(
         self, container: Container, spec: RunSpec, requests: Sequence[DeviceRequest]
