@@ -457,6 +457,26 @@ def ensure_udocker(venv: Path = UDOCKER_VENV) -> Path:
     return executable
 
 
+def source_copies(place: Path, dists: Sequence[Path]) -> list[str]:
+    """Copies of the distributions' sources under ``place``, for pip to build from: building
+    in the checkout would leave ``build/`` and ``*.egg-info`` there."""
+    copies = []
+    for dist in dists:
+        copy = place / dist.name
+        copy.mkdir()
+        for item in ("pyproject.toml", "README.md", "src"):
+            if (dist / item).is_dir():
+                shutil.copytree(
+                    dist / item,
+                    copy / item,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+                )
+            elif (dist / item).exists():
+                shutil.copy2(dist / item, copy / item)
+        copies.append(str(copy))
+    return copies
+
+
 def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
     """A venv holding this checkout's ucore and PRoot plugin, installed as a user installs
     them; its python.
@@ -474,20 +494,7 @@ def ensure_ucore_venv(venv: Path = UCORE_VENV) -> Path:
         print(f"building a clean ucore venv in {venv} (once)")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     with tempfile.TemporaryDirectory(prefix="ucore-venv-src-") as tmp:
-        copies = []
-        for dist in UCORE_VENV_DISTS:
-            copy = Path(tmp) / dist.name
-            copy.mkdir()
-            for item in ("pyproject.toml", "README.md", "src"):
-                if (dist / item).is_dir():
-                    shutil.copytree(
-                        dist / item,
-                        copy / item,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
-                    )
-                elif (dist / item).exists():
-                    shutil.copy2(dist / item, copy / item)
-            copies.append(str(copy))
+        copies = source_copies(Path(tmp), UCORE_VENV_DISTS)
         install = [str(python), "-m", "pip", "install", "--quiet", "--force-reinstall"]
         try:
             subprocess.run([*install, *([] if fresh else ["--no-deps"]), *copies], check=True)

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import _common
+
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
 IMAGE_TAR = "cudaquery-image.tar"
@@ -54,7 +56,9 @@ def prepare(out: Path) -> None:
     wheels = out / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels)]
-    subprocess.run([*pip, *(str(CHECKOUT / d) for d in DISTRIBUTIONS)], check=True)
+    with tempfile.TemporaryDirectory(prefix="ucore-gpu-check-src-") as tmp:
+        dists = [CHECKOUT / d for d in DISTRIBUTIONS]
+        subprocess.run([*pip, *_common.source_copies(Path(tmp), dists)], check=True)
     # The GPU machine's Python may be another version: the compiled dependencies for each.
     compiled = sorted(p.name.split("-")[0] for p in wheels.glob("*-cp3*.whl"))
     for version in ("3.9", "3.10", "3.11", "3.12", "3.13"):
