@@ -11,7 +11,7 @@ packages=(
   zstd curl git ca-certificates
   proot runc crun fakechroot patchelf
   uidmap            # newuidmap/newgidmap: runc as a user other than the container's root
-  gcc libc6-dev     # the synthetic GPU host's driver libraries and query programs, built by the tests
+  gcc libc6-dev binutils  # the synthetic GPU host's libraries and programs (built by the tests; readelf checks them)
   python3 python3-venv util-linux
 )
 

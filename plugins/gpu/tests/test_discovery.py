@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from hosts import DRIVER, UUIDS, cdi_spec, gpu_host, within, write, write_spec
 
 from ucore.errors import DeviceError
@@ -156,7 +157,6 @@ def test_cdi_spec_comes_first_and_groups_names(tmp_path: Path) -> None:
 
 
 def test_yaml_spec(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")
     settings = gpu_host(tmp_path)
     write(tmp_path, "/var/run/cdi/nvidia.yaml", yaml.safe_dump(cdi_spec(tmp_path, gpus=3)))
     assert len(discover(settings).inventory.gpus) == 3
@@ -267,7 +267,6 @@ def test_malformed_json(tmp_path: Path) -> None:
 
 
 def test_malformed_yaml(tmp_path: Path) -> None:
-    pytest.importorskip("yaml")
     assert "not valid YAML or JSON" in _spec_error(tmp_path, raw="a: [1, 2\n", name="x.yaml")
 
 
@@ -291,7 +290,6 @@ _LAUGHS = (
 def test_alias_bomb_is_not_spelled_out(tmp_path: Path, part: str) -> None:
     """YAML aliases make a few hundred bytes a structure of 9**6 strings here (9**9 and more
     in a real attack, where spelling it out in a message never ends)."""
-    pytest.importorskip("yaml")
     settings = gpu_host(tmp_path)
     write_spec(tmp_path, None, name="x.yaml", raw=_LAUGHS + part)
     try:
