@@ -11,6 +11,7 @@ plugin needs nothing more (see README "Writing an engine plugin")::
 
         def __init__(self, session): self.session = session
         def probe(self) -> str | None: ...   # why it cannot run here, or None
+        def refuses(self, container) -> str | None: ...  # optional: this image, here
         def run(self, container, spec) -> int: ...
 
 The core turns every :class:`~ucore.model.Mount`, :class:`~ucore.model.DeviceNode` and

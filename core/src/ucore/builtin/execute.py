@@ -17,7 +17,10 @@ preference  engines                why there
 ==========  =====================  ============================================
 
 Probes run at most once per session (``ucore info`` probes every engine; a run probes only
-until one is usable). An engine may also offer ``details() -> dict[str, str]`` for ``info``.
+until one is usable). An engine may also offer ``details() -> dict[str, str]`` for ``info``,
+and ``refuses(container) -> str | None`` where whether it can run depends on the image, not
+only on the host (Fakechroot needs a glibc the library fits): the choice then moves on, and a
+container set to that engine gets the reason.
 
 ``ucore_execute`` here is ``trylast``: a plugin that wraps runs (timing, accounting) and
 returns an exit status first takes over.
@@ -107,12 +110,17 @@ class Engines:
                 self._probes[name] = f"its probe failed: {type(exc).__name__}: {exc}"
         return self._probes[name]
 
+    def refusal(self, name: str, container: Container) -> Optional[str]:
+        """Why engine ``name``, usable on this host, cannot run ``container``'s image."""
+        refuses = getattr(self.engine(name), "refuses", None)
+        return refuses(container) if refuses is not None else None
+
     def choose(self, container: Container) -> str:
         """The engine for ``container``: its recorded one (which must work here), else the
         first usable one, which is then recorded in the container."""
         if container.engine:
             name = self.canonical(container.engine)
-            why = self.probe(name)
+            why = self.probe(name) or self.refusal(name, container)
             if why is not None:
                 raise PluginError(
                     f"engine {name} (set for this container) cannot run here: {why};"
@@ -121,7 +129,7 @@ class Engines:
             return name
         reasons = []
         for name in self.names():
-            why = self.probe(name)
+            why = self.probe(name) or self.refusal(name, container)
             if why is None:
                 if container.location is None:
                     from ucore import containers

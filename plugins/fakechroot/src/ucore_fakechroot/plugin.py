@@ -1,5 +1,27 @@
 """Hook implementations of ucore-fakechroot, loaded through the ``ucore`` entry-point group.
 
-It will register the Fakechroot engine (F1-F4); until then it only
-proves that the distribution installs and that ucore discovers it (``ucore plugins``).
+Registers the Fakechroot engines: ``fakechroot`` (udocker's F1), ``fakechroot-f2`` (F2),
+``fakechroot-f3`` (F3) and ``fakechroot-f4`` (F4).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ucore.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ucore.registration import Registry
+
+
+@hookimpl
+def ucore_register_engines(register: Registry) -> None:
+    from ucore_fakechroot import engine as e
+
+    for engine in (
+        e.FakechrootEngine,
+        e.FakechrootLoaderEngine,
+        e.FakechrootPatchedEngine,
+        e.FakechrootLiveEngine,
+    ):
+        register(engine.name, engine)

