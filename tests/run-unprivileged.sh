@@ -15,6 +15,7 @@ cmd=("$envdir/bin/python" -m pytest -p no:cacheprovider --rootdir "$suite" -c "$
 cd "$suite"
 if [ "$(id -u)" -eq 0 ]; then
   exec runuser -u ucore-test -- env -i HOME="$(getent passwd ucore-test | cut -d: -f6)" \
-    PATH="$envdir/bin:/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 CI="${CI:-}" "${cmd[@]}"
+    PATH="$envdir/bin:/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 CI="${CI:-}" \
+    ${UCORE_TEST_CACHE:+UCORE_TEST_CACHE="$UCORE_TEST_CACHE"} "${cmd[@]}"
 fi
 exec "${cmd[@]}"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu machine for the test suite (run as root; idempotent):
-# the Debian packages the tests exercise for real, tox, and the unprivileged test user.
+# the Debian packages the tests exercise for real, tox, the unprivileged test user, and the
+# cached root filesystem of the Debian test image.
 set -euo pipefail
 
 packages=(
   docker-registry   # the registry server the tests pull from (CNCF distribution)
   skopeo umoci      # independent OCI tools the tests check ucore's output with
   busybox-static    # the test images' userland
+  debootstrap       # the Debian (glibc) test image's root, built below
   apache2-utils     # htpasswd, for the Basic-auth registry
   zstd curl git ca-certificates
   proot runc crun fakechroot patchelf
@@ -50,3 +52,8 @@ for kind in uid gid; do
     usermod "--add-sub${kind}s" 100000-165535 ucore-test
   fi
 done
+
+# The root filesystem of the Debian test image (glibc, for the Fakechroot engines): debootstrap
+# needs root and the network, so it is built here, once, into $UCORE_TEST_CACHE (default
+# /var/cache/ucore-tests, readable by ucore-test); a no-op when already there.
+python3 "$(dirname "$0")/support/debian.py" >/dev/null
