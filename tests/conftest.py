@@ -6,7 +6,9 @@ sit in front of the open and the token registries; a second "object storage" hos
 loopback address takes redirected blob downloads. Function-scoped wrappers reset the proxies'
 faults and logs, so every test starts clean while paying for the servers only once.
 
-Nothing here reaches the network beyond 127.0.0.0/8, and nothing needs root.
+Nothing here reaches the network beyond 127.0.0.0/8, and nothing needs root, but for one
+thing built once per host and cached: the Debian root filesystem behind :func:`debian_image`,
+which ``tests/setup-host.sh`` makes as root with debootstrap (see ``support/debian.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ try:
 except ImportError:  # running from a checkout without ``pip install -e core``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core" / "src"))
 
+from support import debian
 from support.cli import Ucore
 from support.faultproxy import FaultProxy
 from support.registries import AuthRegistry, second_loopback_host
@@ -56,6 +59,25 @@ def registry(harness_dir: Path, test_images: TestImages) -> Iterator[RegistrySer
         for reference, content in test_images.tags().items():
             pusher.push(reference, content)
         yield server
+
+
+@pytest.fixture(scope="session")
+def busybox_image(registry: RegistryServer) -> str:
+    """Reference of the static busybox image in the open registry (pushed with it)."""
+    return f"{registry.address}/busybox:latest"
+
+
+@pytest.fixture(scope="session")
+def debian_image(registry: RegistryServer) -> str:
+    """Reference of a Debian bookworm minbase image (glibc, ld.so, absolute symlinks) in the
+    open registry, ``127.0.0.1:PORT/debian:bookworm``. Pushed on first use, so only sessions
+    that need it pay for it (about a second, from the tar cached by ``support/debian.py``)."""
+    try:
+        tar = debian.debian_rootfs_tar()
+    except debian.CacheMissing as missing:
+        pytest.fail(str(missing))
+    Pusher(registry.url).push("debian:bookworm", debian.debian_image(tar))
+    return f"{registry.address}/debian:bookworm"
 
 
 @pytest.fixture(scope="session")
