@@ -2,9 +2,11 @@
 
 One set of behaviours (exit status, environment, working directory, user, read-only volumes,
 host accounts, entrypoint and command, signals, stdin, files left in the root) runs against
-each engine in :data:`ENGINES`, with the busybox test image from the local registry. An engine
-plugin joins by adding its name there: an engine that is listed but not installed fails; one
-whose probe says it cannot run on this host is skipped, with the probe's reason in the report.
+each engine in :data:`ENGINES`, with the test image that engine needs from the local registry
+(the static busybox one, or Debian for engines that need a glibc loader in the image). An engine
+plugin joins with one line there, its name and its image: an engine that is listed but not
+installed fails; one whose probe says it cannot run on this host is skipped, with the probe's
+reason in the report. Each image is pulled at most once, and only if an engine uses it.
 
 CI runs this as root and again as the unprivileged user ucore-test (tox env ``unpriv``).
 """
@@ -30,27 +32,51 @@ from support.cli import (
     usable_engine,
 )
 
-from ucore.testing.registry import RegistryServer
+from ucore.testing.images import DEFAULT_PATH
 
-#: Every engine that must pass this suite, one line each.
-ENGINES = (
-    "proot",
-    "proot-noseccomp",
-    "runc",
-    "crun",
-)
+#: Every engine that must pass this suite, one line each: engine -> the image kind it runs
+#: (``KIND_image`` is the conftest fixture giving that image's reference).
+ENGINES: dict[str, str] = {
+    "proot": "busybox",
+    "proot-noseccomp": "busybox",
+    "runc": "busybox",
+    "crun": "busybox",
+}
+
+#: What each image kind's own config and accounts give a container, for the tests that check
+#: an engine applies the image's values (not the host's).
+IMAGE_ENV: dict[str, dict[str, str]] = {
+    "busybox": {"UCORE_TEST_IMAGE": "busybox", "PATH": DEFAULT_PATH, "HOME": "/root"},
+    "debian": {"UCORE_TEST_IMAGE": "debian", "PATH": DEFAULT_PATH, "HOME": "/root"},
+}
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Ucore:
-    """One store for the module: the image is pulled once, one container made per engine."""
+    """One store for the module: each image is pulled once, one container made per engine."""
     return Ucore(tmp_path_factory.mktemp("conformance"))
 
 
 @pytest.fixture(scope="module")
-def image(cli: Ucore, registry: RegistryServer) -> str:
-    ref = f"{registry.address}/busybox:latest"
-    cli.ok("pull", ref)
+def pulled(cli: Ucore) -> set[str]:
+    """The references already pulled into :func:`cli`'s store."""
+    return set()
+
+
+@pytest.fixture(scope="module")
+def image_kind(engine: str) -> str:
+    """The kind of image the engine runs (a key of :data:`IMAGE_ENV`)."""
+    return ENGINES[engine]
+
+
+@pytest.fixture(scope="module")
+def image(request: pytest.FixtureRequest, cli: Ucore, pulled: set[str], image_kind: str) -> str:
+    """The engine's image, pulled into the module's store the first time an engine needs it;
+    looked up by name so that a session whose engines need no Debian never builds its image."""
+    ref: str = request.getfixturevalue(f"{image_kind}_image")
+    if ref not in pulled:
+        cli.ok("pull", ref)
+        pulled.add(ref)
     return ref
 
 
@@ -59,7 +85,7 @@ def installed(cli: Ucore) -> dict[str, dict[str, Any]]:
     return installed_engines(cli)
 
 
-@pytest.fixture(scope="module", params=ENGINES)
+@pytest.fixture(scope="module", params=list(ENGINES))
 def engine(request: pytest.FixtureRequest, installed: dict[str, dict[str, Any]]) -> str:
     return usable_engine(installed, request.param)
 
@@ -171,11 +197,12 @@ def env_of(
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def test_environment_is_the_images_not_the_hosts(cli: Ucore, container: str) -> None:
+def test_environment_is_the_images_not_the_hosts(
+    cli: Ucore, container: str, image_kind: str
+) -> None:
     env = env_of(cli, container, environ={"UCORE_LEAK_CHECK": "leaked"})
-    assert env["UCORE_TEST_IMAGE"] == "busybox"  # the image's Env
-    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    assert env["HOME"] == "/root"
+    for name, value in IMAGE_ENV[image_kind].items():  # the image's Env, and root's HOME
+        assert env.get(name) == value, name
     assert "UCORE_LEAK_CHECK" not in env
 
 
@@ -203,10 +230,10 @@ def test_environment_order_image_file_flag(cli: Ucore, container: str, tmp_path:
     assert env["EMPTY"] == ""
 
 
-def test_hostenv_passes_the_host_environment(cli: Ucore, container: str) -> None:
+def test_hostenv_passes_the_host_environment(cli: Ucore, container: str, image_kind: str) -> None:
     env = env_of(cli, container, "--hostenv", environ={"UCORE_PASSED": "yes"})
     assert env["UCORE_PASSED"] == "yes"
-    assert env["UCORE_TEST_IMAGE"] == "busybox"  # the image's Env still applies
+    assert env["UCORE_TEST_IMAGE"] == IMAGE_ENV[image_kind]["UCORE_TEST_IMAGE"]  # still applies
 
 
 # --- working directory and command ----------------------------------------------------------------
