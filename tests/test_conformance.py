@@ -41,7 +41,31 @@ ENGINES: dict[str, str] = {
     "proot-noseccomp": "busybox",
     "runc": "busybox",
     "crun": "busybox",
+    "fakechroot": "debian",
+    "fakechroot-f2": "debian",
+    "fakechroot-f3": "debian",
+    "fakechroot-f4": "debian",
 }
+
+#: Behaviours a Fakechroot engine (F1-F4) cannot have, by name; README "Fakechroot engines"
+#: lists them. A test meeting one ends there as an expected failure saying which.
+FAKECHROOT_LIMITS = {
+    "user": "Fakechroot runs every process as the invoking user: it can fake no other uid,"
+    " and no root",
+    "nested volumes": "Fakechroot places a volume at another path as a link in the root, and"
+    " cannot place one inside another volume (the host's directory)",
+    "links made at run time": "a link the container makes with an absolute target records"
+    " the host path (libfakechroot's symlink); F4 makes such links relative after each run,"
+    " F1-F3 keep what libfakechroot wrote",
+}
+
+
+def fakechroot_limit(engine: str, limit: str, modes: tuple[str, ...] = ()) -> None:
+    """End the test as an expected failure when ``engine`` is an F mode (of ``modes``, when
+    given) and the behaviour is one of :data:`FAKECHROOT_LIMITS`."""
+    if engine.startswith("fakechroot") and (not modes or engine in modes):
+        pytest.xfail(f"{engine}: {FAKECHROOT_LIMITS[limit]}")
+
 
 #: What each image kind's own config and accounts give a container, for the tests that check
 #: an engine applies the image's values (not the host's).
@@ -85,7 +109,13 @@ def installed(cli: Ucore) -> dict[str, dict[str, Any]]:
     return installed_engines(cli)
 
 
-@pytest.fixture(scope="module", params=list(ENGINES))
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(e, marks=[pytest.mark.fmodes] if e.startswith("fakechroot") else [])
+        for e in ENGINES
+    ],
+)
 def engine(request: pytest.FixtureRequest, installed: dict[str, dict[str, Any]]) -> str:
     return usable_engine(installed, request.param)
 
@@ -258,12 +288,15 @@ def test_entrypoint_rules(cli: Ucore, container: str) -> None:
 # --- user and accounts ----------------------------------------------------------------------------
 
 
-def test_default_user_is_root(cli: Ucore, container: str) -> None:
+def test_default_user_is_root(cli: Ucore, container: str, engine: str) -> None:
+    if os.getuid() != 0:
+        fakechroot_limit(engine, "user")
     assert cli.ok("run", container, "id", "-u").stdout == "0\n"
     assert cli.ok("run", container, "id", "-un").stdout == "root\n"
 
 
-def test_user_by_name_and_by_id(cli: Ucore, container: str) -> None:
+def test_user_by_name_and_by_id(cli: Ucore, container: str, engine: str) -> None:
+    fakechroot_limit(engine, "user")
     assert cli.ok("run", "-u", "nobody", container, "id", "-u").stdout == "65534\n"
     assert cli.ok("run", "-u", "1234:5", container, "id").stdout.startswith("uid=1234 gid=5")
     cli.fails(2, "run", "-u", "no-such-user", container, "true")
@@ -316,8 +349,10 @@ def test_volumes_ro_and_rw(cli: Ucore, container: str, tmp_path: Path) -> None:
 
 
 def test_volume_target_symlink_resolves_inside_the_root(
-    cli: Ucore, container: str, tmp_path: Path
+    cli: Ucore, container: str, tmp_path: Path, engine: str
 ) -> None:
+    modes = ("fakechroot", "fakechroot-f2", "fakechroot-f3")
+    fakechroot_limit(engine, "links made at run time", modes)
     root = root_of(cli, container)
     sh(cli, container, "mkdir -p /opt/real && ln -sfn /opt/real /linked")
     (tmp_path / "marker").write_text("m\n")
@@ -327,7 +362,7 @@ def test_volume_target_symlink_resolves_inside_the_root(
 
 
 def test_a_volume_of_the_wrong_kind_is_one_line_in_every_engine(
-    cli: Ucore, container: str, tmp_path: Path
+    cli: Ucore, container: str, tmp_path: Path, engine: str
 ) -> None:
     """A file over an image directory, or a directory over an image file, cannot be bind
     mounted: every engine refuses it before starting, in one line, exit 2 (runc and crun used
@@ -339,6 +374,7 @@ def test_a_volume_of_the_wrong_kind_is_one_line_in_every_engine(
     for volume in (f"{tmp_path}/file:/data/dir", f"{tmp_path}:/data/file"):
         result = cli.fails(2, "run", "-v", volume, container, "true")
         assert "/data/" in assert_error_line(result)
+    fakechroot_limit(engine, "nested volumes")
     outer, inner = f"{tmp_path}:/data/dir", f"{tmp_path}/file:/data/dir/x"
     assert sh(cli, container, "cat /data/dir/x", "-v", outer, "-v", inner) == "f\n"
     assert (tmp_path / "x").read_text() == "x\n"

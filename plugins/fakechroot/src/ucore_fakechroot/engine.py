@@ -162,7 +162,7 @@ class FakechrootEngine:
                     argv = launch.argv(spec.argv, dict(spec.env), spec.cwd, host, (loader, argv0))
                 except OSError as exc:
                     raise PluginError(f"cannot start {spec.argv[0]}: {exc}") from None
-                with _cwd(host(spec.cwd)):
+                with _cwd(host(spec.cwd)), _leftovers_ended():
                     result = spawn.run(argv, env, steps=[views.enter], cpus=cpus)
         self.after_run(container, root, state, info)
         return result.status
@@ -217,7 +217,10 @@ class FakechrootEngine:
         ]
         env["LD_PRELOAD"] = ":".join(preload)
         env["FAKECHROOT_BASE"] = root
-        env["FAKECHROOT_EXCLUDE_PATH"] = ":".join(exclude)
+        if exclude:  # never empty: libfakechroot reads "" as a prefix of every path
+            env["FAKECHROOT_EXCLUDE_PATH"] = ":".join(exclude)
+        else:
+            env.pop("FAKECHROOT_EXCLUDE_PATH", None)
         true = os.path.realpath(spawn.find_program("true", "/usr/bin:/bin") or "/bin/true")
         env["FAKECHROOT_CMD_SUBST"] = ":".join(f"{p}={true}" for p in _LDCONFIG)
         if self.mode != 3:
@@ -409,6 +412,36 @@ def _translator(root: Path, placed: Placed) -> Host:
         return str(root) + walk.path if walk.missing == 0 else None
 
     return host
+
+
+@contextlib.contextmanager
+def _leftovers_ended() -> Iterator[None]:
+    """What the command leaves running ends with it, as a container's processes do when its
+    init exits: with no namespace to hold them, ucore becomes the subreaper of the run's
+    processes (orphans are re-parented to it, not to the host's init) and kills those left
+    once the main process has ended."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        for _ in range(100):
+            left = spawn.children(os.getpid())
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in left:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, 0)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 @contextlib.contextmanager

@@ -19,6 +19,8 @@ import posixpath
 import stat
 from pathlib import Path
 
+from ucore import inroot
+
 _RECORD = "relinked.json"
 
 
@@ -40,6 +42,8 @@ def relink(state: Path, root: Path) -> int:
                 continue
             if not target.startswith("/"):
                 continue
+            if inroot.under(target, top):  # made in an F mode: libfakechroot wrote the host path
+                target = target[len(top) :] or "/"
             relative = posixpath.relpath(posixpath.normpath(target), inside)
             record[posixpath.join(inside, name)] = [target, relative]
             _replace_link(path, relative)
