@@ -17,8 +17,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from support import debian
+from support import debian, gpuhost
 from support.cli import Ucore, assert_error_line, describe
+
+from ucore.testing.push import Pusher
+from ucore.testing.registry import RegistryServer
 
 pytestmark = pytest.mark.fmodes
 
@@ -69,16 +72,21 @@ def test_f3_to_f1_restores_every_file_and_leaving_restores_every_link(
 ) -> None:
     ucore_cli.ok("create", "--name", "c", debian_image)
     root = root_of(ucore_cli, "c")
+    # the image's bytes; modes as unpacked (an unprivileged unpack drops set-id bits)
+    created, links = _files(root), _links(root)
+    assert {k: v[0] for k, v in created.items()} == {
+        k: v[0] for k, v in _image_files()["files"].items()
+    }
     ucore_cli.ok("setup", "--engine", "F3", "c")
     ucore_cli.ok("run", "c", "true")
-    image = _image_files()
-    assert _files(root) != image["files"], "F3 patched nothing"
+    assert _files(root) != created, "F3 patched nothing"
     ucore_cli.ok("setup", "--engine", "F1", "c")
     ucore_cli.ok("run", "c", "true")
-    assert _files(root) == image["files"]
+    assert _files(root) == created
     # F1 keeps absolute links as equivalent relative ones; leaving the F modes puts them back
+    assert _links(root) != links
     ucore_cli.ok("setup", "--engine", "P1", "c")
-    assert _links(root) == image["links"]
+    assert _links(root) == links == _image_files()["links"]
 
 
 def test_ldconfig_inside_does_nothing(ucore_cli: Ucore, debian_image: str) -> None:
@@ -189,3 +197,27 @@ def _files(root: Path) -> dict[str, object]:
 
 def _links(root: Path) -> dict[str, object]:
     return {name: os.readlink(path) for name, path in _walk(root) if os.path.islink(path)}
+
+
+def test_gpu_libraries_reach_the_loader(tmp_path: Path, registry: RegistryServer) -> None:
+    """ucore-gpu's bindings in F2, on the tests' synthetic GPU host (no GPU exists here): the
+    driver's libcuda and libnvidia-ml, placed in the root for the run, are the ones the
+    programs load through the library path. The synthetic host's device nodes live under its
+    own directory, not /dev, and F modes show the host's /dev itself, so only the library side
+    is checked here; on a GPU node the nodes are the host's /dev/nvidia*."""
+    host = gpuhost.build_host(tmp_path / "gpuhost")
+    cli = Ucore(tmp_path / "store")
+    cli.env["UCORE_DEVICE_ROOT"] = str(host.root)
+    reference, image = next(iter(gpuhost.gpu_image_tags().items()))
+    Pusher(registry.url).push(reference, image)
+    cli.ok("create", "--name", "g", f"{registry.address}/{reference}")
+    cli.ok("setup", "--engine", "F2", "g")
+    root = root_of(cli, "g")
+    before = sorted(p for p in root.rglob("*"))
+    assert cli.ok("run", "--gpus", "all", "g", "cudaquery").stdout.endswith(f"cuda: {host.cuda}\n")
+    assert cli.ok("run", "--gpus", "all", "g", "nvmlquery").stdout.startswith(
+        f"driver: {host.driver}\n"
+    )
+    missing = cli.run("run", "g", "cudaquery")
+    assert missing.returncode == 3, describe(missing)  # no request: no library
+    assert sorted(p for p in root.rglob("*")) == before  # placements gone after the runs
