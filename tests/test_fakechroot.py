@@ -138,6 +138,9 @@ def test_info_names_the_library_of_every_mode(ucore_cli: Ucore) -> None:
         assert f" {alias} " in out
     assert out.count("libfakechroot: /") == 4
     assert "patchelf: /" in out
+    gone = ucore_cli.ok("info", env={"UCORE_PATCHELF": "/nonexistent/patchelf"}).stdout
+    rows = [line for line in gone.splitlines() if line.lstrip().startswith("fakechroot-f")]
+    assert [("unusable: no patchelf" in r) for r in rows] == [False, True, True], rows
 
 
 def test_a_configured_library_that_is_not_one_is_reported(ucore_cli: Ucore, tmp_path: Path) -> None:
