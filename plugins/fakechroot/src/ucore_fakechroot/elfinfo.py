@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import Optional
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
 
 _PT_INTERP = 3
 _MAX_HEADERS = 1 << 16
@@ -30,15 +32,7 @@ def _open(path: str) -> Optional[int]:
 
 def header(path: str) -> Optional[bytes]:
     """The first 64 bytes of a regular file (None for anything else), for a cheap ELF test."""
-    fd = _open(path)
-    if fd is None:
-        return None
-    try:
-        if not _is_regular(fd):
-            return None
-        return os.pread(fd, 64, 0)
-    finally:
-        os.close(fd)
+    return _on_regular(path, lambda fd: os.pread(fd, 64, 0))
 
 
 def is_elf(data: Optional[bytes]) -> bool:
@@ -48,15 +42,20 @@ def is_elf(data: Optional[bytes]) -> bool:
 def interpreter(path: str) -> Optional[str]:
     """The program interpreter an ELF executable names (``/lib64/ld-linux-x86-64.so.2``);
     None for a static program, a shared library without one, or a file that is not ELF."""
+    try:
+        return _on_regular(path, _interpreter)
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _on_regular(path: str, read: Callable[[int], T]) -> Optional[T]:
+    """``read(fd)`` on ``path`` when it is a regular file (never a FIFO or a device an image
+    planted), else None."""
     fd = _open(path)
     if fd is None:
         return None
     try:
-        if not _is_regular(fd):
-            return None
-        return _interpreter(fd)
-    except (OSError, struct.error, ValueError):
-        return None
+        return read(fd) if _is_regular(fd) else None
     finally:
         os.close(fd)
 

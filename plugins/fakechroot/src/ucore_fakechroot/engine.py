@@ -300,15 +300,6 @@ class FakechrootPatchedEngine(FakechrootLoaderEngine):
             )
             _set_flag(state, "patched")
 
-    def environment(
-        self, spec: RunSpec, ready: Ready, exclude: Sequence[str], host: Host
-    ) -> dict[str, str]:
-        env = super().environment(spec, ready, exclude, host)
-        if self.mode == 3:
-            env.pop("FAKECHROOT_ELFLOADER", None)
-            env.pop("FAKECHROOT_ELFLOADER_OPT_ARGV0", None)
-        return env
-
 
 class FakechrootLiveEngine(FakechrootPatchedEngine):
     """F4: F3, and what appears at run time starts through the loader and is patched next."""
