@@ -14,6 +14,13 @@ interpreter's start), ``python -m ucore version`` (ucore's command line starting
 plugins) and ``python -c pass`` with udocker's venv interpreter (which may start faster: no
 ``.pth`` files of the host's site-packages). ``--ucore-venv`` runs ucore from a clean venv too.
 
+The Fakechroot engines (F1, F3) need a glibc root, so their rows (and ``ucore-deb``,
+``ucore-crun-deb``, ``udocker-f1`` and the ``fakechroot`` floor, to compare on the same image) run
+``/bin/true`` in containers of a Debian bookworm minbase image (``tests/support/debian.py``).
+``--heavy`` adds two system-call-heavy workloads on those containers, against the host running
+the same command with its own coreutils/findutils: 50,000 small ``dd`` reads and writes, and
+GNU ``find`` over a bound directory.
+
 Targets (from the issues): ucore's overhead over direct proot at most a third of udocker's, and
 under 40 ms; ``ucore run`` with runc (R1) at most 20 ms over a direct ``runc run``.
 
@@ -32,9 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import _common
 import _image
@@ -56,6 +63,12 @@ TOOLS = (
     "ucore-ver",
     "udocker-ver",
     "py-udocker",
+    "ucore-deb",
+    "ucore-crun-deb",
+    "ucore-f1",
+    "ucore-f3",
+    "fakechroot",
+    "udocker-f1",
 )
 DEFAULT_UCORE_CMD = "{python} -m ucore run {container} /bin/true"
 IMAGE = "bench/busybox:latest"
@@ -72,6 +85,10 @@ FLOORS = {
     "ucore-runc": "runc",
     "udocker-r1": "runc",
     "ucore-crun": "crun",
+    # Fakechroot runs no runtime: its floor is the library preloaded by hand (Debian image).
+    "ucore-f1": "fakechroot",
+    "ucore-f3": "fakechroot",
+    "udocker-f1": "fakechroot",
 }
 # ucore's overhead at most this share of udocker's, and under this many seconds (P1); with
 # runc (R1) at most this much over runc itself.
@@ -85,6 +102,46 @@ WORK_COMMAND = ("/bin/busybox", "find", WORK_TARGET)
 WORK_TOOLS = ("ucore", "udocker", "proot", "ucore-runc", "udocker-r1", "runc", "ucore-crun", "crun")
 NATIVE = "native+find"
 
+#: The glibc image the Fakechroot engines need, and ucore's containers of it per tool.
+DEB_IMAGE = "bench/debian:bookworm"
+DEB_CONTAINERS = {
+    "ucore-deb": ("P1", "bench-deb"),
+    "ucore-crun-deb": ("crun", "bench-crun-deb"),
+    "ucore-f1": ("F1", "bench-f1"),
+    "ucore-f3": ("F3", "bench-f3"),
+}
+#: udocker's F1 container of the Debian image, and the host's Fakechroot library it preloads
+#: (udocker's own tools tarball is not downloaded: ``UDOCKER_TARBALL`` is empty).
+UDOCKER_F1 = "bench-udocker-f1"
+FAKECHROOT_SO = "/usr/lib/x86_64-linux-gnu/fakechroot/libfakechroot.so"
+#: Why udocker-f1 has no find row: udocker hands every volume (even at its own path) to
+#: libfakechroot as ``FAKECHROOT_DIR_MAP``, which only udocker's patched library knows; with
+#: Debian's (2.20.1) the mount point is an empty directory of the root and find walks nothing.
+UDOCKER_F1_NO_VOLUMES = (
+    "udocker passes volumes as FAKECHROOT_DIR_MAP, which Debian's libfakechroot ignores:"
+    " the bound directory shows empty"
+)
+DEB_TOOLS = (*DEB_CONTAINERS, "fakechroot", "udocker-f1")
+#: udocker's Fakechroot modes call patchelf (F1 only to read an ELF file's interpreter) with
+#: ``-q``, which Debian 12's patchelf 0.14 does not know; the wrapper drops it.
+PATCHELF_WRAPPER = """#!/bin/sh
+# patchelf without udocker's "-q" (Debian 12's patchelf 0.14 has no such option)
+for arg do
+    shift
+    if [ "$arg" = -q ]; then continue; fi
+    set -- "$@" "$arg"
+done
+exec {patchelf} "$@"
+"""
+#: ``--heavy``: the tools that get ``TOOL+dd`` and ``TOOL+find`` rows, against the host's.
+HEAVY_TOOLS = (*DEB_CONTAINERS, "udocker-f1")
+HEAVY_NATIVE = "host"
+DD_ARGS = ("if=/dev/zero", "of=/dev/null", "bs=512", "count=50000")
+DD_EXPECT = "50000+0 records out"
+HEAVY_FIND_DEFAULT = "/usr/include"
+#: The goal for F3 on both heavy workloads: its cost at most this many times the host's.
+F3_HEAVY_TARGET = 1.5
+
 
 class CommandCase(Case):
     """A fixed command with a fixed environment: nothing to prepare, exit 0 is success."""
@@ -96,6 +153,28 @@ class CommandCase(Case):
 
     def prepare(self, workdir: Path) -> Invocation:
         return Invocation(self.argv, self.env)
+
+
+class HeavyCase(CommandCase):
+    """A ``--heavy`` row: a fast exit 0 proves nothing (a volume that is not shown makes find
+    fail or print nothing), so the output is checked: dd's record count, or as many lines
+    from find as the host's find printed."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], env: dict[str, str], expect: str | int
+    ) -> None:
+        super().__init__(name, argv, env)
+        self.expect = expect
+
+    def verify(self, workdir: Path, result: _common.RunResult) -> Optional[str]:
+        if isinstance(self.expect, str):
+            if self.expect in result.stderr:
+                return None
+            return f"no {self.expect!r} from dd: {_common.last_line(result.stderr)}"
+        lines = len(result.stdout.splitlines())
+        if lines == self.expect:
+            return None
+        return f"find printed {lines} lines, the host's {self.expect}"
 
 
 class UdockerR1Case(CommandCase):
@@ -130,6 +209,7 @@ class Setup(NamedTuple):
     root: Path
     direct: dict[str, tuple[list[str], dict[str, str]]]
     unavailable: dict[str, str]
+    deb_root: Optional[Path] = None
 
 
 def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Path]) -> Setup:
@@ -165,6 +245,13 @@ def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Pa
         wrapper = _common.write_proot_wrapper(place / "proot-no-k", args.proot)
         udocker_env = _common.udocker_env(base, udocker_store, wrapper)
         udocker_env["UDOCKER_USE_RUNC_EXECUTABLE"] = shutil.which(args.runc) or args.runc
+        udocker_env["UDOCKER_FAKECHROOT_SO"] = FAKECHROOT_SO
+        patchelf = place / "patchelf-no-q"
+        patchelf.write_text(
+            PATCHELF_WRAPPER.format(patchelf=shutil.which("patchelf") or "patchelf")
+        )
+        patchelf.chmod(0o755)
+        udocker_env["UDOCKER_USE_PATCHELF_EXECUTABLE"] = str(patchelf)
         if udocker is not None:
             for step in (
                 ["pull", f"--registry={registry.url}", IMAGE],
@@ -175,6 +262,11 @@ def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Pa
             ):
                 argv = _common.udocker_argv(udocker, *step)
                 _common.checked(argv, udocker_env, f"udocker {step[0]}")
+        deb_root = None
+        if set(DEB_TOOLS) & set(args.tools):
+            deb_root = setup_debian(
+                args, registry, ucore_env, udocker, udocker_env, unavailable=unavailable
+            )
     finally:
         registry.stop()
     direct = {}
@@ -196,7 +288,63 @@ def setup_containers(args: argparse.Namespace, place: Path, udocker: Optional[Pa
         ucore_env = {**ucore_env, "BENCH_GPU_ROOT": str(host.root)}
     except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
         unavailable["ucore-gpus"] = f"no synthetic GPU host: {exc}"
-    return Setup(ucore_env, udocker_env, root, direct, unavailable)
+    return Setup(ucore_env, udocker_env, root, direct, unavailable, deb_root)
+
+
+def setup_debian(
+    args: argparse.Namespace,
+    registry: Any,
+    ucore_env: dict[str, str],
+    udocker: Optional[Path],
+    udocker_env: dict[str, str],
+    *,
+    unavailable: dict[str, str],
+) -> Optional[Path]:
+    """Untimed: pushes the Debian image (the Fakechroot modes refuse the static busybox one:
+    they preload a library into the image's own glibc loader), pulls it, creates and sets up a
+    container per engine of :data:`DEB_CONTAINERS` and, with ``udocker-f1``, udocker's F1 one.
+    Each container runs ``/bin/true`` once, untimed, so that a first run's one-time work (F3
+    patches the root's ELF files) is not timed. Returns the P1 container's root (the
+    ``fakechroot`` floor runs in it), or None when the image is not available here."""
+    sys.path.insert(0, str(_common.REPO_ROOT / "tests"))
+    try:
+        from support import debian
+
+        tar = debian.debian_rootfs_tar()
+    except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        for tool in (*DEB_TOOLS, *(f"{tool}+{w}" for tool in HEAVY_TOOLS for w in ("dd", "find"))):
+            unavailable[tool] = f"no Debian root tar: {exc}"
+        return None
+    from ucore.testing.push import Pusher
+
+    Pusher(registry.url).push(DEB_IMAGE, debian.debian_image(tar))
+    reference = f"{registry.address}/{DEB_IMAGE}"
+    ucore = [args.python, "-m", "ucore", "-q"]
+    _common.checked([*ucore, "pull", reference], ucore_env, "ucore pull (debian)")
+    for tool, (engine, name) in DEB_CONTAINERS.items():
+        try:
+            _common.checked([*ucore, "create", "--name", name, reference], ucore_env, "create")
+            _common.checked([*ucore, "setup", f"--engine={engine}", name], ucore_env, "setup")
+            _common.checked([*ucore, "run", name, "/bin/true"], ucore_env, f"first run ({engine})")
+        except RuntimeError as exc:
+            unavailable[tool] = unavailable[f"{tool}+dd"] = unavailable[f"{tool}+find"] = str(exc)
+    name = DEB_CONTAINERS["ucore-deb"][1]
+    root = Path(_common.checked([*ucore, "inspect", "-p", name], ucore_env, "inspect").strip())
+    if udocker is not None and "udocker-f1" in args.tools:
+        try:
+            for step in (
+                ["pull", f"--registry={registry.url}", DEB_IMAGE],
+                ["create", f"--name={UDOCKER_F1}", DEB_IMAGE],
+                ["setup", "--execmode=F1", UDOCKER_F1],
+                ["run", UDOCKER_F1, "/bin/true"],
+            ):
+                argv = _common.udocker_argv(udocker, *step)
+                _common.checked(argv, udocker_env, f"udocker {step[0]} (F1)")
+            unavailable["udocker-f1+find"] = UDOCKER_F1_NO_VOLUMES
+        except RuntimeError as exc:
+            for row in ("udocker-f1", "udocker-f1+dd", "udocker-f1+find"):
+                unavailable[row] = str(exc)
+    return root
 
 
 def direct_command(
@@ -250,7 +398,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         " ucore-gpus (P1, --gpus all on a synthetic 4-GPU host); ucore-runc, udocker-r1, runc,"
         " ucore-crun, crun (OCI runtimes); python (python -c pass), py-pluggy"
         " (python -c 'import pluggy'), ucore-ver (python -m ucore version), udocker-ver"
-        " (udocker version), py-udocker (python -c pass with udocker's venv interpreter)",
+        " (udocker version), py-udocker (python -c pass with udocker's venv interpreter);"
+        " on a Debian image: ucore-deb (P1), ucore-crun-deb, ucore-f1, ucore-f3 (Fakechroot),"
+        " fakechroot (the library preloaded directly), udocker-f1",
         ucore_cmd=DEFAULT_UCORE_CMD,
         ucore_fields="{python} {container} {store}",
     )
@@ -280,13 +430,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="also time a path-heavy workload: busybox's find over this host directory, bound"
         " read-only in each container (a TOOL+find row per tool, and native+find on the host)",
     )
+    parser.add_argument(
+        "--heavy",
+        action="store_true",
+        help="also time system-call-heavy workloads on the Debian containers (ucore-deb,"
+        " ucore-crun-deb, ucore-f1, ucore-f3, udocker-f1): TOOL+dd (dd bs=512 count=50000 from"
+        " /dev/zero to /dev/null) and TOOL+find (GNU find -H over --workload, default"
+        f" {HEAVY_FIND_DEFAULT}, bound read-only at {WORK_TARGET}); host+dd and host+find run"
+        " the host's own dd and find",
+    )
     parser.add_argument("--timeout", type=float, default=60, help="seconds per command")
     parser.add_argument("--verbose", action="store_true", help="a line per run, not per round")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless ucore meets its overhead targets"
     )
     args = _common.parse_checked(parser, argv, TOOLS)
-    if not {"udocker", "udocker-r1"} & set(args.tools):
+    if not {"udocker", "udocker-r1", "udocker-f1"} & set(args.tools):
         for tool in ("py-udocker", "udocker-ver"):
             if tool in args.tools:
                 args.tools.remove(tool)
@@ -303,9 +462,11 @@ def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) 
         "ucore-ver": ([python, "-m", "ucore", "version"], setup.ucore_env),
         **setup.direct,
     }
-    for tool, (_engine, name) in ENGINE_CONTAINERS.items():
+    for tool, (_engine, name) in {**ENGINE_CONTAINERS, **DEB_CONTAINERS}.items():
         argv = shlex.split(args.ucore_cmd.format(python=python, container=name, store=store))
         commands[tool] = (argv, setup.ucore_env)
+    if setup.deb_root is not None:
+        commands["fakechroot"] = fakechroot_command(setup.deb_root, "/usr/bin/true")
     # What ucore-gpu's prepare hook adds to a P1 run: ``ucore`` (plugin installed, no request)
     # against ``ucore-gpuoff`` (the plugin blocked); ``ucore-gpus`` (``--gpus all`` on the
     # tests' synthetic 4-GPU host) against ``ucore``.
@@ -321,23 +482,90 @@ def make_cases(args: argparse.Namespace, setup: Setup, udocker: Optional[Path]) 
                 _common.udocker_argv(udocker, "run", name, "/bin/true"),
                 setup.udocker_env,
             )
+        argv = _common.udocker_argv(udocker, "run", "--nobanner", UDOCKER_F1, "/bin/true")
+        commands["udocker-f1"] = (argv, setup.udocker_env)
         commands["udocker-ver"] = (_common.udocker_argv(udocker, "version"), setup.udocker_env)
         udocker_python = str(udocker.parent / "python")
         commands["py-udocker"] = ([udocker_python, "-c", "pass"], dict(os.environ))
     if args.workload:
         commands.update(workload_commands(args, setup, udocker))
+    if args.heavy:
+        commands.update(heavy_commands(args, setup, udocker))
     cases: list[Case] = []
     for tool in args.tools:
         rows = [tool, f"{tool}+find"] if args.workload and tool in WORK_TOOLS else [tool]
+        if args.heavy and tool in HEAVY_TOOLS:
+            rows += [f"{tool}+dd", f"{tool}+find"]
         for row in rows:
             if row in setup.unavailable:
                 cases.append(Unavailable(row, setup.unavailable[row]))
+            elif row in commands and row.endswith(("+dd", "+find")) and tool in HEAVY_TOOLS:
+                cases.append(HeavyCase(row, *commands[row], heavy_expect(row, commands)))
             elif row in commands:
                 kind = UdockerR1Case if row.startswith("udocker-r1") else CommandCase
                 cases.append(kind(row, *commands[row]))
     if args.workload:
         cases.append(CommandCase(NATIVE, *commands[NATIVE]))
+    if args.heavy:
+        for workload in ("dd", "find"):
+            row = f"{HEAVY_NATIVE}+{workload}"
+            cases.append(HeavyCase(row, *commands[row], heavy_expect(row, commands)))
     return cases
+
+
+def heavy_expect(row: str, commands: dict[str, tuple[list[str], dict[str, str]]]) -> str | int:
+    """What a ``--heavy`` row must print: dd's record line, or the line count of the host's
+    find over the same directory (run once here, untimed)."""
+    if row.endswith("+dd"):
+        return DD_EXPECT
+    argv, env = commands[f"{HEAVY_NATIVE}+find"]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+def fakechroot_command(root: Path, program: str) -> tuple[list[str], dict[str, str]]:
+    """The Fakechroot floor: ``program`` of ``root`` started through the root's own loader with
+    the host's libfakechroot preloaded and ``FAKECHROOT_BASE`` the root, which is what the F
+    modes arrange before the container's program runs, without any engine's setting up. The
+    library is preloaded with the loader's ``--preload``, not ``LD_PRELOAD``: in the
+    environment it would also load into ``/usr/bin/time``, whose report path it then moves
+    under the root."""
+    libdir = root / "usr" / "lib" / "x86_64-linux-gnu"
+    loader = libdir / "ld-linux-x86-64.so.2"
+    argv = [str(loader), "--preload", FAKECHROOT_SO, "--library-path", str(libdir)]
+    argv.append(str(root) + program)
+    env = {**os.environ, "FAKECHROOT_BASE": str(root)}
+    return argv, env
+
+
+def heavy_commands(
+    args: argparse.Namespace, setup: Setup, udocker: Optional[Path]
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """``TOOL+dd`` and ``TOOL+find`` in each Debian container, and ``host+dd`` /
+    ``host+find``: the host's own dd and find, the honest native (the container's binaries
+    are the same Debian 12 builds, but running them on the host would need its loader and
+    library path, which is itself part of what F modes do). find gets ``-H`` everywhere: the
+    F modes show a volume at another path as a link placed in the root, which find would
+    list, not walk, without it (``-H`` follows only the starting point)."""
+    volume = str(Path(args.workload or HEAVY_FIND_DEFAULT).resolve())
+    dd = ("/usr/bin/dd", *DD_ARGS)
+    find = ("/usr/bin/find", "-H", WORK_TARGET)
+    host_dd = shutil.which("dd") or "/usr/bin/dd"
+    host_find = shutil.which("find") or "/usr/bin/find"
+    commands = {
+        f"{HEAVY_NATIVE}+dd": ([host_dd, *DD_ARGS], dict(os.environ)),
+        f"{HEAVY_NATIVE}+find": ([host_find, "-H", volume], dict(os.environ)),
+    }
+    for tool, (_engine, name) in DEB_CONTAINERS.items():
+        run = [args.python, "-m", "ucore", "run"]
+        commands[f"{tool}+dd"] = ([*run, name, *dd], setup.ucore_env)
+        bound = [*run, "-v", f"{volume}:{WORK_TARGET}:ro", name, *find]
+        commands[f"{tool}+find"] = (bound, setup.ucore_env)
+    if udocker is not None:
+        # No udocker-f1+find: see UDOCKER_F1_NO_VOLUMES.
+        argv = _common.udocker_argv(udocker, "run", "--nobanner")
+        commands["udocker-f1+dd"] = ([*argv, UDOCKER_F1, *dd], setup.udocker_env)
+    return commands
 
 
 def workload_commands(
@@ -400,6 +628,17 @@ def print_header(args: argparse.Namespace, place: Path, setup: Setup) -> None:
     for tool, (engine, name) in ENGINE_CONTAINERS.items():
         command = args.ucore_cmd.format(python="{python}", container=name, store="")
         versions[tool] = f"{command}  (`ucore setup --engine={engine} {name}` first)"
+    for tool, (engine, name) in DEB_CONTAINERS.items():
+        command = args.ucore_cmd.format(python="{python}", container=name, store="")
+        versions[tool] = f"{command}  ({DEB_IMAGE}, `ucore setup --engine={engine} {name}`)"
+    versions["fakechroot"] = (
+        f"ROOT/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --preload {FAKECHROOT_SO}"
+        f" ROOT/usr/bin/true with FAKECHROOT_BASE=ROOT (ROOT: bench-deb's, {setup.deb_root})"
+    )
+    versions["udocker-f1"] = (
+        f"udocker run {UDOCKER_F1} /bin/true (F1, {DEB_IMAGE},"
+        f" UDOCKER_FAKECHROOT_SO={FAKECHROOT_SO})"
+    )
     for kind, (argv, _env) in setup.direct.items():
         version = _common.command_version([argv[argv.index("--root") - 1], "--version"])
         versions[kind] = f"{shlex.join(argv)}  ({version}; config from ucore_runc.spec)"
@@ -410,6 +649,14 @@ def print_header(args: argparse.Namespace, place: Path, setup: Setup) -> None:
             f"workload  TOOL+find: {shlex.join(WORK_COMMAND)} with {args.workload} bound"
             f" read-only at {WORK_TARGET} (after each of {', '.join(WORK_TOOLS)});"
             f" {NATIVE}: ROOT/bin/busybox find {args.workload} on the host"
+        )
+    if args.heavy:
+        volume = args.workload or HEAVY_FIND_DEFAULT
+        print(
+            f"heavy     TOOL+dd: dd {' '.join(DD_ARGS)}; TOOL+find: /usr/bin/find -H"
+            f" {WORK_TARGET} with {volume} bound read-only (udocker-f1: at {volume}; after"
+            f" each of {', '.join(HEAVY_TOOLS)}); {HEAVY_NATIVE}+dd, {HEAVY_NATIVE}+find: the"
+            f" host's dd and find -H {volume}"
         )
 
 
@@ -434,7 +681,7 @@ def report(stats: list[Stats]) -> bool:
         overheads[tool] = mine - base if mine is not None and base is not None else None
         value = overheads[tool]
         text = f"{value * 1000:7.1f} ms" if value is not None else "    n/a"
-        print(f"  {tool:<12} over {floor:<6} {text}")
+        print(f"  {tool:<12} over {floor:<10} {text}")
     checks: list[Optional[bool]] = []
     ucore, udocker = overheads.get("ucore"), overheads.get("udocker")
     if "ucore" in by_name:
@@ -476,6 +723,7 @@ def report(stats: list[Stats]) -> bool:
             if walk is not None and start is not None:
                 work = walk - start
                 print(f"  {tool:<12} {work * 1000:8.1f} ms  {work / native:6.2f}x native")
+    checks += report_heavy(median)
     plain, off, gpus = median("ucore"), median("ucore-gpuoff"), median("ucore-gpus")
     if plain is not None and (off is not None or gpus is not None):
         print("ucore-gpu's prepare hook, P1 (medians of this run):")
@@ -484,13 +732,53 @@ def report(stats: list[Stats]) -> bool:
         if gpus is not None:
             print(f"  --gpus all   {(gpus - plain) * 1000:6.1f} ms (ucore-gpus - ucore)")
     version = median("ucore-ver")
-    for tool in ENGINE_CONTAINERS:
+    for tool in (*ENGINE_CONTAINERS, *DEB_CONTAINERS):
         run = median(tool)
         if run is not None and version is not None:
             print(
                 f"{tool + ' - version':<24} {(run - version) * 1000:6.1f} ms (run beyond starting)"
             )
     return bool(checks) and all(checks)
+
+
+def report_heavy(median: Callable[[str], Optional[float]]) -> list[Optional[bool]]:
+    """Prints each ``--heavy`` row's median and its ratio to the host's, and its cost (the
+    row's median minus the same tool's ``/bin/true`` median, so that ucore's or udocker's
+    start, which the host's dd and find do not pay, is left out) over the host's; checks F3's
+    goal on that cost. Returns the check's outcome, or nothing when F3 was not measured."""
+    if median(f"{HEAVY_NATIVE}+dd") is None and median(f"{HEAVY_NATIVE}+find") is None:
+        return []
+    print("heavy workloads: median, its ratio to the host's, and its cost (median minus the")
+    print("tool's /bin/true median) over the host's median:")
+    f3_ratios: list[Optional[float]] = []
+    for workload in ("dd", "find"):
+        native = median(f"{HEAVY_NATIVE}+{workload}")
+        if native is None:
+            f3_ratios.append(None)
+            continue
+        print(f"  {HEAVY_NATIVE + '+' + workload:<18} {native * 1000:8.1f} ms")
+        f3_ratio: Optional[float] = None
+        for tool in HEAVY_TOOLS:
+            whole, start = median(f"{tool}+{workload}"), median(tool)
+            if whole is None:
+                continue
+            text = f"  {tool + '+' + workload:<18} {whole * 1000:8.1f} ms {whole / native:7.2f}x"
+            if start is not None:
+                cost = (whole - start) / native
+                text += f"   cost {(whole - start) * 1000:8.1f} ms {cost:7.2f}x"
+                if tool == "ucore-f3":
+                    f3_ratio = cost
+            print(text)
+        f3_ratios.append(f3_ratio)
+    if median("ucore-f3+dd") is None and median("ucore-f3+find") is None:
+        return []
+    ok: Optional[bool] = None
+    if all(value is not None for value in f3_ratios):
+        ok = all(value is not None and value <= F3_HEAVY_TARGET for value in f3_ratios)
+    shown = " ".join("n/a" if value is None else f"{value:.2f}x" for value in f3_ratios)
+    label = "F3 heavy cost"
+    _common.print_check(label, f"dd, find {shown} target <= {F3_HEAVY_TARGET}x native", ok)
+    return [ok]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -500,7 +788,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [package for binary, package in needed.items() if shutil.which(binary) is None]
     if missing:
         raise SystemExit(f"missing tools: apt-get install {' '.join(missing)}")
-    wants_udocker = {"udocker", "udocker-r1"} & set(args.tools)
+    wants_udocker = {"udocker", "udocker-r1", "udocker-f1"} & set(args.tools)
     udocker = _common.ensure_udocker() if wants_udocker else None
     if args.ucore_venv:
         args.python = str(_common.ensure_ucore_venv())
@@ -534,6 +822,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "runc": args.runc,
             "crun": args.crun,
             "workload": args.workload,
+            "heavy": args.heavy,
+            "deb_image": DEB_IMAGE,
             "uid": os.getuid(),
             "cpus": os.cpu_count(),
         }
