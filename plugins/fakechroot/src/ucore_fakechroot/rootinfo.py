@@ -10,7 +10,6 @@ Both are refused here, by name, before anything runs.
 from __future__ import annotations
 
 import os
-import platform
 import posixpath
 import stat
 from pathlib import Path
@@ -51,7 +50,7 @@ class RootInfo(NamedTuple):
 
 
 def multiarch() -> str:
-    return _MULTIARCH.get(platform.machine(), f"{platform.machine()}-linux-gnu")
+    return _MULTIARCH.get(os.uname().machine, f"{os.uname().machine}-linux-gnu")
 
 
 def inspect(root: Path) -> RootInfo:
@@ -74,7 +73,7 @@ def _loader(root: Path) -> str:
     """The GNU loader under its standard name for this machine, else the one ``/bin/sh``
     names (an F3 container's programs name the private copy, not the image's: the standard
     name comes first so that it is still found)."""
-    standard = _LOADERS.get(platform.machine())
+    standard = _LOADERS.get(os.uname().machine)
     found = _canonical(root, standard) if standard else None
     if found is not None and _is_file(root, found):
         return found
