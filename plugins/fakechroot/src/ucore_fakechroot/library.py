@@ -65,17 +65,23 @@ def host_paths() -> list[str]:
     ]
 
 
-def candidates(configured: Optional[str]) -> tuple[list[Library], list[str]]:
-    """(usable libraries in order of preference, one line for each unusable one)."""
+def candidates(
+    configured: Optional[str], memo: Optional[Path] = None
+) -> tuple[list[Library], list[str]]:
+    """(usable libraries in order of preference, one line for each unusable one). What was
+    read of each library is remembered in ``memo`` (a JSON file) by the file's identity:
+    every run with an F mode asks, and reading the libraries costs milliseconds."""
     found: list[Library] = []
     problems: list[str] = []
+    facts = _Facts(memo)
     for path in host_paths():
         if os.path.isfile(path):
-            floor = _floor(path)
+            floor, version = facts.of(path)
             if floor is None:
                 problems.append(f"{path}: not a libfakechroot this machine can read")
             else:
-                found.append(Library(path, _host_origin(path), floor, host_glibc()))
+                origin = "the host's fakechroot package" + (f" {version}" if version else "")
+                found.append(Library(path, origin, floor, host_glibc()))
             break
     for entry in (configured or "").split(":"):
         if not entry.strip():
@@ -83,13 +89,14 @@ def candidates(configured: Optional[str]) -> tuple[list[Library], list[str]]:
         path, _, top = entry.strip().partition("@")
         path = os.path.abspath(os.path.expanduser(path))
         ceiling = _parse(top) if top else None
-        floor = _floor(path) if os.path.isfile(path) else None
+        floor = facts.of(path)[0] if os.path.isfile(path) else None
         if floor is None:
             problems.append(f"the configured libfakechroot {path} is not a readable library")
         elif top and ceiling is None:
             problems.append(f"the configured libfakechroot {entry}: expected PATH@2.N")
         else:
             found.append(Library(path, "configured", floor, ceiling))
+    facts.save()
     return found, problems
 
 
@@ -123,9 +130,50 @@ def _parse(text: str) -> Optional[tuple[int, int]]:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def _host_origin(path: str) -> str:
-    version = _version(path)
-    return "the host's fakechroot package" + (f" {version}" if version else "")
+class _Facts:
+    """Floor and version of library files, remembered by (path, inode, size, mtime)."""
+
+    def __init__(self, memo: Optional[Path]) -> None:
+        import json
+
+        self.memo = memo
+        self.known: dict[str, list[object]] = {}
+        self.changed = False
+        if memo is not None:
+            try:
+                self.known = dict(json.loads(memo.read_text()))
+            except (OSError, ValueError, TypeError):
+                self.known = {}
+
+    def of(self, path: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None, None
+        key = f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        entry = self.known.get(key)
+        if isinstance(entry, list) and len(entry) == 2:
+            low, version = entry
+            floor = (int(low[0]), int(low[1])) if isinstance(low, list) and len(low) == 2 else None
+            return floor, (str(version) if version else None)
+        floor, version = _floor(path), _version(path)
+        self.known = {k: v for k, v in self.known.items() if not k.startswith(path + ":")}
+        self.known[key] = [list(floor) if floor else None, version]
+        self.changed = True
+        return floor, version
+
+    def save(self) -> None:
+        if self.memo is None or not self.changed:
+            return
+        import json
+
+        try:
+            self.memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.memo.with_name(f".{self.memo.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(self.known))
+            os.replace(tmp, self.memo)
+        except OSError:
+            pass  # a store shared read-only: read again next time
 
 
 def _version(path: str) -> Optional[str]:

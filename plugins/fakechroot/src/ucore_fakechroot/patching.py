@@ -20,15 +20,14 @@ import json
 import os
 import posixpath
 import stat
-import subprocess
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
 from ucore_fakechroot import elfinfo
 
 _RECORD = "patched.json"
+_WHERE = "patched-for.json"
 _ORIG = "orig"
 #: Parallel patchelf processes: the work is process start-up and small writes.
 _WORKERS = 4
@@ -53,10 +52,16 @@ class Record:
 
     def save(self) -> None:
         self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.state / f".{_RECORD}.{os.getpid()}"
         data = {"root": self.root, "loader": self.loader, "stamp": self.stamp, "files": self.files}
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state / _RECORD)
+        _write_json(self.state / _RECORD, data)
+        # what every run checks, small enough to read at each start
+        _write_json(self.state / _WHERE, {"root": self.root, "loader": self.loader})
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def patch(
@@ -80,6 +85,7 @@ def patch(
     ]
     (state / _ORIG).mkdir(mode=0o700, parents=True, exist_ok=True)
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     started = time.time()
 
@@ -103,6 +109,8 @@ def patch(
 def repoint(state: Path, root: Path, loader: str, patchelf: str) -> int:
     """After a move or a clone: every patched executable names ``loader`` again."""
     record = Record(state)
+    from concurrent.futures import ThreadPoolExecutor
+
     names = [inside for inside, (_, interp) in record.files.items() if interp]
 
     def one(inside: str) -> bool:
@@ -125,18 +133,19 @@ def restore(state: Path, root: Path) -> int:
         with contextlib.suppress(OSError):
             os.replace(state / _ORIG / backup, str(root) + inside)
             done += 1
-    with contextlib.suppress(OSError):
-        os.unlink(state / _RECORD)
+    for name in (_RECORD, _WHERE):
+        with contextlib.suppress(OSError):
+            os.unlink(state / name)
     return done
 
 
 def needs_repoint(state: Path, root: Path, loader: str) -> bool:
-    record = Record(state)
-    return bool(record.files) and (record.root != str(root) or record.loader != loader)
-
-
-def patched_count(state: Path) -> int:
-    return len(Record(state).files)
+    """Whether the patched interpreters name another root or loader than this run's."""
+    try:
+        where = json.loads((state / _WHERE).read_text())
+    except (OSError, ValueError):
+        return bool(Record(state).files)
+    return bool(where.get("root") != str(root) or where.get("loader") != loader)
 
 
 def last_stamp(state: Path) -> float:
@@ -200,9 +209,11 @@ def _patch_one(state: Path, path: str, args: list[str], patchelf: str) -> Option
 
 
 def _run(patchelf: str, args: list[str]) -> Optional[str]:
+    import subprocess
+
     try:
         done = subprocess.run(
-            [patchelf, *args], capture_output=True, text=True, timeout=120, check=False
+            [patchelf, *args], capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)

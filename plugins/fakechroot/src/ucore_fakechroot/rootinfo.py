@@ -53,20 +53,50 @@ def multiarch() -> str:
     return _MULTIARCH.get(os.uname().machine, f"{os.uname().machine}-linux-gnu")
 
 
-def inspect(root: Path) -> RootInfo:
-    """Raise :class:`Refusal` for an image no F mode can run."""
+def inspect(root: Path, state: Optional[Path] = None) -> RootInfo:
+    """Raise :class:`Refusal` for an image no F mode can run. With ``state``, the C library's
+    release is remembered there (reading a 2 MiB ``libc.so.6`` at every run costs
+    milliseconds), keyed by the file's identity, so an upgraded libc is read again."""
     loader = _loader(root)
     dirs = lib_dirs(root)
     for d in dirs:
         libc = str(root) + d + "/libc.so.6"
         if os.path.exists(libc):
-            release = elfinfo.glibc_release(os.path.realpath(libc))
+            release = _release(os.path.realpath(libc), state)
             if release is not None:
                 return RootInfo(loader, release, tuple(dirs))
     raise Refusal(
         "the image has a dynamic loader but no GNU C library (libc.so.6) in its library"
         " directories: Fakechroot serves glibc images only; use proot (P1) or runc (R1)"
     )
+
+
+def _release(libc: str, state: Optional[Path]) -> Optional[tuple[int, int]]:
+    import json
+
+    try:
+        st = os.stat(libc)
+    except OSError:
+        return None
+    key = [libc, st.st_ino, st.st_size, st.st_mtime_ns]
+    cache = state / "libc.json" if state is not None else None
+    if cache is not None:
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return (int(data["glibc"][0]), int(data["glibc"][1]))
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass
+    release = elfinfo.glibc_release(libc)
+    if release is not None and cache is not None:
+        try:
+            cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = cache.with_name(f".libc.json.{os.getpid()}")
+            tmp.write_text(json.dumps({"key": key, "glibc": list(release)}))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a store shared read-only: read it each time
+    return release
 
 
 def _loader(root: Path) -> str:
