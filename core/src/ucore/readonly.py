@@ -55,10 +55,10 @@ def views(mounts: Sequence[Mount], scratch: Path) -> Iterator[Views]:
     if not any(m.readonly for m in mounts):
         yield Views(tuple(mounts))
         return
-    import tempfile
-
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="ro-", dir=scratch))
+    # not tempfile.mkdtemp, nor shutil.rmtree below: importing them costs a run 7 ms
+    base = scratch / f"ro-{os.getpid()}-{os.urandom(6).hex()}"
+    base.mkdir(mode=0o700)
     try:
         out: list[Mount] = []
         pairs = []
@@ -75,9 +75,19 @@ def views(mounts: Sequence[Mount], scratch: Path) -> Iterator[Views]:
             out.append(m._replace(source=str(view)))
         yield Views(tuple(out), tuple(pairs))
     finally:
-        import shutil
+        _remove_views(base)
 
-        shutil.rmtree(base, ignore_errors=True)
+
+def _remove_views(base: Path) -> None:
+    """The views are empty directories and empty files, unmounted with the child's namespace."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(base):
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    os.rmdir(entry.path)
+                else:
+                    os.unlink(entry.path)
+        os.rmdir(base)
 
 
 def _libc() -> ctypes.CDLL:
