@@ -16,6 +16,7 @@ loader where it now is before it starts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -131,7 +132,7 @@ def restore(state: Path, root: Path) -> int:
     done = 0
     for inside, (backup, _) in record.files.items():
         with contextlib.suppress(OSError):
-            os.replace(state / _ORIG / backup, str(root) + inside)
+            _put_back(state / _ORIG / backup, str(root) + inside)
             done += 1
     for name in (_RECORD, _WHERE):
         with contextlib.suppress(OSError):
@@ -199,13 +200,43 @@ def _patch_one(state: Path, path: str, args: list[str], patchelf: str) -> Option
             os.lchown(tmp, st.st_uid, st.st_gid)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         backup = f"{st.st_ino}-{os.urandom(4).hex()}"
-        os.link(path, state / _ORIG / backup)
+        _keep(path, state / _ORIG / backup)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return None
     return backup
+
+
+def _keep(path: str, backup: Path) -> None:
+    """The image's file under ``backup``: its own inode where it can (a hard link), a copy
+    where the root is on another filesystem than the container directory (``--location``)."""
+    try:
+        os.link(path, backup)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        import shutil
+
+        shutil.copy2(path, backup)
+
+
+def _put_back(backup: Path, path: str) -> None:
+    try:
+        os.replace(backup, path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        import shutil
+
+        tmp = f"{path}.ucore-restore"
+        shutil.copy2(backup, tmp)
+        if os.getuid() == 0:
+            st = os.stat(backup)
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+        os.unlink(backup)
 
 
 def _run(patchelf: str, args: list[str]) -> Optional[str]:

@@ -163,9 +163,17 @@ def _place(state: Path, root: Path, want: Want) -> None:
         aside = state / "aside"
         aside.mkdir(mode=0o700, exist_ok=True)
         name = str(aside / f"{len(record['aside'])}-{os.urandom(4).hex()}")
+        try:
+            os.rename(host, name)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # a root outside the store (run --location) on another filesystem: aside in
+            # its own directory, under a name the record keeps
+            name = f"{host}.ucore-aside-{os.urandom(4).hex()}"
+            os.rename(host, name)
         record["aside"].append([want.target, name])
         _save(state, record)
-        os.rename(host, name)
     record["links"].append([want.target, want.source])
     _save(state, record)
     os.symlink(want.source, host)
