@@ -11,7 +11,7 @@ packages=(
   debootstrap       # the Debian (glibc) test image's root, built below
   apache2-utils     # htpasswd, for the Basic-auth registry
   zstd curl git ca-certificates
-  proot runc crun fakechroot patchelf
+  proot runc crun fakechroot fakeroot patchelf  # the engines (fakeroot: F modes' root emulation)
   uidmap            # newuidmap/newgidmap: runc as a user other than the container's root
   gcc libc6-dev binutils  # the synthetic GPU host's libraries and programs (built by the tests; readelf checks them)
   python3 python3-venv util-linux

@@ -102,15 +102,34 @@ def test_ldconfig_inside_does_nothing(ucore_cli: Ucore, debian_image: str) -> No
 
 
 @pytest.mark.parametrize("mode", F_MODES)
-def test_another_user_is_refused_in_one_line(
+def test_users_are_emulated_and_refused_without_fakeroot(
     ucore_cli: Ucore, debian_image: str, mode: str
 ) -> None:
+    """libfakeroot shows root (the default) or the -u user; without it (UCORE_FAKEROOT_SO=none)
+    the F modes run as the invoking user and refuse another, in one line."""
     ucore_cli.ok("create", "--name", "c", debian_image)
     ucore_cli.ok("setup", "--engine", mode, "c")
-    line = assert_error_line(ucore_cli.fails(2, "run", "-u", "1234", "c", "true"))
+    assert ucore_cli.ok("run", "c", "id", "-u").stdout == "0\n"
+    assert (
+        ucore_cli.ok("run", "-u", "1234:5", "c", "sh", "-c", "id -u; id -g").stdout == "1234\n5\n"
+    )
+    off = {"UCORE_FAKEROOT_SO": "none"}
+    line = assert_error_line(ucore_cli.fails(2, "run", "-u", "1234", "c", "true", env=off))
     assert "invoking user" in line
-    me = ucore_cli.ok("run", "-u", str(os.getuid()), "c", "id", "-u").stdout
+    me = ucore_cli.ok("run", "c", "id", "-u", env=off).stdout
     assert me == f"{os.getuid()}\n"
+
+
+def test_fake_owners_last_from_run_to_run(ucore_cli: Ucore, debian_image: str) -> None:
+    """What "root" chowns inside is kept in the container's faked table, as fakeroot -s/-i
+    keep it; for an unprivileged user the host file stays the user's."""
+    ucore_cli.ok("create", "--name", "c", debian_image)
+    ucore_cli.ok("setup", "--engine", "F2", "c")
+    ucore_cli.ok("run", "c", "sh", "-c", "touch /tmp/owned && chown 1234:5 /tmp/owned")
+    assert ucore_cli.ok("run", "c", "stat", "-c", "%u:%g", "/tmp/owned").stdout == "1234:5\n"
+    host = (root_of(ucore_cli, "c") / "tmp/owned").stat()
+    if os.getuid() != 0:
+        assert (host.st_uid, host.st_gid) == (os.getuid(), os.getgid())
 
 
 def test_without_user_namespaces_the_choice_lands_on_an_f_mode(

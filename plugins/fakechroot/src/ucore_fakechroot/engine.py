@@ -22,10 +22,10 @@ What every mode shares: the libfakechroot that fits the image's glibc
 ``/proc``, ``/sys`` (with InfiniBand's ``/dev/infiniband`` and ``/sys/class/infiniband``)
 the host's.
 
-Limits that come with Fakechroot (README "Fakechroot engines"): processes run as the invoking
-user (there is no uid to fake: ``-u`` other than one's own is refused, and root is not
-emulated); statically linked programs bypass the library and see the host's files; a
-program's ``LD_LIBRARY_PATH`` shows host paths.
+Root and ``-u`` are emulated by libfakeroot where one fits the image
+(:mod:`~ucore_fakechroot.fakeroot`).
+Limits that come with Fakechroot (README "Fakechroot engines"): statically linked programs
+bypass the library and see the host's files; a program's ``LD_LIBRARY_PATH`` shows host paths.
 """
 
 from __future__ import annotations
@@ -46,10 +46,19 @@ if TYPE_CHECKING:
     from ucore.model import Container, Mount, RunSpec
     from ucore.session import Session
     from ucore_fakechroot import library, rootinfo
+    from ucore_fakechroot.fakeroot import Fakeroot
     from ucore_fakechroot.placement import Placed, Want
 
 #: Container path -> host path (None: nothing there).
 Host = Callable[[str], Optional[str]]
+
+
+class Identity(NamedTuple):
+    """Who a run's processes appear to be, through libfakeroot."""
+
+    fakeroot: Fakeroot
+    uid: int
+    gid: int
 
 
 class Ready(NamedTuple):
@@ -80,6 +89,7 @@ class FakechrootEngine:
         self._libraries: Optional[list[library.Library]] = None
         self._problems: list[str] = []
         self._served: dict[str, tuple[library.Library, rootinfo.RootInfo]] = {}
+        self._fakeroot: Optional[tuple[Optional[Fakeroot], str]] = None
 
     # --- what ucore info and the engine choice ask ------------------------------------------
 
@@ -109,8 +119,25 @@ class FakechrootEngine:
         out = {"libfakechroot": "; ".join(lib.describe() for lib in libs) or "none"}
         if self._problems:
             out["libfakechroot problems"] = "; ".join(self._problems)
-        out["user"] = "the invoking user only: no root emulation, -u only for one's own uid"
+        found, why = self.fakeroot()
+        out["user"] = (
+            f"root and -u emulated by {found.library} ({found.faked}) where it fits the"
+            " image's glibc; real permissions stay yours"
+            if found
+            else f"the invoking user only, -u only for one's own uid (no fakeroot: {why})"
+        )
         return out
+
+    def fakeroot(self) -> tuple[Optional[Fakeroot], str]:
+        """libfakeroot and faked for root and -u emulation, or None and why not."""
+        if self._fakeroot is None:
+            from ucore_fakechroot import fakeroot, rootinfo
+
+            configured = os.environ.get("UCORE_FAKEROOT_SO") or self.session.config.section(
+                "fakechroot"
+            ).get("fakeroot")
+            self._fakeroot = fakeroot.locate(configured, rootinfo.multiarch())
+        return self._fakeroot
 
     def release(self, container: Container, successor: Optional[str]) -> None:
         """Leaving the F modes: every patched file and every relinked link back as the image
@@ -159,7 +186,9 @@ class FakechrootEngine:
             lib, info = self.serve(container)
         except rootinfo.Refusal as exc:
             raise PluginError(f"engine {self.name} cannot run this container: {exc}") from None
-        _check_user(spec)
+        identity = self.identity(spec, info)
+        if identity is None:
+            _check_user(spec)
         root = Path(os.path.realpath(container.root))
         state = Path(container.dir) / STATE
         try:
@@ -179,10 +208,28 @@ class FakechrootEngine:
                     argv = launch.argv(spec.argv, dict(spec.env), spec.cwd, host, (loader, argv0))
                 except OSError as exc:
                     raise PluginError(f"cannot start {spec.argv[0]}: {exc}") from None
-                with _cwd(host(spec.cwd)), _leftovers_ended():
+                with _emulated(identity, state, env), _cwd(host(spec.cwd)), _leftovers_ended():
                     result = spawn.run(argv, env, steps=[views.enter], cpus=cpus)
         self.after_run(container, root, state, info)
         return result.status
+
+    def identity(self, spec: RunSpec, info: rootinfo.RootInfo) -> Optional[Identity]:
+        """The fakeroot and ids a run shows, or None where it runs as the invoking user as
+        it is (asked for, already root, or no libfakeroot fitting the image's glibc)."""
+        uid = 0 if spec.uid is None else spec.uid
+        gid = spec.gid if spec.gid is not None else (0 if spec.uid is None else uid)
+        if (uid, gid) == (os.getuid(), os.getgid()) or (spec.gid is None and uid == os.getuid()):
+            return None
+        found, _ = self.fakeroot()
+        if found is None:
+            return None
+        from ucore_fakechroot import library
+
+        floor = library.floor_of(found.library, self.session.store.root / "cache" / "fakeroot.json")
+        top = library.host_glibc() if found.library.startswith("/usr/") else None
+        if floor is None or info.glibc < floor or (top is not None and info.glibc > top):
+            return None
+        return Identity(found, uid, gid)
 
     def prepare(
         self, container: Container, root: Path, state: Path, info: rootinfo.RootInfo
@@ -440,6 +487,31 @@ def _placed(state: Path, root: Path, wants: list[Want], same: list[str]) -> Iter
         if entered:
             raise
         raise PluginError(f"cannot show the volumes in the container: {exc}") from None
+
+
+@contextlib.contextmanager
+def _emulated(identity: Optional[Identity], state: Path, env: dict[str, str]) -> Iterator[None]:
+    """With an identity to show: a faked daemon for the run (its table of fake owners kept
+    in the container directory), libfakeroot before libfakechroot, and the ids."""
+    if identity is None:
+        yield
+        return
+    from ucore_fakechroot import fakeroot
+
+    table: Optional[Path] = state / "fakeroot.db"
+    if not os.access(state, os.W_OK):
+        table = None  # a store shared read-only: owners faked for this run only
+    try:
+        started = fakeroot.daemon(identity.fakeroot.faked, table)
+        key = started.__enter__()
+    except OSError as exc:
+        raise PluginError(f"cannot start {identity.fakeroot.faked}: {exc}") from None
+    try:
+        env.update(fakeroot.environment(key, identity.uid, identity.gid))
+        env["LD_PRELOAD"] = identity.fakeroot.library + ":" + env["LD_PRELOAD"]
+        yield
+    finally:
+        started.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

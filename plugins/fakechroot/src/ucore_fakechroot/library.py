@@ -100,6 +100,14 @@ def candidates(
     return found, problems
 
 
+def floor_of(path: str, memo: Optional[Path] = None) -> Optional[tuple[int, int]]:
+    """The newest glibc version a preloaded library (libfakeroot too) needs."""
+    facts = _Facts(memo)
+    floor = facts.of(path)[0]
+    facts.save()
+    return floor
+
+
 def choose(libraries: list[Library], glibc: tuple[int, int]) -> Library:
     """The first library serving ``glibc``, else a :class:`~rootinfo.Refusal` naming what
     would work."""
