@@ -69,8 +69,11 @@ def daemon(faked: str, table: Optional[Path]) -> Iterator[str]:
     """A ``faked`` for one run, loading and saving ``table`` when given; yields its key."""
     argv = [faked]
     stdin = None
-    if table is not None:
-        argv += ["--save-file", str(table)]
+    # each run's daemon saves to a file of its own, renamed over the table once it is
+    # complete: runs of one container at once (a job array) never interleave their writes
+    saved = table.with_name(f".{table.name}.{os.getpid()}") if table is not None else None
+    if table is not None and saved is not None:
+        argv += ["--save-file", str(saved)]
         with contextlib.suppress(OSError):
             stdin = os.open(table, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             argv.append("--load")
@@ -93,7 +96,13 @@ def daemon(faked: str, table: Optional[Path]) -> Iterator[str]:
     try:
         yield key
     finally:
-        _stop(pid)
+        stopped = _stop(pid)
+        if table is not None and saved is not None:
+            with contextlib.suppress(OSError):
+                if stopped:
+                    os.replace(saved, table)
+                else:  # still writing: the table as it was is better than half of one
+                    os.unlink(saved)
 
 
 def _daemon_env() -> dict[str, str]:
@@ -113,13 +122,15 @@ def _read_line(fd: int) -> str:
     return data.decode("ascii", "replace")
 
 
-def _stop(pid: int) -> None:
-    """SIGTERM, on which faked saves its table, then wait for it to be gone."""
+def _stop(pid: int) -> bool:
+    """SIGTERM, on which faked saves its table, then wait for it to be gone (False: it was
+    still there when the wait ended)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_WAIT
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.002)
+    return not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
