@@ -89,6 +89,20 @@ def test_f3_to_f1_restores_every_file_and_leaving_restores_every_link(
     assert _links(root) == links == _image_files()["links"]
 
 
+def test_f4_runs_and_patches_what_a_run_made(ucore_cli: Ucore, debian_image: str) -> None:
+    """A program that appears at run time (here a copy, as a compiler's output or a pip
+    install would be) runs at once through the loader, and is patched after the run."""
+    ucore_cli.ok("create", "--name", "c", debian_image)
+    ucore_cli.ok("setup", "--engine", "F4", "c")
+    root = root_of(ucore_cli, "c")
+    script = "cp /usr/bin/echo /usr/local/bin/made && /usr/local/bin/made ran"
+    assert ucore_cli.ok("run", "c", "sh", "-c", script).stdout == "ran\n"
+    loader = _interpreter(root / "usr/bin/ls")
+    assert loader.startswith(str(ucore_cli.store))  # the private loader
+    assert _interpreter(root / "usr/local/bin/made") == loader
+    assert ucore_cli.ok("run", "c", "/usr/local/bin/made", "again").stdout == "again\n"
+
+
 def test_ldconfig_inside_does_nothing(ucore_cli: Ucore, debian_image: str) -> None:
     ucore_cli.ok("create", "--name", "c", debian_image)
     ucore_cli.ok("setup", "--engine", "F2", "c")
