@@ -145,13 +145,16 @@ def test_absolute_links_become_relative_and_come_back(tmp_path: Path) -> None:
     os.symlink("/etc/alternatives/awk", root / "usr/bin/awk")
     os.symlink("/", root / "usr/top")
     os.symlink("mawk", root / "usr/bin/rel")
-    assert relink.relink(state, root) == 3
+    os.symlink("../../../../../usr/bin/mawk", root / "etc/climbing")
+    assert relink.relink(state, root) == 4
+    assert os.readlink(root / "etc/climbing") == "../usr/bin/mawk"  # stops at the root
     assert os.readlink(root / "etc/alternatives/awk") == "../../usr/bin/mawk"
     assert (root / "usr/bin/awk").read_text() == "awk\n"  # resolves inside the root
     assert os.path.samefile(root / "usr/top", root)
     assert relink.relink(state, root) == 0
-    assert relink.restore(state, root) == 3
+    assert relink.restore(state, root) == 4
     assert os.readlink(root / "usr/bin/awk") == "/etc/alternatives/awk"
+    assert os.readlink(root / "etc/climbing") == "../../../../../usr/bin/mawk"
     assert os.readlink(root / "usr/bin/rel") == "mawk"
 
 

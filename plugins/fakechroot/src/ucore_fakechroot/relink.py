@@ -1,5 +1,8 @@
 """Absolute symbolic links in the image, made relative so they resolve inside the root.
 
+(And relative ones that climb above the root, which a chroot would stop at its root, made to
+stop there too.)
+
 libfakechroot rewrites the paths a program passes to the C library, but the kernel follows
 the links it meets on the way, and an absolute target (Debian's ``/lib64/ld-linux-x86-64.so.2
 -> /lib/x86_64-linux-gnu/…``, ``/etc/alternatives/awk -> /usr/bin/mawk``) sends it to the
@@ -37,20 +40,37 @@ def relink(state: Path, root: Path) -> int:
             try:
                 if not stat.S_ISLNK(os.lstat(path).st_mode):
                     continue
-                target = os.readlink(path)
+                target = original = os.readlink(path)
             except OSError:
                 continue
             if not target.startswith("/"):
-                continue
-            if inroot.under(target, top):  # made in an F mode: libfakechroot wrote the host path
-                target = target[len(top) :] or "/"
+                if not _climbs_out(inside, target):
+                    continue
+                # "../../../etc/shadow" from /etc: in a chroot ".." stops at the root, here
+                # the kernel would climb out of it into the host's tree
+                target = posixpath.normpath(posixpath.join(inside, target))
+            elif inroot.under(target, top):  # made in an F mode: libfakechroot wrote the host path
+                target = original = target[len(top) :] or "/"
             relative = posixpath.relpath(posixpath.normpath(target), inside)
-            record[posixpath.join(inside, name)] = [target, relative]
+            record[posixpath.join(inside, name)] = [original, relative]
             _replace_link(path, relative)
             changed += 1
     if changed:
         _save(state, record)
     return changed
+
+
+def _climbs_out(folder: str, target: str) -> bool:
+    """Whether a relative link in ``folder`` climbs above the root (read as written)."""
+    depth = len([p for p in folder.split("/") if p])
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
 
 
 def restore(state: Path, root: Path) -> int:
