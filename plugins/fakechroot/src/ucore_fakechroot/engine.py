@@ -77,6 +77,9 @@ _LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig", "/sbin/ldconfig.real")
 
 
 class FakechrootEngine:
+    """F1: the image's own loader starts every program, libfakechroot preloaded. The other
+    modes are subclasses that change how the container is prepared and started."""
+
     name: ClassVar[str] = "fakechroot"
     aliases: ClassVar[tuple[str, ...]] = ("F1",)
     preference: ClassVar[int] = 32
@@ -99,9 +102,10 @@ class FakechrootEngine:
         libs = self.libraries()
         if not libs:
             return "no libfakechroot: " + ("; ".join(self._problems) or library.HOW_TO_GET)
-        return self._tools()
+        return self._missing_tool()
 
-    def _tools(self) -> Optional[str]:
+    def _missing_tool(self) -> Optional[str]:
+        """What else a mode needs that the host lacks (F3/F4: patchelf)."""
         return None
 
     def refuses(self, container: Container) -> Optional[str]:
@@ -320,7 +324,7 @@ class FakechrootPatchedEngine(FakechrootLoaderEngine):
     preference: ClassVar[int] = 35
     mode: ClassVar[int] = 3
 
-    def _tools(self) -> Optional[str]:
+    def _missing_tool(self) -> Optional[str]:
         return None if self.patchelf() else f"no patchelf: {_PATCHELF_HOW}"
 
     def details(self) -> dict[str, str]:
