@@ -359,14 +359,7 @@ class FakechrootPatchedEngine(FakechrootLoaderEngine):
         if patching.needs_repoint(state, root, loader):
             patching.repoint(state, root, loader, patchelf)
         if not _flag(state, "patched"):
-            patching.patch(
-                state,
-                root,
-                loader=loader,
-                lib_dirs=info.lib_dirs,
-                patchelf=patchelf,
-                image_loader=info.loader,
-            )
+            _patch(state, root, info, (patchelf, loader))
             _set_flag(state, "patched")
 
 
@@ -388,17 +381,27 @@ class FakechrootLiveEngine(FakechrootPatchedEngine):
             return
         with contextlib.suppress(OSError), _prepare_lock(state):
             loader = loadercopy.ensure(state, str(root) + info.loader, rootinfo.multiarch())
-            since = patching.last_stamp(state)
-            patching.patch(
-                state,
-                root,
-                loader=loader,
-                lib_dirs=info.lib_dirs,
-                patchelf=patchelf,
-                image_loader=info.loader,
-                newer_than=since,
-            )
+            _patch(state, root, info, (patchelf, loader), patching.last_stamp(state))
             relink.relink(state, root)
+
+
+def _patch(
+    state: Path, root: Path, info: rootinfo.RootInfo, tools: tuple[str, str], since: float = 0.0
+) -> None:
+    """Patch the root's ELF files (only those changed after ``since``, when given) to name the
+    private loader and the image's library directories; ``tools``: patchelf, that loader."""
+    from ucore_fakechroot import patching
+
+    patchelf, loader = tools
+    patching.patch(
+        state,
+        root,
+        loader=loader,
+        lib_dirs=info.lib_dirs,
+        patchelf=patchelf,
+        image_loader=info.loader,
+        newer_than=since,
+    )
 
 
 _FAMILY = ("fakechroot", "fakechroot-f2", "fakechroot-f3", "fakechroot-f4")
