@@ -281,8 +281,8 @@ def _create_or_reuse(session: Session, image: Image, name: str) -> Container:
         except containers.NameBusyError as exc:
             if waited >= REUSE_WAIT:
                 raise
-            if waited == 0:
-                log.warning(f"{exc}: waiting for it to finish", container=name)
+            if waited == 0:  # normal in a job array: not a warning in every task's log
+                log.info(f"{exc}: waiting for it to finish", container=name)
         except containers.NameInUseError:
             with contextlib.suppress(NotFoundError):
                 return containers.lookup(session.store, name)  # made since we looked
