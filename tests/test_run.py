@@ -374,3 +374,24 @@ def test_run_start_up_imports_only_what_running_needs(
     loaded = set(json.loads(report.read_text()))
     assert "ucore.runspec" in loaded  # the report is of a real run
     assert sorted(loaded.intersection(NOT_ON_THE_RUN_PATH)) == []
+
+
+@pytest.mark.slow
+def test_a_job_array_of_64_tasks_pulls_and_creates_once(
+    ucore_cli: Ucore, proxy: FaultProxy
+) -> None:
+    """The job-array pattern at scale: 64 tasks start ``run --pull=reuse --name`` on one
+    store at once, with nothing pulled yet. All succeed, the image is fetched once (its
+    blobs, whatever the manifest requests), one container is made, and verify passes."""
+    image = f"{proxy.address}/busybox:latest"
+    tasks = [
+        ucore_cli.popen("run", "--pull=reuse", "--name", "array", image, "sh", "-c", f"echo {i}")
+        for i in range(64)
+    ]
+    results = [(task.wait(timeout=600), *task.communicate()) for task in tasks]
+    assert [(code, out) for code, out, _ in results] == [(0, f"{i}\n") for i in range(64)]
+    assert [err for _, _, err in results] == [""] * 64
+    assert [row["names"] for row in ps(ucore_cli)] == [["array"]]
+    layers = proxy.requests("GET", r"/blobs/")
+    assert len(layers) == len({r.path for r in layers}), "a blob was fetched twice"
+    ucore_cli.ok("verify", image)
