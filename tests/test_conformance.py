@@ -258,6 +258,18 @@ def test_environment_order_image_file_flag(cli: Ucore, container: str, tmp_path:
     assert env["EMPTY"] == ""
 
 
+def test_launcher_variables_pass_without_hostenv(cli: Ucore, container: str) -> None:
+    """What srun and mpirun hand a job step (SLURM_*, PMIX_*, OMPI_*, ...) reaches the
+    container, or its ranks cannot find each other; ``UCORE_PASS_ENV`` replaces the list."""
+    host = {"SLURM_JOB_ID": "42", "PMIX_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "MYJOB_X": "x"}
+    env = env_of(cli, container, environ=host)
+    assert {k: env.get(k) for k in host} == {**host, "MYJOB_X": None}
+    env = env_of(cli, container, environ={**host, "UCORE_PASS_ENV": "MYJOB_*"})
+    assert {k: env.get(k) for k in host} == {**dict.fromkeys(host), "MYJOB_X": "x"}
+    env = env_of(cli, container, environ={**host, "UCORE_PASS_ENV": ""})
+    assert not set(host) & set(env)
+
+
 def test_hostenv_passes_the_host_environment(cli: Ucore, container: str, image_kind: str) -> None:
     env = env_of(cli, container, "--hostenv", environ={"UCORE_PASSED": "yes"})
     assert env["UCORE_PASSED"] == "yes"

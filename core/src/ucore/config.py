@@ -12,9 +12,11 @@ setting                  environment                 meaning
 ``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4, at most 64)
 ``platform``             ``UCORE_PLATFORM``          default os/arch[/variant]
 ``timeout``              ``UCORE_TIMEOUT``           read timeout, seconds (60)
+``stall_timeout``        ``UCORE_STALL_TIMEOUT``     wait for a silent registry, in all (90)
 ``retries``              ``UCORE_RETRIES``           attempts per request (5)
 ``max_retry_after``      ``UCORE_MAX_RETRY_AFTER``   cap on a 429's Retry-After (60)
 ``disable_plugins``      ``UCORE_DISABLE_PLUGINS``   comma-separated plugin names
+``pass_env``             ``UCORE_PASS_ENV``          host variables every run passes
 =======================  ==========================  ==================================
 """
 
@@ -43,9 +45,11 @@ _ENV = {
     "jobs": "UCORE_JOBS",
     "platform": "UCORE_PLATFORM",
     "timeout": "UCORE_TIMEOUT",
+    "stall_timeout": "UCORE_STALL_TIMEOUT",
     "retries": "UCORE_RETRIES",
     "max_retry_after": "UCORE_MAX_RETRY_AFTER",
     "disable_plugins": "UCORE_DISABLE_PLUGINS",
+    "pass_env": "UCORE_PASS_ENV",
 }
 
 
@@ -115,9 +119,11 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "jobs": positive_int("jobs", MAX_JOBS),
     "platform": _platform,
     "timeout": _positive_float("timeout"),
+    "stall_timeout": _positive_float("stall_timeout"),
     "retries": positive_int("retries"),
     "max_retry_after": _positive_float("max_retry_after"),
     "disable_plugins": _csv,
+    "pass_env": lambda text: tuple(text.replace(",", " ").split()),
 }
 
 
@@ -132,9 +138,15 @@ class Config(NamedTuple):
     platform: Optional[Platform] = None
     timeout: float = 60.0
     connect_timeout: float = 10.0
+    #: Seconds one transfer may spend in all, over its retries and resumes, waiting on a
+    #: registry that sends nothing: a silent registry must not hold a batch allocation for
+    #: read timeout times attempts (five minutes by default).
+    stall_timeout: float = 90.0
     retries: int = 5
     max_retry_after: float = 60.0
     disable_plugins: tuple[str, ...] = ()
+    #: Patterns of host variables every run passes (None: :data:`ucore.runspec.PASS_ENV`).
+    pass_env: Optional[tuple[str, ...]] = None
     #: The parsed command line (None outside the CLI: read it with ``getattr(..., default)``).
     options: Optional[argparse.Namespace] = None
     #: The config file's other sections, for plugins (``[proot]`` ``path = ...``).

@@ -6,8 +6,10 @@ Docker's rules, because users arrive with Docker's habits and images are built f
   (``--entrypoint ""`` clears both); arguments after the image replace ``Cmd``; the process is
   ``Entrypoint + Cmd``.
 * **environment**: the host's is not passed (only ``TERM``; all of it with ``--hostenv``), then
-  the image ``Env``, then what plugins add, then ``--env-file`` files in order, then ``-e``
-  (``-e NAME`` takes the host's value). ``PATH`` and ``HOME`` get Docker's defaults.
+  the image ``Env``, then the host's launcher variables (:data:`PASS_ENV`: a batch system's and
+  an MPI launcher's, which a rank needs to find its peers), then what plugins add, then
+  ``--env-file`` files in order, then ``-e`` (``-e NAME`` takes the host's value). ``PATH``
+  and ``HOME`` get Docker's defaults.
 * **user**: ``-u``/``User`` is ``name|uid[:group|gid]`` looked up in the container's own account
   files (or the ``--hostauth`` copies), read without following links out of the root.
 * **mounts**: the "sysdirs" (udocker's default host binds), the account files, ``--bindhome``,
@@ -46,6 +48,29 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: udocker's default host binds, each only where the host has it.
 SYSDIRS = ("/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/host.conf", "/lib/modules")
 _MAX_UID = 2**32 - 2
+#: Host variables every run passes, even without ``--hostenv`` (shell patterns): what Slurm,
+#: the PMI/PMIx wire-up, Open MPI, MPICH, Intel MPI, UCX, libfabric and GPU selection hand a
+#: job step. ``pass_env`` in ucore.conf or ``UCORE_PASS_ENV`` (space-separated) replaces the
+#: list; an empty value passes none.
+PASS_ENV = (
+    "SLURM_*",
+    "SLURMD_*",
+    "PMI_*",
+    "PMIX_*",
+    "PMIX",
+    "OMPI_*",
+    "OPAL_*",
+    "PRTE_*",
+    "MPICH_*",
+    "HYDRA_*",
+    "I_MPI_*",
+    "UCX_*",
+    "FI_*",
+    "NCCL_*",
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+)
 #: Characters of an ``--env-file``: Linux takes at most 2 MiB of arguments and environment.
 MAX_ENV_FILE = 4 << 20
 
@@ -59,6 +84,8 @@ class RunOptions(NamedTuple):
     env: tuple[str, ...] = ()
     env_files: tuple[str, ...] = ()
     hostenv: bool = False
+    #: Patterns of host variables passed anyway (:data:`PASS_ENV` unless configured).
+    pass_env: tuple[str, ...] = PASS_ENV
     workdir: Optional[str] = None
     user: Optional[str] = None
     volumes: tuple[str, ...] = ()
@@ -226,6 +253,8 @@ def _environment(
         name, _, value = item.partition("=")
         if name:
             env[name] = value
+    if opts.pass_env and not opts.hostenv:
+        env.update(passed(environ, opts.pass_env))
     chosen: set[str] = set()
     for path in opts.env_files:
         for name, value in parse_env_file(path, environ):
@@ -237,6 +266,13 @@ def _environment(
             env[pair[0]] = pair[1]
             chosen.add(pair[0])
     return env, chosen
+
+
+def passed(environ: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """The host variables matching ``patterns`` (``SLURM_*``: a prefix; else the name)."""
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    names = {p for p in patterns if not p.endswith("*")}
+    return {k: v for k, v in environ.items() if k in names or (prefixes and k.startswith(prefixes))}
 
 
 def parse_env(text: str, environ: Mapping[str, str], where: str) -> Optional[tuple[str, str]]:

@@ -206,6 +206,7 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         env=tuple(args.env),
         env_files=tuple(args.env_file),
         hostenv=args.hostenv,
+        pass_env=_pass_env(session),
         workdir=args.workdir,
         user=args.user,
         volumes=tuple(args.volume),
@@ -230,6 +231,17 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
             shutil.rmtree(container.dir, ignore_errors=True)
         elif args.rm:
             _remove(session, container)
+
+
+def _pass_env(session: Session) -> tuple[str, ...]:
+    """The ``pass_env`` setting, else :data:`runspec.PASS_ENV`; ``UCORE_PASS_ENV=`` (empty)
+    passes none."""
+    from ucore import runspec
+
+    if os.environ.get("UCORE_PASS_ENV") == "":
+        return ()
+    configured = session.config.pass_env
+    return runspec.PASS_ENV if configured is None else configured
 
 
 def _location(text: str) -> Container:
