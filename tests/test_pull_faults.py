@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -574,3 +575,57 @@ def test_sigterm_mid_download_exits_143_and_the_next_pull_resumes(
     resumed = [r for r in blob_gets(proxy, layer) if "range" in r.headers]
     assert resumed and resumed[0].status == 206, [r.headers for r in blob_gets(proxy, layer)]
     ucore_cli.ok("verify", ref)
+
+
+# --- a registry that stops answering -------------------------------------------------------
+
+#: A one-second read timeout and a three-second stall budget, with attempts to spare: without
+#: the budget, 50 silent attempts would take 50 seconds and the bound below would fail.
+STALL_ENV = {"UCORE_TIMEOUT": "1", "UCORE_STALL_TIMEOUT": "3", "UCORE_RETRIES": "50"}
+#: Far above the three seconds the budget allows, far below the 50 the retries would take.
+GIVE_UP_BOUND = 30
+
+
+def test_registry_that_stalls_mid_blob_gives_up_and_the_next_pull_resumes(
+    ucore_cli: Ucore, proxy: FaultProxy, test_images: TestImages
+) -> None:
+    """Half the layer, then silence; every resume gets its headers and then nothing. The pull
+    gives up on its own, in one line with status 4, keeping the half it has; the next pull,
+    the registry answering again, continues it with ``Range`` instead of starting over."""
+    ref = f"{proxy.address}/busybox:latest"
+    layer = test_images.busybox.layers[0].blob
+    proxy.stall(after=layer.size // 2, times=1, match=only(layer))
+    proxy.stall(after=0, times=None, match=only(layer))
+    start = time.monotonic()
+    result = ucore_cli.fails(4, "pull", ref, env=STALL_ENV, timeout=GIVE_UP_BOUND * 2)
+    assert time.monotonic() - start < GIVE_UP_BOUND
+    line = assert_error_line(result)
+    assert f"{proxy.address} stopped answering" in line and "stall_timeout" in line, line
+    assert len(blob_gets(proxy, layer)) >= 2, "the stalled download was never resumed"
+    assert layer.digest not in ucore_cli.blobs()
+    assert not ucore_cli.refs()
+    ucore_cli.check_store()
+
+    proxy.reset_state()
+    ucore_cli.ok("pull", ref)
+    gets = blob_gets(proxy, layer)
+    assert gets and all("range" in r.headers for r in gets), [r.headers for r in gets]
+    match = re.match(r"bytes=(\d+)-", gets[0].headers["range"])
+    assert match is not None and 0 < int(match.group(1)) <= layer.size // 2, gets[0].headers
+    assert gets[0].status == 206
+    ucore_cli.check_store()
+    ucore_cli.ok("verify", ref)
+
+
+def test_registry_that_accepts_and_never_answers_gives_up(ucore_cli: Ucore) -> None:
+    """A registry whose kernel accepts connections while the server sends nothing at all,
+    not even a status line: the manifest request gives up within the stall budget too."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        result = ucore_cli.fails(
+            4, "pull", f"{address}/busybox:latest", env=STALL_ENV, timeout=GIVE_UP_BOUND * 2
+        )
+        assert time.monotonic() - start < GIVE_UP_BOUND
+    assert f"{address} stopped answering" in result.stderr, result.stderr
+    assert not ucore_cli.refs()

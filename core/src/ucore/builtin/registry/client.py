@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import urlsplit
 
 from ucore import manifest as mf
 from ucore.builtin.registry.credentials import Credentials
@@ -104,6 +105,7 @@ class DistributionClient:
             max_retry_after=self.config.max_retry_after,
             pool=self.config.jobs,
             emit=self.session.emit,
+            stall_timeout=self.config.stall_timeout,
         )
 
     # --- manifests --------------------------------------------------------------------------
@@ -148,7 +150,14 @@ class DistributionClient:
     def fetch_blob(
         self, t: Transport, ref: ImageRef, desc: Descriptor, store: Store, stop: threading.Event
     ) -> None:
-        """Download one blob into the store unless it is there already."""
+        """Download one blob into the store unless it is there already.
+
+        Raises :class:`Cancelled` when another download of the pull has failed before this
+        one started: a queued download would otherwise wait out its own stall budget on a
+        registry that has stopped answering, and the pull would give up only after them all.
+        """
+        if stop.is_set():
+            raise Cancelled()
         emit = self.session.emit
         if store.has_blob(desc.digest, desc.size):
             emit(BlobFinished(digest=str(desc.digest), total=desc.size, cached=True))
@@ -201,10 +210,13 @@ class DistributionClient:
                 raise RegistryError(f"foreign layer {desc.digest.short} has no https URL")
         failures = 0
         listening = self.session.listening
+        # One budget for the blob's every attempt and resume: a registry that sends the
+        # headers and then nothing must not cost a read timeout per attempt.
+        budget = t.budget()
         while writer.written < desc.size or desc.size == 0:
             offset = writer.written
             headers = {"Range": f"bytes={offset}-"} if offset else {}
-            resp = t.request("GET", path, scope, headers=headers, stream=True)
+            resp = t.request("GET", path, scope, headers=headers, stream=True, budget=budget)
             with resp:
                 if resp.status_code == 404:
                     raise NotFoundError(f"blob {desc.digest} of {ref.familiar} not found")
@@ -228,6 +240,7 @@ class DistributionClient:
                 last = time.monotonic()
                 try:
                     for chunk in t.body(resp):
+                        budget.heard()
                         if stop.is_set():
                             raise Cancelled()
                         writer.write(chunk)
@@ -239,6 +252,10 @@ class DistributionClient:
                                 )
                             )
                 except BROKEN as exc:
+                    budget.failed()
+                    if budget.left() <= 0:  # the partial file stays for the next pull
+                        peer = urlsplit(resp.url).netloc or t.host
+                        raise budget.exhausted(peer, f"blob {desc.digest.short}") from None
                     failures += 1
                     if failures >= t.retries:
                         raise RegistryError(

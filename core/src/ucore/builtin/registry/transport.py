@@ -4,7 +4,8 @@ Rules kept here (from ``safety-rules.md``): every request has connect and read t
 every body a minimum speed (small documents a deadline), since a server that drips a byte before
 each read timeout never trips one; 429
 honours ``Retry-After`` up to a cap; 5xx, resets and timeouts retry with jittered backoff a
-bounded number of times; a 401 refreshes the token once, never in a loop; redirects never carry
+bounded number of times, and within a stall budget (see :class:`StallBudget`); a 401 refreshes
+the token once, never in a loop; redirects never carry
 ``Authorization`` to another host and never downgrade https to http; Basic credentials go over
 plain HTTP only to registries marked insecure (loopback counts, as in Docker).
 """
@@ -57,6 +58,48 @@ MIN_RATE = 1024
 READ_SIZE = 256 << 10
 #: A token response is a few kilobytes of JSON.
 MAX_TOKEN_RESPONSE = 1 << 20
+
+
+class StallBudget:
+    """The time one transfer (a request with its retries, or a blob with its resumes) may
+    spend in all waiting on a peer that sends nothing.
+
+    The read timeout bounds one wait, but the retries multiply it: 60 seconds times 5 attempts
+    held a batch allocation five minutes for a registry that had stopped answering. So the
+    waits add up here, from the last sign of life (a body byte, or a complete answer such as a
+    503) to each failure, and each attempt's timeouts are cut to what is left. Progress stops
+    the clock but refunds nothing, so a peer that sends a little and then falls silent on
+    every attempt runs out too. One budget is used by one thread.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spent = 0.0
+        self._since = time.monotonic()
+
+    def heard(self) -> None:
+        """The peer sent something: the wait until now was not a stall."""
+        self._since = time.monotonic()
+
+    def failed(self) -> None:
+        """An attempt ended with nothing: the wait since the last sign of life was a stall
+        (and so is the pause before the next attempt, until something arrives)."""
+        now = time.monotonic()
+        self.spent += now - self._since
+        self._since = now
+
+    def left(self) -> float:
+        """Seconds of waiting left, counting the wait in progress."""
+        return self.seconds - self.spent - (time.monotonic() - self._since)
+
+    def exhausted(self, peer: str, what: str = "") -> RegistryError:
+        """The one-line error that ends the transfer (a partial blob stays for a resume);
+        ``peer`` names who fell silent, ``what`` the transfer when that helps."""
+        during = f" ({what})" if what else ""
+        return RegistryError(
+            f"{peer} stopped answering{during}: nothing received in {self.seconds:g} seconds"
+            " of waiting; the stall_timeout setting allows longer"
+        )
 
 
 class TooSlow(TimeoutError):
@@ -155,6 +198,7 @@ class Transport:
         max_retry_after: float,
         pool: int,
         emit: Callable[[Any], None],
+        stall_timeout: float = 90.0,
     ) -> None:
         self.host = host
         self.scheme = scheme
@@ -163,6 +207,7 @@ class Transport:
         self.timeout = timeout
         self.retries = retries
         self.max_retry_after = max_retry_after
+        self.stall_timeout = stall_timeout
         self.emit = emit
         self.http = requests.Session()
         self.http.auth = _NoImplicitAuth()
@@ -183,6 +228,18 @@ class Transport:
 
     def close(self) -> None:
         self.http.close()
+
+    def budget(self) -> StallBudget:
+        """A fresh stall budget for one transfer (see :class:`StallBudget`)."""
+        return StallBudget(self.stall_timeout)
+
+    def _timeouts(self, budget: StallBudget, peer: str) -> tuple[float, float]:
+        """Connect and read timeouts for the next attempt, cut to what ``budget`` has left so
+        that the last attempt ends when the budget does; raises when nothing is left."""
+        left = budget.left()
+        if left <= 0:
+            raise budget.exhausted(peer)
+        return min(self.timeout[0], left), min(self.timeout[1], left)
 
     # --- authentication ---------------------------------------------------------------------
 
@@ -223,16 +280,22 @@ class Transport:
         headers = {"Authorization": _basic(*creds)} if creds else {}
         # Token servers rate-limit and fail like registries: the same retries.
         server = f"token server {parts.netloc}"
+        budget = self.budget()
         attempt = 0
         while True:
+            timeout = self._timeouts(budget, server)
             try:
-                tresp = self._send("GET", url, headers, stream=True, auth_host=parts.netloc)
+                tresp = self._send(
+                    "GET", url, headers, stream=True, timeout=timeout, auth_host=parts.netloc
+                )
             except TRANSIENT as exc:
-                attempt = self._failed(url, attempt, exc, server, server)
+                budget.failed()
+                attempt = self._failed(url, attempt, exc, server, server, budget=budget)
                 continue
             if tresp.status_code != 429 and tresp.status_code not in RETRY_STATUS:
                 break
             attempt = self._failed(url, attempt, tresp, server, server)
+            budget.heard()
         with tresp:
             if tresp.status_code in (401, 403):
                 if creds:
@@ -308,9 +371,12 @@ class Transport:
         url: str,
         headers: dict[str, str],
         stream: bool,
+        *,
+        timeout: tuple[float, float],
         auth_host: Optional[str] = None,
     ) -> requests.Response:
-        """One request, following redirects by hand so credentials stay with their host."""
+        """One request, following redirects by hand so credentials stay with their host;
+        ``timeout`` is (connect, read), as :meth:`_timeouts` cuts it."""
         origin = auth_host or self.host
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -319,7 +385,7 @@ class Transport:
                     url,
                     headers=headers,
                     stream=stream,
-                    timeout=self.timeout,
+                    timeout=timeout,
                     allow_redirects=False,
                 )
             except TRANSIENT:
@@ -354,13 +420,19 @@ class Transport:
         scope: str,
         headers: Optional[dict[str, str]] = None,
         stream: bool = False,
+        *,
+        budget: Optional[StallBudget] = None,
     ) -> requests.Response:
         """Send with authentication and retries; returns any final response (caller checks).
 
         ``path`` is relative to the registry, or an absolute https URL (a foreign layer),
-        which is fetched without credentials.
+        which is fetched without credentials. ``budget`` is the transfer's stall budget when
+        the caller retries too (a blob's resumes); by default the request has its own. The
+        caller reads the body and tells the budget of the bytes: headers alone are no answer,
+        since a peer that sends them and then nothing is the stall this guards against.
         """
         external = path.startswith("https://")
+        budget = budget or self.budget()
         attempt = 0
         refreshed = False
         while True:
@@ -369,19 +441,25 @@ class Transport:
             if auth:
                 hdrs["Authorization"] = auth
             url = path if external else self.base + path
+            netloc = urlsplit(url).netloc
+            timeout = self._timeouts(budget, netloc)
             try:
-                resp = self._send(method, url, hdrs, stream, auth_host=urlsplit(url).netloc)
+                resp = self._send(method, url, hdrs, stream, timeout=timeout, auth_host=netloc)
             except requests.exceptions.SSLError as exc:
+                budget.failed()
                 if not self._scheme_checked and self.insecure:
                     log.info("registry does not speak TLS, using plain HTTP", host=self.host)
                     self.scheme, self._scheme_checked = "http", True
                     continue
                 raise RegistryError(f"TLS error talking to {self.host}: {_first(exc)}") from None
             except TRANSIENT as exc:
+                budget.failed()
                 if not self._scheme_checked and self.insecure and self.scheme == "https":
                     self.scheme, self._scheme_checked = "http", True
                     continue
-                attempt = self._failed(url, attempt, exc, self.host, f"cannot reach {self.host}")
+                attempt = self._failed(
+                    url, attempt, exc, self.host, f"cannot reach {self.host}", budget=budget
+                )
                 continue
             self._scheme_checked = True
             if resp.status_code == 401 and external:
@@ -400,6 +478,7 @@ class Transport:
                 raise AuthError(f"{self.host} requires a login: run 'ucore login {self.host}'")
             if resp.status_code == 429 or resp.status_code in RETRY_STATUS:
                 attempt = self._failed(url, attempt, resp, self.host, f"cannot reach {self.host}")
+                budget.heard()  # an answer, however unwelcome: the registry is not silent
                 continue
             return resp
 
@@ -410,11 +489,14 @@ class Transport:
         failure: Union[BaseException, requests.Response],
         name: str,
         unreachable: str,
+        *,
+        budget: Optional[StallBudget] = None,
     ) -> int:
         """One more failed attempt at ``url``: a transient error, or a 429 or 5xx answer
         (closed here). Raises when the attempts are spent (or the error will not pass, such
-        as an unknown host); otherwise waits and returns the count. ``name`` says who kept
-        answering, ``unreachable`` starts the message for an error."""
+        as an unknown host), or for an error when ``budget`` is; otherwise waits (no longer
+        than the budget has left) and returns the count. ``name`` says who kept answering,
+        ``unreachable`` starts the message for an error."""
         attempt += 1
         if isinstance(failure, requests.Response):
             failure.close()
@@ -425,21 +507,32 @@ class Transport:
             self._pause(url, f"HTTP {failure.status_code}", attempt, failure)
             return attempt
         reason = short_reason(failure)
-        if attempt >= self.retries or reason in PERMANENT:
+        if reason in PERMANENT:
             raise RegistryError(f"{unreachable}: {reason}") from None
-        self._pause(url, reason, attempt, None)
+        if budget is not None and budget.left() <= 0:
+            raise budget.exhausted(name) from None
+        if attempt >= self.retries:
+            raise RegistryError(f"{unreachable}: {reason}") from None
+        self._pause(url, reason, attempt, None, budget.left() if budget is not None else None)
         return attempt
 
     def _pause(
-        self, url: str, reason: str, attempt: int, resp: Optional[requests.Response]
+        self,
+        url: str,
+        reason: str,
+        attempt: int,
+        resp: Optional[requests.Response],
+        most: Optional[float] = None,
     ) -> None:
         """Wait before retrying ``url`` (the full URL: a foreign layer or a token server is
-        not under :attr:`base`)."""
+        not under :attr:`base`), at most ``most`` seconds (what a stall budget has left)."""
         delay = min(0.25 * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.0)
         if resp is not None and resp.status_code == 429:
             after = _retry_after(resp.headers.get("Retry-After"))
             if after is not None:
                 delay = min(after, self.max_retry_after)
+        if most is not None:
+            delay = max(0.0, min(delay, most))
         log.info("retrying", url=url, reason=reason, delay=round(delay, 2))
         self.emit(Retrying(url=url, reason=reason, attempt=attempt, delay=delay))
         time.sleep(delay)
