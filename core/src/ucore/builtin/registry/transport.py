@@ -18,6 +18,7 @@ import http.client
 import ipaddress
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,9 @@ TRANSIENT = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    # Python 3.9: a socket read timeout is socket.timeout, not yet TimeoutError, and an
+    # answer whose headers came but whose body never does can raise it through requests
+    socket.timeout,
 )
 #: Failures that another attempt a second later would not change.
 PERMANENT = ("connection refused", "unknown host")
@@ -113,6 +117,7 @@ BROKEN = (
     urllib3.exceptions.HTTPError,
     builtins.ConnectionError,
     TimeoutError,
+    socket.timeout,  # Python 3.9 (an alias of TimeoutError from 3.10)
     http.client.HTTPException,
 )
 #: A token goes verbatim into an ``Authorization`` header: visible ASCII only (a line break
