@@ -34,6 +34,7 @@ FORWARDED = (
 #: ``si_code`` of a signal the kernel sent: the terminal's ^C and ^\ to the foreground group.
 _SI_KERNEL = 0x80
 _TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+_PR_SET_CHILD_SUBREAPER = 36
 #: How long to wait for the main process to appear before a signal for it is retried.
 _RETRY = 0.05
 
@@ -71,6 +72,32 @@ def run(
         return _supervise(pid, mask, targets or (lambda p: [p]))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def become_subreaper() -> None:
+    """Make the orphans of the processes ucore starts come to ucore, not to the host's init
+    (``PR_SET_CHILD_SUBREAPER``), so that what a command leaves running can be ended with it
+    (:func:`end_leftovers`). OSError when the kernel refuses."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def end_leftovers() -> None:
+    """Kill and reap every remaining child: after the main process, only what it left behind
+    is still ucore's (orphans come to ucore, the subreaper, as each parent dies)."""
+    me = os.getpid()
+    while True:
+        for pid in children(me):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def find_program(name: str, search: str) -> Optional[str]:

@@ -165,9 +165,12 @@ class FakechrootEngine:
             configured = os.environ.get("UCORE_FAKECHROOT_SO") or self.session.config.section(
                 "fakechroot"
             ).get("library")
-            memo = self.session.store.root / "cache" / "fakechroot.json"
-            self._libraries, self._problems = library.candidates(configured, memo)
+            self._libraries, self._problems = library.candidates(configured, self._memo())
         return self._libraries
+
+    def _memo(self) -> Path:
+        """Where what was read of libfakechroot and libfakeroot files is remembered."""
+        return self.session.store.root / "cache" / "fakechroot.json"
 
     def serve(self, container: Container) -> tuple[library.Library, rootinfo.RootInfo]:
         """The library and what the image offers; :class:`rootinfo.Refusal` when none fits.
@@ -229,7 +232,7 @@ class FakechrootEngine:
             return None
         from ucore_fakechroot import library
 
-        floor = library.floor_of(found.library, self.session.store.root / "cache" / "fakeroot.json")
+        floor = library.floor_of(found.library, self._memo())
         top = library.host_glibc() if found.library.startswith("/usr/") else None
         if floor is None or info.glibc < floor or (top is not None and info.glibc > top):
             return None
@@ -485,15 +488,12 @@ def _placed(state: Path, root: Path, wants: list[Want], same: list[str]) -> Iter
     container directory, a full disk) as one line."""
     from ucore_fakechroot import placement
 
-    entered = False
-    try:
-        with placement.placed(state, root, wants, same) as placed:
-            entered = True
-            yield placed
-    except OSError as exc:
-        if entered:
-            raise
-        raise PluginError(f"cannot show the volumes in the container: {exc}") from None
+    with contextlib.ExitStack() as stack:
+        try:
+            placed = stack.enter_context(placement.placed(state, root, wants, same))
+        except OSError as exc:
+            raise PluginError(f"cannot show the volumes in the container: {exc}") from None
+        yield placed
 
 
 @contextlib.contextmanager
@@ -508,47 +508,27 @@ def _emulated(identity: Optional[Identity], state: Path, env: dict[str, str]) ->
     table: Optional[Path] = state / "fakeroot.db"
     if not os.access(state, os.W_OK):
         table = None  # a store shared read-only: owners faked for this run only
-    try:
-        started = fakeroot.daemon(identity.fakeroot.faked, table)
-        key = started.__enter__()
-    except OSError as exc:
-        raise PluginError(f"cannot start {identity.fakeroot.faked}: {exc}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            key = stack.enter_context(fakeroot.daemon(identity.fakeroot.faked, table))
+        except OSError as exc:
+            raise PluginError(f"cannot start {identity.fakeroot.faked}: {exc}") from None
         env.update(fakeroot.environment(key, identity.uid, identity.gid))
         env["LD_PRELOAD"] = identity.fakeroot.library + ":" + env["LD_PRELOAD"]
         yield
-    finally:
-        started.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
 def _leftovers_ended() -> Iterator[None]:
     """What the command leaves running ends with it, as a container's processes do when its
-    init exits: with no namespace to hold them, ucore becomes the subreaper of the run's
-    processes (orphans are re-parented to it, not to the host's init) and kills those left
-    once the main process has ended."""
-    import ctypes
-    import signal
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    init exits: with no namespace to hold them, ucore is the subreaper of the run's processes
+    and kills those left once the main process has ended (as runc's foreground run does)."""
+    with contextlib.suppress(OSError):  # no subreaper: orphans go to init, the run goes on
+        spawn.become_subreaper()
     try:
         yield
     finally:
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        for _ in range(100):
-            left = spawn.children(os.getpid())
-            if not left:
-                break
-            for pid in left:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            for pid in left:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, 0)
-
-
-_PR_SET_CHILD_SUBREAPER = 36
+        spawn.end_leftovers()
 
 
 @contextlib.contextmanager

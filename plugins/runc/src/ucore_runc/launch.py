@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from ucore_runc.discover import Runtime
 
 _ID = re.compile(r"ucore-(?P<pid>\d+)-[0-9a-f]{8}")
-_PR_SET_CHILD_SUBREAPER = 36
 #: ``si_code`` of a signal the kernel sent: the terminal's ^C and ^\ to the foreground group.
 _SI_KERNEL = 0x80
 _TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -323,7 +322,7 @@ def run_detached(
                 raise run.failed(started.status)
             return _wait(main, mask, started.forwarded)
         finally:
-            _end_leftovers()
+            spawn.end_leftovers()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -333,14 +332,10 @@ def _none(_pid: int) -> list[int]:
 
 
 def _become_subreaper() -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise PluginError(
-            "cannot wait for a detached container: prctl(PR_SET_CHILD_SUBREAPER) failed:"
-            f" {os.strerror(ctypes.get_errno())}"
-        )
+    try:
+        spawn.become_subreaper()
+    except OSError as exc:
+        raise PluginError(f"cannot wait for a detached container: {exc.strerror}") from None
 
 
 def _wait(main: int, mask: set[int], pending: Optional[int]) -> int:
@@ -384,20 +379,6 @@ def _forward(main: int, signum: int, from_terminal: bool) -> None:
         group = os.getpgid(main)
         if group != os.getpgrp():
             os.killpg(group, signum)
-
-
-def _end_leftovers() -> None:
-    """Kill and reap every remaining child: after the main process, only what it left behind
-    is still ucore's (orphans come to ucore, the subreaper, as each parent dies)."""
-    me = os.getpid()
-    while True:
-        for pid in spawn.children(me):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
 
 
 # --- on a terminal: the runtime in the foreground ---------------------------------------------
