@@ -386,7 +386,7 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
 def _release(known: Any, container: Container, successor: Optional[str]) -> None:
     """Let the engine a container leaves undo what it changed in the root (Fakechroot's F3
     patches): an engine may offer ``release(container, successor)``."""
-    if not container.engine or container.engine == successor:
+    if not container.engine:
         return
     try:
         previous = known.canonical(container.engine)
