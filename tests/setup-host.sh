@@ -15,6 +15,8 @@ packages=(
   uidmap            # newuidmap/newgidmap: runc as a user other than the container's root
   gcc libc6-dev binutils  # the synthetic GPU host's libraries and programs (built by the tests; readelf checks them)
   python3 python3-venv util-linux
+  slurm-wlm munge   # a real single-node Slurm that the HPC tests start (tests/support/slurm.py)
+  openmpi-bin libopenmpi-dev  # the host's MPI launcher and compiler for the MPI tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
