@@ -27,6 +27,7 @@ except ImportError:  # running from a checkout without ``pip install -e core``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core" / "src"))
 
 from support import debian
+from support import slurm as slurm_support
 from support.cli import Ucore
 from support.faultproxy import FaultProxy
 from support.registries import AuthRegistry, second_loopback_host
@@ -187,6 +188,21 @@ def _basic_proxy(basic_registry: AuthRegistry) -> Iterator[FaultProxy]:
 def basic_proxy(_basic_proxy: FaultProxy) -> Iterator[FaultProxy]:
     """Fault proxy in front of the Basic-auth registry (credentials: ``USERNAME``/``PASSWORD``)."""
     yield from _reset(_basic_proxy)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[slurm_support.Slurm]:
+    """A real single-node Slurm for the tests marked ``hpc`` (``support/slurm.py`` documents
+    its API): root starts the daemons, jobs run as ``ucore-test``; ``SLURM_CONF`` points at it
+    while the session lasts."""
+    try:
+        cluster = slurm_support.start()
+    except slurm_support.SlurmError as error:
+        pytest.fail(str(error))
+    try:
+        yield cluster
+    finally:
+        slurm_support.stop(cluster)
 
 
 @pytest.fixture
