@@ -7,6 +7,7 @@ INI because it needs no dependency on Python 3.9 and sites already write such fi
 setting                  environment                 meaning
 =======================  ==========================  ==================================
 ``dir``                  ``UCORE_DIR``               the store (default ``~/.ucore``)
+``site_store``           ``UCORE_SITE_STORE``        read-only store of the site's images
 ``registry``             ``UCORE_REGISTRY``          default registry for short names
 ``insecure_registries``  ``UCORE_INSECURE``          hosts allowed over plain HTTP
 ``jobs``                 ``UCORE_JOBS``              parallel blob downloads (4, at most 64)
@@ -40,6 +41,7 @@ DOCKER_HUB = "docker.io"
 
 _ENV = {
     "dir": "UCORE_DIR",
+    "site_store": "UCORE_SITE_STORE",
     "registry": "UCORE_REGISTRY",
     "insecure_registries": "UCORE_INSECURE",
     "jobs": "UCORE_JOBS",
@@ -95,14 +97,14 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return convert
 
 
-def _directory(text: str) -> Path:
+def _directory(text: str, name: str = "dir") -> Path:
     """The store's path. Empty would mean the current directory, which the store would then
     take over (made private, filled with ``blobs/``, ``refs/``...): refused, as is a NUL byte,
     which no system call accepts."""
     if not text.strip():
-        raise UsageError("dir must not be empty")
+        raise UsageError(f"{name} must not be empty")
     if "\0" in text:
-        raise UsageError("dir must not contain a NUL byte")
+        raise UsageError(f"{name} must not contain a NUL byte")
     return Path(text).expanduser()
 
 
@@ -114,6 +116,7 @@ def _platform(text: str) -> Platform:
 
 _CONVERT: dict[str, Callable[[str], Any]] = {
     "dir": _directory,
+    "site_store": lambda text: _directory(text, "site_store"),
     "registry": str,
     "insecure_registries": _csv,
     "jobs": positive_int("jobs", MAX_JOBS),
@@ -132,6 +135,9 @@ class Config(NamedTuple):
 
     #: The store; :meth:`load` defaults it to ``~/.ucore``.
     dir: Path
+    #: The administrator's store that every user reads images from and nothing writes to
+    #: (see :class:`ucore.store.Store`); its own administrator fills it with ``dir`` set to it.
+    site_store: Optional[Path] = None
     registry: str = DOCKER_HUB
     insecure_registries: tuple[str, ...] = ()
     jobs: int = 4

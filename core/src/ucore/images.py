@@ -22,15 +22,16 @@ def parse_ref(text: str, default_registry: str) -> ImageRef:
 def lookup(store: Store, text: str, default_registry: str) -> ImageRef:
     """Find a stored image: the exact reference first; then, for a name typed without a
     registry, the one stored image of that name pulled from any registry (as udocker users
-    expect after ``pull --registry=…``)."""
+    expect after ``pull --registry=…``). The site store's images are found too, unless the
+    user's store has one of the same name (see :mod:`ucore.store`)."""
     ref = parse_ref(text, default_registry)
     if store.has_ref(ref):
         return ref
-    if not names_registry(text) and store.refs.is_dir():
+    if not names_registry(text):
         short = {ref.repository, ref.repository.removeprefix("library/")}
         matches = [
             r
-            for r, _rec in store.list_refs()
+            for r, _rec, _site in store.all_refs()
             if r.repository.removeprefix("library/") in short
             and r.tag == ref.tag
             and r.digest == ref.digest
@@ -161,7 +162,10 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
     each has its own copy of the image config.
 
     An image whose reference or manifest is damaged cannot say whether it is protected nor
-    which blobs it uses: ``force`` removes its reference, and its blobs stay."""
+    which blobs it uses: ``force`` removes its reference, and its blobs stay.
+
+    An image of the site store is refused, even with ``force``: ucore never writes there."""
+    refuse_site(store, ref, "removed")
     try:
         image = load(store, ref)
         record = store.get_ref(ref)
@@ -188,6 +192,16 @@ def remove(store: Store, ref: ImageRef, force: bool = False) -> list[Digest]:
             store.remove_blob(digest)
             removed.append(digest)
     return removed
+
+
+def refuse_site(store: Store, ref: ImageRef, what: str) -> None:
+    """A UsageError when ``ref`` is the site store's: only its administrator changes it."""
+    site = store.site
+    if site is not None and store.in_site(ref):
+        raise UsageError(
+            f"image {ref.familiar} is in the site store {site.root}, which is read-only: it"
+            f" cannot be {what} (ask the administrator)"
+        )
 
 
 def verify(store: Store, image: Image) -> list[str]:

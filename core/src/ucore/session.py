@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ucore._manager import Plugins
 from ucore.config import Config
 from ucore.errors import PluginError, RegistryError
+from ucore.log import get_logger
 from ucore.registration import Registry
 from ucore.store import Store
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from ucore.model import Container, RunSpec
     from ucore.oci import Image, ImageRef
 
+log = get_logger(__name__)
+
 
 class Session:
     def __init__(self, config: Config, plugins: Plugins) -> None:
@@ -31,7 +34,7 @@ class Session:
         self.plugins = plugins
         self.pm = plugins.pm
         self.hook = plugins.pm.hook
-        self.store = Store(config.dir)
+        self.store = Store.open(config.dir, config.site_store)
         self._registries: Optional[Registry] = None
         self._lock = threading.Lock()
 
@@ -81,6 +84,13 @@ class Session:
     # --- images -----------------------------------------------------------------------------
 
     def pull(self, ref: ImageRef) -> Image:
+        """Fetch ``ref`` into the user's store; an image the site store holds (and the
+        user's store does not shadow) is used from there, and nothing is downloaded."""
+        if self.store.in_site(ref):
+            from ucore import images
+
+            log.info("the image is in the site store: nothing to pull", image=ref.familiar)
+            return images.load(self.store, ref)
         self.store.ensure()
         self.store.cleanup_tmp()
         with self.stage("pull", str(ref)):

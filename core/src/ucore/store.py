@@ -6,7 +6,16 @@ Built for shared cluster filesystems (GPFS, Lustre, NFS) with many batch jobs at
   with an atomic rename, so a ``kill -9`` at any instant leaves nothing partial visible;
 * a blob's name is its verified sha256, so two jobs publishing the same blob write the same bytes;
 * locks only avoid duplicate downloads; correctness never depends on them, because cluster
-  filesystems weaken ``flock``.
+  filesystems weaken ``flock``. Where ``flock`` fails outright (NFS without a lock manager),
+  the store records the fact once (``locks/unsupported``), so that of the hundreds of jobs of
+  an array only the first says so as a warning; the others say it at info level.
+
+A user's store may sit on a *site store*: an administrator's store that everyone reads and no
+one but its owner writes (see :meth:`Store.open`). References and blobs the user's store
+lacks are read from it; nothing is ever written there, so containers, credentials and locks
+stay in the user's own store. The user's own reference of a name wins over the site's: it
+exists only because the user pulled, loaded or tagged it, and the containers already made
+from it must keep meaning what they meant when the administrator adds that name later.
 """
 
 from __future__ import annotations
@@ -100,6 +109,15 @@ def store_error(exc: OSError, what: str) -> StoreError:
     return StoreError(f"store error while {what}: {exc.strerror or exc}")
 
 
+#: What ``flock`` answers on a filesystem that cannot lock at all (NFS mounted ``nolock`` or
+#: without a lock manager, some FUSE filesystems), as opposed to a lock someone holds.
+_NO_LOCKS = frozenset(
+    {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
+)
+#: The file recording that locks do not work in a store: its creator warns, nobody else.
+UNSUPPORTED = "unsupported"
+
+
 class BlobWriter:
     """Streams one blob to a temporary file, hashing as it goes; ``publish`` verifies and
     renames it into place. Nothing unverified is ever visible under ``blobs/``."""
@@ -172,7 +190,7 @@ class BlobWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             os.chmod(self.path, 0o444)
-            os.replace(self.path, self.store.blob_path(actual))
+            os.replace(self.path, self.store.blobs / actual.hex)
         except OSError as exc:
             self.discard()
             raise store_error(exc, f"publishing blob {actual}") from exc
@@ -196,55 +214,126 @@ class BlobWriter:
 
 
 class Store:
-    """The directory tree under ``$UCORE_DIR`` (default ``~/.ucore``), private to the user."""
+    """The directory tree under ``$UCORE_DIR`` (default ``~/.ucore``), private to the user,
+    over an optional read-only site store (``site``). A store that is itself the site store
+    (``shared``) keeps what users read (``blobs/``, ``refs/``) readable by all."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, site: Optional[Store] = None, shared: bool = False) -> None:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.tmp = root / "tmp"
         self.locks = root / "locks"
         self.refs = root / "refs"
         self.containers = root / "containers"
+        self.shared = shared
+        self._site = site
+        self._site_checked = False
+        self._locks_noted = False
+
+    @classmethod
+    def open(cls, root: Path, site_store: Optional[Path]) -> Store:
+        """The user's store over the site store ``site_store``; the site store itself (kept
+        readable by all) when ``root`` is it: that is how its administrator fills it
+        (``UCORE_DIR=<site store> ucore pull IMAGE``)."""
+        if site_store is None:
+            return cls(root)
+        if os.path.realpath(root) == os.path.realpath(site_store):
+            return cls(root, shared=True)
+        return cls(root, site=cls(site_store))
+
+    @property
+    def site(self) -> Optional[Store]:
+        """The site store, once checked to be one that only its owners can write (a store
+        anyone may write to could hand every user a planted image); None when there is none
+        or its directory does not exist (not mounted on this node: nothing is found there)."""
+        site = self._site
+        if site is None or self._site_checked:
+            return site
+        try:
+            st = os.stat(site.root)
+        except (FileNotFoundError, NotADirectoryError):
+            log.info("the site store does not exist", site_store=str(site.root))
+            self._site = None
+            return None
+        except OSError as exc:
+            raise store_error(exc, f"opening the site store {site.root}") from exc
+        if st.st_mode & 0o002:
+            raise StoreError(
+                f"the site store {site.root} can be written by anyone: refusing to read images"
+                " from it (its administrator should make it writable by its owner only)"
+            )
+        self._site_checked = True
+        return site
 
     def ensure(self) -> Store:
         """Make the store's directories, and make the user's own store private again (0700)
         if it was opened up. Another user's store shared read-only is left as its owner made
-        it (its containers still run); one that others may write to is refused."""
+        it (its containers still run); one that others may write to is refused.
+
+        The site store (``shared``) is the exception: its root, ``blobs/`` and ``refs/`` are
+        made readable by all (0755, and its references 0644), whatever the administrator's
+        umask; its ``tmp/``, ``locks/``, ``containers/`` and credentials stay private."""
         path = self.root
+        public = 0o755 if self.shared else 0o700
         try:
             path.mkdir(mode=0o700, exist_ok=True)
             st = os.stat(path)
             if st.st_uid == os.geteuid():
-                if st.st_mode & 0o777 != 0o700:
-                    os.chmod(path, 0o700)
+                if st.st_mode & 0o777 != public:
+                    os.chmod(path, public)
             elif st.st_mode & 0o022:
                 raise StoreError(
                     f"the store {path} belongs to another user and others can write to it:"
                     " refusing to use it (set UCORE_DIR to a directory of your own)"
                 )
-            for path in (
-                self.blobs.parent,
-                self.blobs,
-                self.tmp,
-                self.locks,
-                self.refs,
-                self.containers,
-            ):
+            for path in (self.blobs.parent, self.blobs, self.refs):
+                self._make_dir(path, public)
+            for path in (self.tmp, self.locks, self.containers):
                 path.mkdir(mode=0o700, exist_ok=True)
+            if self.shared:
+                self._open_refs()
         except OSError as exc:
             raise store_error(exc, f"creating the store directory {path}") from exc
         return self
 
+    @staticmethod
+    def _make_dir(path: Path, mode: int) -> None:
+        """A directory of the store with exactly ``mode`` when it is ours (mkdir's mode is
+        cut by the umask, and a private store made a site store must be opened up)."""
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.stat(path)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+
+    def _open_refs(self) -> None:
+        """References written while the site store was still a private store (0600) made
+        readable, so that users do not find a name they cannot read."""
+        for name in self._names(self.refs):
+            path = self.refs / name
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o044 != 0o044:
+                os.chmod(path, 0o644)
+
     # --- blobs ------------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
-        return self.blobs / digest.hex
+        """Where to read the blob: the user's own copy, else the site store's; the own path
+        when neither has it (what an error about it names). Blobs are written only to the
+        own store (``blobs/``)."""
+        own = self.blobs / digest.hex
+        site = self.site
+        if site is not None and not os.path.lexists(own) and site.has_blob(digest):
+            return site.blob_path(digest)
+        return own
 
     def has_blob(self, digest: Digest, size: Optional[int] = None) -> bool:
+        """Whether the blob can be read here or in the site store: a blob the site holds is
+        not downloaded again (if the site later drops it, a pull fetches it back)."""
         try:
-            st = os.stat(self.blob_path(digest), follow_symlinks=False)
+            st = os.stat(self.blobs / digest.hex, follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            site = self.site
+            return site is not None and site.has_blob(digest, size)
         return size is None or st.st_size == size
 
     def read_blob(self, digest: Digest, limit: int) -> bytes:
@@ -343,8 +432,9 @@ class Store:
                         notify(f"waiting for {what}, locked by {holder or 'another process'}")
                         told = True
                     time.sleep(0.05)
-                except OSError:
-                    break  # ENOLCK and friends: locking is an optimisation only
+                except OSError as exc:
+                    self.locks_fail(exc)  # locking is an optimisation only here
+                    break
             with contextlib.suppress(OSError):
                 os.pwrite(fd, f"{HOST} pid {os.getpid()}".ljust(96).encode(), 0)
             yield
@@ -362,27 +452,61 @@ class Store:
 
     @contextlib.contextmanager
     def shared_lock(self, name: str, exclusive: bool = False) -> Iterator[bool]:
-        """A reader/writer lock; yields whether it was obtained (never waits for exclusive)."""
+        """A reader/writer lock; yields whether it was obtained (never waits for exclusive).
+        Where the filesystem cannot lock, a reader has it and a writer does not: the writer
+        (``prune``, ``rmi``) frees nothing that a reader it cannot see may be using."""
         fd = self._open_lock(name)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
                 got = True
-            except OSError:
+            except BlockingIOError:
+                got = False
+            except OSError as exc:
+                self.locks_fail(exc)
                 got = not exclusive
             yield got
         finally:
             os.close(fd)
+
+    def locks_fail(self, exc: OSError) -> None:
+        """A lock could not be taken for a reason other than someone holding it. Where that
+        says the filesystem cannot lock, the store records it: the process that records it
+        first warns, every later one (the other tasks of a job array, later jobs) says it at
+        info level, so a job log holds one warning, not one per task."""
+        if exc.errno not in _NO_LOCKS or self._locks_noted:
+            return
+        self._locks_noted = True
+        reason = exc.strerror or str(exc)
+        try:
+            fd = os.open(
+                self.locks / UNSUPPORTED,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+        except OSError:  # recorded before (or cannot be: then it is not news either)
+            log.info("file locks do not work in the store", store=str(self.root), error=reason)
+            return
+        with contextlib.suppress(OSError):
+            os.write(fd, f"{HOST} pid {os.getpid()}: {reason}\n".encode())
+        os.close(fd)
+        log.warning(
+            f"file locks do not work in the store {self.root} ({reason}): ucore stays correct"
+            " without them, but concurrent jobs may download a blob more than once and"
+            " 'ucore prune' frees nothing",
+        )
 
     # --- references -------------------------------------------------------------------------
 
     def _ref_path(self, ref: ImageRef) -> Path:
         return self.refs / quote(str(ref), safe="")
 
-    def write_json_atomic(self, path: Path, data: Any) -> None:
+    def write_json_atomic(self, path: Path, data: Any, mode: int = 0o600) -> None:
         tmp = self.tmp / f"{path.name[:100]}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            if mode != 0o600:  # a reference of the site store, for all to read
+                os.fchmod(fd, mode)
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1, sort_keys=True)
                 f.flush()
@@ -394,14 +518,34 @@ class Store:
             raise store_error(exc, f"writing {path.name}") from exc
 
     def set_ref(self, ref: ImageRef, record: dict[str, Any]) -> None:
-        self.write_json_atomic(self._ref_path(ref), {"ref": str(ref), **record})
+        self.write_json_atomic(
+            self._ref_path(ref), {"ref": str(ref), **record}, 0o644 if self.shared else 0o600
+        )
 
     def has_ref(self, ref: ImageRef) -> bool:
-        """Whether the reference exists, readable or not (a damaged one is still found, so
-        that the command using it can say what is wrong, and ``rmi -f`` remove it)."""
-        return os.path.lexists(self._ref_path(ref))
+        """Whether the reference exists here or in the site store, readable or not (a
+        damaged one is still found, so that the command using it can say what is wrong, and
+        ``rmi -f`` remove it)."""
+        return os.path.lexists(self._ref_path(ref)) or self.in_site(ref)
+
+    def in_site(self, ref: ImageRef) -> bool:
+        """Whether ``ref`` is the site store's (the user's store has no reference of it)."""
+        site = self.site
+        return (
+            site is not None
+            and not os.path.lexists(self._ref_path(ref))
+            and os.path.lexists(site._ref_path(ref))
+        )
 
     def get_ref(self, ref: ImageRef) -> Optional[dict[str, Any]]:
+        """The reference's record, the user's own first, else the site store's."""
+        record = self._own_ref(ref)
+        site = self.site
+        if record is None and site is not None:
+            return site.get_ref(ref)
+        return record
+
+    def _own_ref(self, ref: ImageRef) -> Optional[dict[str, Any]]:
         try:
             data = read_record(self._ref_path(ref), f"reference file of {ref}")
         except (FileNotFoundError, NotADirectoryError):
@@ -425,7 +569,8 @@ class Store:
         return True
 
     def list_refs(self) -> list[tuple[ImageRef, Optional[dict[str, Any]]]]:
-        """Every reference with its record; None for one that cannot be read, so that one
+        """Every reference of this store (not the site store's: what ``prune`` and ``rmi``
+        keep blobs for) with its record; None for one that cannot be read, so that one
         damaged reference does not hide the others (:func:`ucore.images.load` of it says
         what is wrong)."""
         from ucore.oci import ImageRef
@@ -437,13 +582,23 @@ class Store:
             except Exception:  # noqa: BLE001 - a stray file in refs/ is not fatal
                 continue
             try:
-                record = self.get_ref(ref)
+                record = self._own_ref(ref)
             except StoreError:
                 out.append((ref, None))
                 continue
             if record is not None:
                 out.append((ref, record))
         return out
+
+    def all_refs(self) -> list[tuple[ImageRef, Optional[dict[str, Any]], bool]]:
+        """The references a user can use: this store's, then those of the site store that
+        this one does not shadow, each with its record and whether it is the site's."""
+        own = [(ref, record, False) for ref, record in self.list_refs()]
+        site = self.site
+        if site is None:
+            return own
+        names = {ref for ref, _record, _site in own}
+        return own + [(r, rec, True) for r, rec in site.list_refs() if r not in names]
 
     def list_blobs(self) -> list[tuple[Digest, int]]:
         """Every stored blob with its size. Entries not named by a sha256 digest, and

@@ -348,7 +348,9 @@ def cmd_protect(session: Session, args: argparse.Namespace) -> int:
 
 def _protect_image(store: Store, ref: ImageRef, protected: bool) -> None:
     """Protection lives in the reference record of this name of the image, which ``rmi``
-    checks (``tag`` copies the record, so a tag made afterwards is protected too)."""
+    checks (``tag`` copies the record, so a tag made afterwards is protected too). The site
+    store's images are not the user's to change (and its administrator's to remove)."""
+    images.refuse_site(store, ref, "protected or unprotected")
     record = store.get_ref(ref)
     if record is None:
         raise NotFoundError(f"image {ref.familiar} not found locally")

@@ -128,10 +128,12 @@ def _print_json(data: Any) -> None:
 
 def cmd_pull(session: Session, args: argparse.Namespace) -> int:
     ref = _ref(session, args.image)
+    site = session.store.site if session.store.in_site(ref) else None
     image = session.pull(ref)
     if not sys.stderr.isatty() or getattr(args, "quiet", False):
         return 0
-    print(f"{image.ref.familiar} {image.manifest_digest}")
+    where = f" (in the site store {site.root}: nothing pulled)" if site else ""
+    print(f"{image.ref.familiar} {image.manifest_digest}{where}")
     return 0
 
 
@@ -149,28 +151,28 @@ def _created(record: dict[str, Any]) -> str:
 def cmd_images(session: Session, args: argparse.Namespace) -> int:
     store = session.store
     rows: list[dict[str, Any]] = []
-    if store.refs.is_dir():
-        for ref, record in store.list_refs():
-            try:
-                image = images.load(store, ref, record)
-            except Exception as exc:  # noqa: BLE001 - list what we can, flag the rest
-                rows.append({"ref": str(ref), "name": ref.familiar, "error": str(exc)})
-                continue
-            rows.append(
-                {
-                    "ref": str(ref),
-                    "name": ref.familiar,
-                    "id": image.id,
-                    "digest": str(image.manifest_digest),
-                    "platform": str(image.platform) if image.platform else None,
-                    "size": _size(image),
-                    "pulled": (record or {}).get("pulled"),
-                    "layers": [
-                        {"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
-                        for d in image.layers
-                    ],
-                }
-            )
+    for ref, record, site in store.all_refs():
+        try:
+            image = images.load(store, ref, record)
+        except Exception as exc:  # noqa: BLE001 - list what we can, flag the rest
+            rows.append({"ref": str(ref), "name": ref.familiar, "site": site, "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "ref": str(ref),
+                "name": ref.familiar,
+                "site": site,
+                "id": image.id,
+                "digest": str(image.manifest_digest),
+                "platform": str(image.platform) if image.platform else None,
+                "size": _size(image),
+                "pulled": (record or {}).get("pulled"),
+                "layers": [
+                    {"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
+                    for d in image.layers
+                ],
+            }
+        )
     if args.json:
         _print_json(rows)
         return 0
@@ -190,6 +192,8 @@ def cmd_images(session: Session, args: argparse.Namespace) -> int:
         )
         if args.show_platform:
             line += f"  {row['platform'] or '-'}"
+        if row["site"]:
+            line += "  (site)"
         print(line)
         if args.long:
             for layer in row["layers"]:

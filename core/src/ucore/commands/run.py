@@ -438,6 +438,7 @@ def cmd_info(session: Session, args: argparse.Namespace) -> int:
         "ucore": __version__,
         "python": sys.version.split()[0],
         "store": str(session.store.root),
+        "site_store": str(session.config.site_store) if session.config.site_store else None,
         "engines": rows,
         "missing": [{"plugin": d, "modes": m} for d, m in missing.items()],
     }
@@ -451,6 +452,8 @@ def cmd_info(session: Session, args: argparse.Namespace) -> int:
 
 def _print_info(data: dict[str, Any]) -> None:
     print(f"ucore {data['ucore']} (Python {data['python']}), store {data['store']}")
+    if data["site_store"]:
+        print(f"site store (read-only): {data['site_store']}")
     print("engines, in the order a new container tries them:")
     if not data["engines"]:
         print("  none installed (pip install ucore-proot)")
