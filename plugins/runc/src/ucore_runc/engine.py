@@ -183,7 +183,7 @@ class OciEngine:
             run = launch.open_run(self._runtime, self.session.store, self._global_options())
             try:
                 run.write_config(config)
-                go = launch.run_foreground if terminal else launch.run_detached
+                go = launch.run_on_terminal if terminal else launch.run_detached
                 return go(run, runtime_env(), steps, cpus)
             finally:
                 run.cleanup()

@@ -19,9 +19,10 @@ copies (and that runc would ``chown`` to the container's root, which fails when 
 container's main process ends, ucore ends whatever it left behind (``SIGKILL``), since without
 a PID namespace the kernel would not.
 
-**A command on a terminal** runs in the foreground (``run``): the runtime makes the container's
-terminal and relays it (raw mode, window size). A thread follows the main process (from the
-pid file) and ends what it leaves behind when it ends, or the runtime would wait for them.
+**A command on a terminal** runs detached too, the runtime sending the container's terminal to
+ucore (``--console-socket``), which relays it (raw mode, window size) and, once the command and
+what it left behind have ended, copies what is left in it: see :mod:`ucore_runc.console` for
+why the runtime's own relay (``run`` in the foreground) is not used.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import re
 import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ucore import spawn
 from ucore.containers import remove_tree
@@ -40,8 +41,6 @@ from ucore.errors import PluginError, StoreError, UcoreError
 from ucore.store import HOST, pid_alive, store_error
 
 if TYPE_CHECKING:
-    import threading
-
     from ucore.store import Store
     from ucore_runc.discover import Runtime
 
@@ -139,10 +138,14 @@ class Run:
         except OSError as exc:
             raise store_error(exc, f"writing {path}") from exc
 
-    def command(self, detach: bool) -> list[str]:
+    def command(self, detach: bool = True, console: Optional[Path] = None) -> list[str]:
+        """``run``; detached, with the socket the container's terminal is sent to if it has
+        one (in the foreground only the probe runs: the runtime then waits for its command)."""
         argv = [*self.options, "run", "--bundle", str(self.bundle), "--no-new-keyring"]
-        argv += ["--pid-file", str(self.pid_file)]
-        return [*argv, *(["--detach"] if detach else []), self.id]
+        argv += ["--pid-file", str(self.pid_file), *(["--detach"] if detach else [])]
+        if console is not None:
+            argv += ["--console-socket", str(console)]
+        return [*argv, self.id]
 
     def error(self) -> Optional[str]:
         """The runtime's last error from its log, if it logged one."""
@@ -314,9 +317,7 @@ def run_detached(
         try:
             # Signals that come while the runtime starts are held (no target), then given to
             # the command.
-            started = spawn.run(
-                run.command(detach=True), env, steps=steps, cpus=cpus, targets=_none
-            )
+            started = spawn.run(run.command(), env, steps=steps, cpus=cpus, targets=_none)
             main = run.main_pid()
             if started.status != 0 or main is None:
                 raise run.failed(started.status)
@@ -338,8 +339,14 @@ def _become_subreaper() -> None:
         raise PluginError(f"cannot wait for a detached container: {exc.strerror}") from None
 
 
-def _wait(main: int, mask: set[int], pending: Optional[int]) -> int:
-    """The main process's exit status, shell-style; signals that reach ucore are passed on."""
+def _wait(
+    main: int,
+    mask: set[int],
+    pending: Optional[int],
+    resized: Optional[Callable[[], None]] = None,
+) -> int:
+    """The main process's exit status, shell-style; signals that reach ucore are passed on,
+    but for SIGWINCH, which ``resized`` handles (a relayed terminal's new size)."""
     if pending is not None:
         _forward(main, pending, from_terminal=False)
     while True:
@@ -347,7 +354,10 @@ def _wait(main: int, mask: set[int], pending: Optional[int]) -> int:
         if status is not None:
             return status
         info = signal.sigwaitinfo(mask)
-        if info.si_signo != signal.SIGCHLD:
+        if info.si_signo == signal.SIGWINCH:
+            if resized is not None:
+                resized()
+        elif info.si_signo != signal.SIGCHLD:
             from_terminal = info.si_code == _SI_KERNEL and info.si_signo in _TTY_SIGNALS
             _forward(main, info.si_signo, from_terminal)
 
@@ -381,113 +391,39 @@ def _forward(main: int, signum: int, from_terminal: bool) -> None:
             os.killpg(group, signum)
 
 
-# --- on a terminal: the runtime in the foreground ---------------------------------------------
+# --- on a terminal: ucore relays it -----------------------------------------------------------
 
 
-def run_foreground(
+def run_on_terminal(
     run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpus: Optional[frozenset[int]]
 ) -> int:
-    watch = Leftovers(run)
+    """Detached as without a terminal, the runtime handing ucore the container's terminal
+    (:mod:`ucore_runc.console`): ucore waits for the command, ends what it left, and copies
+    the terminal's output to its end."""
+    from ucore_runc import console
+
+    mask: set[int] = {*spawn.FORWARDED, signal.SIGCHLD, signal.SIGWINCH}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    listener = console.Listener(run.bundle)
     try:
-        result = spawn.run(
-            run.command(detach=False),
-            env,
-            steps=steps,
-            cpus=cpus,
-            targets=watch.targets,
-            started=watch.start,
-        )
-    finally:
-        watch.stop()
-    if result.status != 0 and watch.main is None and run.error():
-        raise run.failed(result.status)
-    return result.status
-
-
-class Leftovers:
-    """Follows the main process of a foreground runtime and, when it ends, kills what it left
-    (the runtime, their subreaper, would wait for them: they hold the terminal open)."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.main: Optional[int] = None
-        self.runtime: Optional[int] = None
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self, runtime: int) -> None:
-        import threading
-
-        self.runtime = runtime
-        self._thread = threading.Thread(target=self._follow, name="ucore-runc-main", daemon=True)
-        self._thread.start()
-
-    def targets(self, runtime: int) -> list[int]:
-        """Signals go to the main process, or to the runtime (which passes them on) before it
-        is known."""
-        return [self.main if self.main is not None else runtime]
-
-    def stop(self) -> None:
-        os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def _follow(self) -> None:
-        import select
-
-        while self.main is None:
-            self.main = self.run.main_pid()
-            if self.main is None and select.select([self._wake_r], [], [], 0.002)[0]:
-                return  # the runtime ended before the container started
+        _become_subreaper()
         try:
-            fd = os.pidfd_open(self.main)
-        except (OSError, AttributeError):  # gone already, or no pidfd (Linux < 5.3)
-            fd = None
-        if fd is not None:
-            try:
-                ready = select.select([fd, self._wake_r], [], [])[0]
-            finally:
-                os.close(fd)
-            if self._wake_r in ready:
-                return
-        else:
-            while os.path.exists(f"/proc/{self.main}"):
-                if select.select([self._wake_r], [], [], 0.01)[0]:
-                    return
-        self._kill_descendants()
-
-    def _kill_descendants(self) -> None:
-        """Until none is left alive; the runtime reaps them, and their children come to it."""
-        import select
-
-        assert self.runtime is not None
-        while True:
-            found = [pid for pid in _descendants(self.runtime) if _running(pid)]
-            if not found:
-                return
-            for pid in found:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            if select.select([self._wake_r], [], [], 0.005)[0]:
-                return  # the runtime is gone: so is every process it waited for
-
-
-def _descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    pending = spawn.children(pid)
-    while pending:
-        child = pending.pop()
-        out.append(child)
-        pending.extend(spawn.children(child))
-    return out
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed process stays listed until its parent reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+            started = spawn.run(
+                run.command(console=listener.path),
+                env,
+                steps=steps,
+                cpus=cpus,
+                targets=_none,
+            )
+            main = run.main_pid()
+            if started.status != 0 or main is None:
+                raise run.failed(started.status)
+            with console.Relay(listener.receive()) as relay:
+                status = _wait(main, mask, started.forwarded, relay.resize)
+                spawn.end_leftovers()
+            return status
+        finally:
+            spawn.end_leftovers()
+    finally:
+        listener.close()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
