@@ -158,7 +158,7 @@ def build_parser(plugins: Any, command: Optional[str] = None) -> argparse.Argume
     for name in modules:
         subcommands.update(importlib.import_module(name).add_commands(sub, common))
     plugins.pm.hook.ucore_addoption.call_historic(
-        kwargs={"parser": parser, "subcommands": subcommands}
+        kwargs={"parser": parser, "subcommands": subcommands, "commands": sub}
     )
     return parser
 

@@ -31,8 +31,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec(historic=True)
-def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]) -> None:
-    """Add command-line options.
+def ucore_addoption(
+    parser: argparse.ArgumentParser, subcommands: dict[str, Any], commands: Any
+) -> None:
+    """Add command-line options, and commands of the plugin's own.
 
     Historic, so a plugin registered late still gets the call.
 
@@ -40,6 +42,9 @@ def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]
     :param subcommands: the parsers of each command by name (``"pull"``, ``"run"``, …), for
         options that belong to one command only (e.g. ``--gpus`` on ``run``). Only the
         commands this invocation can run are built, so look them up with ``.get(name)``.
+    :param commands: the subparsers object: ``commands.add_parser(NAME, ...)`` adds a command
+        (``ucore mpi``); its parser sets ``handler`` (called as ``handler(session, args)``,
+        returning the exit status) with ``set_defaults``.
     """
 
 

@@ -34,7 +34,13 @@ def read(path: str) -> list[Entry]:
     """The cache's libraries for this machine's architecture; empty when there is no cache
     or it cannot be parsed."""
     data = files.read_regular(path, MAX_SIZE + 1)
-    if data is None or len(data) > MAX_SIZE:
+    return [] if data is None else entries(data)
+
+
+def entries(data: bytes) -> list[Entry]:
+    """The libraries for this machine's architecture in a cache file's bytes (read from a
+    container's root, say); empty when it is too big or cannot be parsed."""
+    if len(data) > MAX_SIZE:
         return []
     try:
         return parse(data, _ARCH_FLAGS.get(os.uname().machine))  # not platform: 2 ms to import

@@ -1,5 +1,6 @@
 """Hook implementations of ucore-gpu: the ``nvidia.com/gpu`` and ``infiniband`` device
-providers, and the flags users know from Docker and udocker (``--gpus``, ``setup --nvidia``).
+providers, the flags users know from Docker and udocker (``--gpus``, ``setup --nvidia``), and
+the host's MPI: ``ucore mpi check`` and ``run --mpi=host``.
 
 Kept small: this module is imported by every ``ucore`` command, the providers only when a run
 asks for devices.
@@ -8,7 +9,7 @@ asks for devices.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 from ucore.hookspecs import hookimpl
 from ucore.model import DeviceRequest
@@ -46,7 +47,9 @@ def _is_gpu(item: Any) -> bool:
 
 
 @hookimpl
-def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]) -> None:
+def ucore_addoption(
+    parser: argparse.ArgumentParser, subcommands: dict[str, Any], commands: Any
+) -> None:
     for name in ("run", "info"):
         sub = subcommands.get(name)
         if sub is not None:
@@ -68,6 +71,9 @@ def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]
             action="store_true",
             help="with --device infiniband: also bind the host's verbs libraries (ucore-gpu)",
         )
+        from ucore_gpu import mpicli
+
+        mpicli.add_run_option(run)
     setup = subcommands.get("setup")
     if setup is not None:
         setup.add_argument(
@@ -77,6 +83,12 @@ def ucore_addoption(parser: argparse.ArgumentParser, subcommands: dict[str, Any]
             const=KIND,
             help="bind the NVIDIA GPUs at every run, from the host's driver (ucore-gpu)",
         )
+    # The core builds every command's parser only for a command it does not know (``mpi``)
+    # or for help; a ``ucore run`` does not pay for this one.
+    if commands is not None and {"pull", "run", "version"} <= subcommands.keys():
+        from ucore_gpu import mpicli
+
+        mpicli.add_command(commands)
 
 
 @hookimpl
@@ -86,3 +98,10 @@ def ucore_register_devices(register: Any) -> None:
 
     register(NvidiaGpus.kind, NvidiaGpus)
     register(InfiniBand.kind, InfiniBand)
+
+
+@hookimpl
+def ucore_prepare(container: Any, spec: Any, session: Any) -> Optional[dict[str, Any]]:
+    from ucore_gpu import mpicli
+
+    return mpicli.prepare(container, spec, session)
