@@ -256,3 +256,39 @@ def test_a_job_array_on_a_store_without_working_locks_simulated(
     later = ucore_cli.ok("pull", image, env=env)
     assert WARNING not in later.stderr, "a later job warned again"
     assert WARNING in ucore_cli.ok("-v", "pull", image, env=env).stderr  # at info level
+
+
+def test_rm_refuses_a_container_a_run_is_using_without_working_locks_simulated(
+    ucore_cli: Ucore, proxy: FaultProxy, nolock_shim: Path
+) -> None:
+    """Where ``flock`` fails (simulated with the shim), a run and an rm hold leases instead:
+    rm still refuses a container a run is using, a run's ``--rm`` keeps it with a warning,
+    and the last run's ``--rm`` removes it. ``prune`` still works too."""
+    env = {"LD_PRELOAD": str(nolock_shim)}
+    ucore_cli.ok("create", "--name", "busy", f"{proxy.address}/busybox:latest", env=env)
+    proc = subprocess.Popen(
+        ucore_cli.argv("run", "busy", "sh", "-c", "echo ready; read x; echo result > /out"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**ucore_cli.env, **env},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert "in use" in ucore_cli.fails(2, "rm", "-f", "busy", env=env).stderr
+        other = ucore_cli.run("run", "--rm", "busy", "true", env=env)
+        assert other.returncode == 0, describe(other)
+        assert "in use" in other.stderr and "kept" in other.stderr
+        assert len(json.loads(ucore_cli.ok("ps", "--json", env=env).stdout)) == 1
+    finally:
+        proc.communicate(input="go\n", timeout=60)
+    assert proc.returncode == 0
+    assert ucore_cli.ok("run", "--rm", "busy", "cat", "/out", env=env).stdout == "result\n"
+    assert json.loads(ucore_cli.ok("ps", "--json", env=env).stdout) == []
+    assert (ucore_cli.store / "locks" / "unsupported").is_file()
+    ucore_cli.ok("rmi", f"{proxy.address}/busybox:latest", env=env)
+    assert "0 unused blobs removed" in ucore_cli.ok("prune", env=env).stdout
+    assert ucore_cli.blobs() == set(), "rmi kept the image's blobs"
+    left = [name for name in os.listdir(ucore_cli.store / "locks") if ".lock" not in name]
+    assert left == ["unsupported"], "a lease was left behind"

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ucore import leases
 from ucore.builtin.unpack.rootfs import DIR_FLAGS
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 from ucore.model import Container
@@ -39,6 +40,8 @@ META = "container.json"
 #: A copy of the image config (Entrypoint, Cmd, Env, ...), as udocker keeps one: a run reads
 #: it without touching the image's blobs, and the container still runs after ``rmi``.
 IMAGE_CONFIG = "image-config.json"
+#: The leases a run and an rm hold in the container's directory where ``flock`` fails.
+RUN_LEASE, RM_LEASE = ".run", ".rm"
 
 
 def check_name(name: str) -> str:
@@ -354,7 +357,7 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
             f"container {label} has a filesystem mounted at {mounted[0]}: unmount it first"
         )
     trash = store.containers / f".removing-{container.id}.{HOST}.{os.getpid()}"
-    with _locked(container, exclusive=True) as held:
+    with _locked(store, container, exclusive=True) as held:
         if not held:
             raise UsageError(f"container {label} is in use by a running 'ucore run'")
         try:
@@ -367,21 +370,24 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def running(container: Container) -> Iterator[None]:
+def running(store: Store, container: Container) -> Iterator[None]:
     """Held while ``ucore run`` uses the container, so that ``rm`` refuses to delete files
     from under the command, as Docker refuses to remove a running container."""
-    with _locked(container, exclusive=False) as held:
+    with _locked(store, container, exclusive=False) as held:
         if not held:
             raise NotFoundError(f"container {container.id} is being removed")
         yield
 
 
 @contextlib.contextmanager
-def _locked(container: Container, exclusive: bool) -> Iterator[bool]:
+def _locked(store: Store, container: Container, exclusive: bool) -> Iterator[bool]:
     """A lock on the container's directory (runs share it, rm takes it alone), never waited
-    for; yields whether it was had. Where the filesystem cannot lock (some NFS), it is had:
-    locks here only avoid harm, they cannot be relied on. The directory must still be the
-    container's once locked (not renamed away by an rm that held the lock meanwhile)."""
+    for; yields whether it was had. The directory must still be the container's once locked
+    (not renamed away by an rm that held the lock meanwhile).
+
+    Where the filesystem cannot lock (some NFS), runs and rm each hold a lease
+    (:mod:`ucore.leases`) in the directory instead and then look for the other side's: of a
+    run and an rm starting at once, at least one sees the other and backs off."""
     import fcntl
 
     try:
@@ -396,17 +402,31 @@ def _locked(container: Container, exclusive: bool) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
-        except OSError:
-            pass
-        try:
-            moved = not os.path.samestat(os.fstat(fd), os.stat(container.dir))
-        except FileNotFoundError:
-            moved = True
-        if moved:
-            raise NotFoundError(f"container {container.id} was removed")
+        except OSError as exc:
+            store.locks_fail(exc)
+            mine, theirs = (RM_LEASE, RUN_LEASE) if exclusive else (RUN_LEASE, RM_LEASE)
+            with contextlib.ExitStack() as stack:
+                try:
+                    name = stack.enter_context(leases.held(container.dir, mine, dir_fd=fd))
+                except StoreError:  # a store this user cannot write, nor so rm anything of
+                    name = ""
+                _check_in_place(container, fd)
+                yield not leases.others(container.dir, theirs, name)
+            return
+        _check_in_place(container, fd)
         yield True
     finally:
         os.close(fd)
+
+
+def _check_in_place(container: Container, fd: int) -> None:
+    """NotFoundError unless the directory open on ``fd`` is still the container's."""
+    try:
+        moved = not os.path.samestat(os.fstat(fd), os.stat(container.dir))
+    except FileNotFoundError:
+        moved = True
+    if moved:
+        raise NotFoundError(f"container {container.id} was removed")
 
 
 def remove_leftovers(store: Store) -> set[str]:

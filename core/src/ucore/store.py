@@ -453,21 +453,40 @@ class Store:
     @contextlib.contextmanager
     def shared_lock(self, name: str, exclusive: bool = False) -> Iterator[bool]:
         """A reader/writer lock; yields whether it was obtained (never waits for exclusive).
-        Where the filesystem cannot lock, a reader has it and a writer does not: the writer
-        (``prune``, ``rmi``) frees nothing that a reader it cannot see may be using."""
+        Where the filesystem cannot lock, leases stand in for it (:meth:`_leased`)."""
         fd = self._open_lock(name)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
-                got = True
-            except BlockingIOError:
-                got = False
-            except OSError as exc:
-                self.locks_fail(exc)
-                got = not exclusive
-            yield got
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        except OSError as exc:
+            os.close(fd)
+            self.locks_fail(exc)
+            with self._leased(name, exclusive) as got:
+                yield got
+            return
+        try:
+            yield True
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _leased(self, name: str, exclusive: bool) -> Iterator[bool]:
+        """:meth:`shared_lock` without ``flock``: readers (pull, create, import, load) and
+        writers (prune, rmi) each hold a lease (:mod:`ucore.leases`) and then look for the
+        other side's. A writer that finds a reader gives up, as it never waits; a reader that
+        finds a writer waits for it to finish, as ``LOCK_SH`` would."""
+        from ucore import leases
+
+        with leases.held(self.locks, f"{name}.{'writer' if exclusive else 'reader'}"):
+            if exclusive:
+                yield not leases.others(self.locks, f"{name}.reader")
+                return
+            while leases.others(self.locks, f"{name}.writer"):
+                time.sleep(0.05)
+            yield True
 
     def locks_fail(self, exc: OSError) -> None:
         """A lock could not be taken for a reason other than someone holding it. Where that
@@ -491,9 +510,8 @@ class Store:
             os.write(fd, f"{HOST} pid {os.getpid()}: {reason}\n".encode())
         os.close(fd)
         log.warning(
-            f"file locks do not work in the store {self.root} ({reason}): ucore stays correct"
-            " without them, but concurrent jobs may download a blob more than once and"
-            " 'ucore prune' frees nothing",
+            f"file locks do not work in the store {self.root} ({reason}): ucore uses lock"
+            " files of its own instead; concurrent jobs may download a blob more than once",
         )
 
     # --- references -------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         kernel=args.kernel,
     )
     try:
-        with containers.running(container):
+        with containers.running(session.store, container):
             config = {} if args.nometa else containers.image_config(container)
             spec = runspec.build(session, container, config, opts)
             return session.execute(container, spec)
