@@ -292,3 +292,27 @@ def test_rm_refuses_a_container_a_run_is_using_without_working_locks_simulated(
     assert ucore_cli.blobs() == set(), "rmi kept the image's blobs"
     left = [name for name in os.listdir(ucore_cli.store / "locks") if ".lock" not in name]
     assert left == ["unsupported"], "a lease was left behind"
+
+
+def test_a_job_array_runs_from_the_site_store_without_a_pull(
+    admin: Ucore, shared_dir: Path, proxy: FaultProxy
+) -> None:
+    """16 tasks of an array, ``run --pull=reuse --name`` on a site image: one container in
+    the user's store, no request to the registry, the site store untouched."""
+    image = f"{proxy.address}/busybox:latest"
+    fill_site(admin, image)
+    before = tree(admin.store)
+    proxy.reset_state()
+    user = reader(shared_dir / "array", admin.store)
+    tasks = [
+        user.popen("run", "--pull=reuse", "--name", "array", image, "sh", "-c", f"echo {i}")
+        for i in range(16)
+    ]
+    results = [(task.wait(timeout=600), *task.communicate()) for task in tasks]
+    assert [(code, out, err) for code, out, err in results] == [
+        (0, f"{i}\n", "") for i in range(16)
+    ], results
+    assert [row["names"] for row in json.loads(user.ok("ps", "--json").stdout)] == [["array"]]
+    assert proxy.requests("GET", r".") == []
+    assert tree(admin.store) == before
+    user.ok("verify", image)

@@ -646,8 +646,9 @@ class Store:
             raise store_error(exc, f"listing {directory}") from exc
 
     def remove_blob(self, digest: Digest) -> None:
+        """Remove the user's own copy (never the site store's)."""
         try:
-            os.unlink(self.blob_path(digest))
+            os.unlink(self.blobs / digest.hex)
         except FileNotFoundError:
             pass
         except OSError as exc:
