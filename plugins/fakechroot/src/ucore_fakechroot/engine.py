@@ -215,7 +215,10 @@ class FakechrootEngine:
                     argv = launch.argv(spec.argv, dict(spec.env), spec.cwd, host, (loader, argv0))
                 except OSError as exc:
                     raise PluginError(f"cannot start {spec.argv[0]}: {exc}") from None
-                with _emulated(identity, state, env), _cwd(host(spec.cwd)), _leftovers_ended():
+                # ucore is the subreaper before faked daemonizes, so faked stays in ucore's
+                # process tree (a batch system's time limit ends it with the job), and faked
+                # is stopped, its table saved, before the leftovers are killed
+                with _leftovers_ended(), _emulated(identity, state, env), _cwd(host(spec.cwd)):
                     result = spawn.run(argv, env, steps=[views.enter], cpus=cpus)
         self.after_run(container, root, state, info)
         return result.status
