@@ -234,8 +234,9 @@ def test_a_job_array_on_a_store_without_working_locks_simulated(
     ucore_cli: Ucore, proxy: FaultProxy, nolock_shim: Path
 ) -> None:
     """16 tasks of a job array start ``run --pull=reuse --name`` on one store whose
-    filesystem cannot lock (simulated with the ``flock`` shim): all succeed, one container
-    is made, verify passes, and the 16 job logs hold one warning about the locks in all."""
+    filesystem cannot lock (simulated with the ``flock`` shim): all succeed, each blob is
+    fetched once (lock files stand in for ``flock``), one container is made, verify passes,
+    and the 16 job logs hold one warning about the locks in all."""
     image = f"{proxy.address}/busybox:latest"
     env = {"LD_PRELOAD": str(nolock_shim)}
     tasks = [
@@ -250,7 +251,10 @@ def test_a_job_array_on_a_store_without_working_locks_simulated(
     assert sum(WARNING in err for err in logs) == 1, logs
     assert [err for err in logs if WARNING not in err] == [""] * 15
     assert len(json.loads(ucore_cli.ok("ps", "--json", env=env).stdout)) == 1
-    assert (ucore_cli.store / "locks" / "unsupported").is_file()
+    blobs = proxy.requests("GET", r"/blobs/")
+    assert len(blobs) == len({r.path for r in blobs}), "a blob was fetched twice"
+    locks = os.listdir(ucore_cli.store / "locks")
+    assert [name for name in locks if not name.endswith(".lock")] == ["unsupported"], locks
     ucore_cli.ok("verify", image, env=env)
     ucore_cli.check_store()
     later = ucore_cli.ok("pull", image, env=env)

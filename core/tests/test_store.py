@@ -339,3 +339,44 @@ def _read_gc(store: Store) -> str:
     with store.shared_lock("gc") as reading:
         assert reading
         return "reader in"
+
+
+@pytest.mark.usefixtures("no_flock")
+def test_lock_files_stand_in_for_flock_simulated(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``flock``, a lock file: one a dead process left is taken over, one of a live
+    process is waited for, and none is left behind."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = store.locks / "blobx.held"
+    left.write_text(f"{HOST} {dead.pid} 0123abcd")
+    with store.lock("blobx", "blob x", print):
+        assert left.read_text().startswith(f"{HOST} {os.getpid()} ")
+    assert not left.exists()
+
+    events: list[str] = []
+    found_held = threading.Event()
+    owner = store._lock_owner
+
+    def spy(path: Path) -> object:
+        found_held.set()  # the waiter found the file held: it is waiting
+        return owner(path)
+
+    monkeypatch.setattr(store, "_lock_owner", spy)
+    with store.lock("blobx", "blob x", print):
+        waiter = threading.Thread(target=lambda: events.append(_take_blobx(store)))
+        waiter.start()
+        assert found_held.wait(60)
+        assert events == []
+        events.append("holder done")
+    waiter.join(10)
+    assert events == ["holder done", "waiter in"]
+    assert [name for name in os.listdir(store.locks) if not name.endswith(".lock")] == [
+        "unsupported"
+    ]
+
+
+def _take_blobx(store: Store) -> str:
+    with store.lock("blobx", "blob x", print):
+        return "waiter in"

@@ -417,29 +417,109 @@ class Store:
     @contextlib.contextmanager
     def lock(self, name: str, what: str, notify: Callable[[str], None]) -> Iterator[None]:
         """Hold an advisory lock to avoid duplicate work; ``notify`` is told who holds it when
-        we have to wait. Where the filesystem cannot lock, we carry on without."""
+        we have to wait. Where the filesystem cannot lock, a lock file stands in for it
+        (:meth:`_lock_file`)."""
         fd = self._open_lock(name)
         try:
-            told = False
-            started = time.monotonic()
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not told and time.monotonic() - started > 2:
-                        holder = os.pread(fd, 128, 0).decode(errors="replace").strip()
-                        notify(f"waiting for {what}, locked by {holder or 'another process'}")
-                        told = True
-                    time.sleep(0.05)
-                except OSError as exc:
-                    self.locks_fail(exc)  # locking is an optimisation only here
-                    break
+            locked = self._wait_for_flock(fd, what, notify)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
+            os.close(fd)
+            with self._lock_file(name):
+                yield
+            return
+        try:
             with contextlib.suppress(OSError):
                 os.pwrite(fd, f"{HOST} pid {os.getpid()}".ljust(96).encode(), 0)
             yield
         finally:
             os.close(fd)
+
+    def _wait_for_flock(self, fd: int, what: str, notify: Callable[[str], None]) -> bool:
+        """Wait for the exclusive ``flock``; False when the filesystem cannot lock."""
+        told = False
+        started = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if not told and time.monotonic() - started > 2:
+                    holder = os.pread(fd, 128, 0).decode(errors="replace").strip()
+                    notify(f"waiting for {what}, locked by {holder or 'another process'}")
+                    told = True
+                time.sleep(0.05)
+            except OSError as exc:
+                self.locks_fail(exc)
+                return False
+
+    @contextlib.contextmanager
+    def _lock_file(self, name: str) -> Iterator[None]:
+        """:meth:`lock` without ``flock``: a file made with ``O_EXCL`` (atomic on NFS too),
+        holding its owner's host and pid, waited for while its owner lives (on another host:
+        for a day). As the lock only saves work, what can go wrong here (two processes
+        taking over a dead owner's file at once) costs a duplicate download, nothing more.
+        Waiting is said at info level: on such a filesystem, the tasks of an array queue here
+        for every blob."""
+        path = self.locks / f"{name}.held"
+        mine = f"{HOST} {os.getpid()} {os.urandom(4).hex()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        told = False
+        while True:
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileExistsError:
+                owner = self._lock_owner(path)
+                if owner is None:
+                    continue  # released meanwhile, or taken over: try again at once
+                if not told:
+                    log.info("waiting for a lock file", lock=path.name, holder=owner)
+                    told = True
+                time.sleep(0.05)
+                continue
+            except OSError as exc:
+                raise store_error(exc, f"making lock file {path}") from exc
+            with contextlib.suppress(OSError):
+                os.write(fd, mine.encode())
+            os.close(fd)
+            break
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                if path.read_text() == mine:
+                    os.unlink(path)
+
+    def _lock_owner(self, path: Path) -> Optional[str]:
+        """Who holds the lock file ``path``; None when nobody does any more (it is gone, or
+        its owner is, and it has been taken out of the way)."""
+        try:
+            text = path.read_text()
+            age = time.time() - os.lstat(path).st_mtime
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        except OSError as exc:
+            raise store_error(exc, f"reading lock file {path}") from exc
+        host, _, rest = text.partition(" ")
+        pid = rest.split(" ")[0]
+        if not text:  # being written, or its maker died before it could write it
+            stale = age > 60
+        elif host == HOST:
+            stale = not (pid.isdigit() and pid_alive(int(pid)))
+        else:
+            stale = age > _STALE_FOREIGN
+        if not stale:
+            return text or "another process"
+        aside = self.tmp / f"{path.name}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, aside)
+            if aside.read_text() != text:  # a fresh one, taken by mistake: put it back
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
+            os.unlink(aside)
+        return None
 
     def _open_lock(self, name: str) -> int:
         """The lock file, never followed through a symlink; one that cannot be opened (a
