@@ -59,3 +59,5 @@ done
 # needs root and the network, so it is built here, once, into $UCORE_TEST_CACHE (default
 # /var/cache/ucore-tests, readable by ucore-test); a no-op when already there.
 python3 "$(dirname "$0")/support/debian.py" >/dev/null
+# Debian's MPICH library (apt-get download): the mismatching image of the MPI check tests.
+python3 "$(dirname "$0")/support/mpich.py" >/dev/null

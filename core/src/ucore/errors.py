@@ -60,7 +60,8 @@ class PluginError(UcoreError):
 
 class DeviceError(UcoreError):
     """A requested device (GPU, HCA) is not on this host, or what describes it (a CDI spec,
-    the driver's files) is unusable, or the image needs a newer driver: nothing was started."""
+    the driver's files) is unusable, or the image needs a newer driver, or the host's MPI
+    libraries asked for (``run --mpi=host``) cannot serve the image's: nothing was started."""
 
     exit_code = 9
 
@@ -90,7 +91,10 @@ EXIT_CODES: dict[int, str] = {
     IntegrityError.exit_code: "content failed verification or is malformed",
     StoreError.exit_code: "local store error (disk full, quota, permissions)",
     PluginError.exit_code: "plugin configuration error, or no usable execution engine",
-    DeviceError.exit_code: "requested device missing, its description unusable, or driver too old",
+    DeviceError.exit_code: (
+        "requested device missing, its description unusable, or driver too old;"
+        " or the host's MPI cannot serve the image (mpi check, run --mpi=host)"
+    ),
     CommandNotExecutableError.exit_code: "the container's command cannot be executed",
     CommandNotFoundError.exit_code: "the container's command was not found in the container",
     130: "interrupted (SIGINT)",
