@@ -30,6 +30,8 @@ log = get_logger(__name__)
 PULL_POLICIES = ("missing", "never", "always", "reuse")
 #: How long ``--pull=reuse`` waits for another job creating the container (seconds).
 REUSE_WAIT = 1800.0
+#: The longest pause between two looks at the container another job is creating.
+_REUSE_POLL = 0.4
 #: Docker flags accepted for compatibility, and why they change nothing here.
 IGNORED = {
     "interactive": ("-i", "stdin is always passed through"),
@@ -301,7 +303,9 @@ def _create_or_reuse(session: Session, image: Image, name: str) -> Container:
             raise
         time.sleep(pause)
         waited += pause
-        pause = min(pause * 2, 2.0)
+        # Every task of the array runs as soon as the container is there: a task that slept
+        # 2 s after it appeared held its allocation's time-to-all-ranks up by as much.
+        pause = min(pause * 2, _REUSE_POLL)
 
 
 def _image(session: Session, text: str, policy: str) -> Image:
