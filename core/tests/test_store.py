@@ -271,7 +271,13 @@ def test_the_site_stores_own_store_is_readable_by_all_whatever_the_umask(tmp_pat
     for path in (site.tmp, site.locks, site.containers):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in site.refs.iterdir()} == {0o644}
-    assert stat.S_IMODE(Store(root).ensure().root.stat().st_mode) == 0o700  # private again
+    # its administrator forgot to set site_store: it stays readable by all all the same
+    again = Store.open(root, None)
+    assert again.shared
+    again.ensure()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+    (root / "site-store").unlink()  # no longer a site store: private again
+    assert stat.S_IMODE(Store.open(root, None).ensure().root.stat().st_mode) == 0o700
 
 
 def test_a_site_store_that_is_not_there_is_empty_and_one_anyone_can_write_is_refused(

@@ -116,6 +116,8 @@ _NO_LOCKS = frozenset(
 )
 #: The file recording that locks do not work in a store: its creator warns, nobody else.
 UNSUPPORTED = "unsupported"
+#: The file marking a store as a site store, kept readable by all (:meth:`Store.open`).
+SITE_MARK = "site-store"
 
 
 class BlobWriter:
@@ -234,12 +236,13 @@ class Store:
     def open(cls, root: Path, site_store: Optional[Path]) -> Store:
         """The user's store over the site store ``site_store``; the site store itself (kept
         readable by all) when ``root`` is it: that is how its administrator fills it
-        (``UCORE_DIR=<site store> ucore pull IMAGE``)."""
-        if site_store is None:
-            return cls(root)
-        if os.path.realpath(root) == os.path.realpath(site_store):
+        (``UCORE_DIR=<site store> ucore pull IMAGE``). A store once used so is marked
+        (:data:`SITE_MARK`) and stays readable by all even when its administrator forgets
+        to set ``site_store``: made private, it would fail every user at once."""
+        if site_store is not None and os.path.realpath(root) == os.path.realpath(site_store):
             return cls(root, shared=True)
-        return cls(root, site=cls(site_store))
+        site = cls(site_store) if site_store is not None else None
+        return cls(root, site=site, shared=os.path.exists(root / SITE_MARK))
 
     @property
     def site(self) -> Optional[Store]:
@@ -292,6 +295,10 @@ class Store:
                 path.mkdir(mode=0o700, exist_ok=True)
             if self.shared:
                 self._open_refs()
+                if not os.path.exists(self.root / SITE_MARK):
+                    fd = os.open(self.root / SITE_MARK, os.O_WRONLY | os.O_CREAT, 0o644)
+                    os.fchmod(fd, 0o644)
+                    os.close(fd)
         except OSError as exc:
             raise store_error(exc, f"creating the store directory {path}") from exc
         return self
