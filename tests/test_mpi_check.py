@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from support import debian, mpi, mpich
 from support.cli import Ucore, assert_error_line
+from support.slurm import Slurm
 
 from ucore.testing.push import Pusher
 from ucore.testing.registry import RegistryServer
@@ -142,3 +144,47 @@ def test_host_mpi_refused_on_the_mismatching_image(ucore_cli: Ucore, mpich_image
     )
     result = ucore_cli.fails(2, "run", mpich_image, "true", env={"UCORE_MPI_BIND": "bogus"})
     assert "mpi bind 'bogus'" in result.stderr
+
+
+def test_check_for_srun_reads_what_this_slurm_offers(
+    ucore_cli: Ucore, slurm: Slurm, openmpi_image: str, mpich_image: str
+) -> None:
+    ucore_cli.ok("pull", openmpi_image)
+    ucore_cli.ok("pull", mpich_image)
+    # inside an allocation srun is the default launcher
+    env = {**slurm.env, "SLURM_JOB_ID": "1"}
+    report = json.loads(ucore_cli.ok("mpi", "check", "--json", openmpi_image, env=env).stdout)
+    assert report["launcher"] == "srun"
+    assert set(report["host"]["srun_mpi"]) >= {"pmix", "pmi2"}
+    assert report["compatible"] and "start the ranks with srun --mpi=pmix" in report["notes"]
+    # MPICH speaks PMI-2, which this Slurm offers: srun can start what mpirun cannot
+    text = ucore_cli.ok("mpi", "check", mpich_image, env=env).stdout
+    assert "with srun: compatible" in text and "srun --mpi=pmi2" in text
+    # a Slurm without its configuration cannot say: the check does not guess
+    lost = {"SLURM_CONF": "/nonexistent/slurm.conf", "SLURM_JOB_ID": "1"}
+    result = ucore_cli.run("mpi", "check", openmpi_image, env=lost)
+    assert result.returncode == 9, result
+    assert "problem: srun cannot say which PMI it offers:" in result.stdout
+
+
+def test_two_ranks_run_on_the_host_mpi(ucore_cli: Ucore, openmpi_image: str) -> None:
+    """The host's mpirun starts two ranks whose MPI is the host's (PRoot: each rank's
+    /proc/self/maps shows the host file's inode)."""
+    ucore_cli.ok("create", "--name", "ompi", openmpi_image)
+    ucore_cli.ok("setup", "--engine", "proot", "ompi")
+    launch = ["mpirun", "-np", "2", "--oversubscribe", "--allow-run-as-root"]
+    ring = subprocess.run(
+        [*launch, *ucore_cli.argv("run", "--mpi=host", "ompi")],
+        env=ucore_cli.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert ring.returncode == 0, ring
+    lines = sorted(ln for ln in ring.stdout.splitlines() if ln.startswith("rank "))
+    assert lines == [
+        "rank 0 of 2: got 20 from 1, big 1048576, sum 3, token 4242",
+        "rank 1 of 2: got 10 from 0, big 1048576, sum 3, token 4242",
+    ], ring
