@@ -170,7 +170,10 @@ def test_the_users_own_image_of_a_name_wins_and_rmi_uncovers_the_sites(
     fill_site(admin, busybox)
     site_id = json.loads(admin.ok("images", "--json").stdout)[0]["id"]
     user = Ucore(shared_dir / "own")
-    user.env["UCORE_SITE_STORE"] = str(admin.store)
+    config = shared_dir / "ucore.conf"  # the setting, as a site's config file sets it
+    config.write_text(f"[ucore]\nsite_store = {admin.store}\n")
+    user.env["UCORE_CONFIG"] = str(config)
+    assert json.loads(user.ok("info", "--json").stdout)["site_store"] == str(admin.store)
     user.ok("pull", other)
     user.ok("tag", other, busybox)
     rows = {row["ref"]: row for row in json.loads(user.ok("images", "--json").stdout)}
@@ -320,3 +323,22 @@ def test_a_job_array_runs_from_the_site_store_without_a_pull(
     assert proxy.requests("GET", r".") == []
     assert tree(admin.store) == before
     user.ok("verify", image)
+
+
+def test_a_pull_for_another_platform_than_the_sites_is_the_users_own(
+    admin: Ucore, shared_dir: Path, proxy: FaultProxy
+) -> None:
+    """The site has the host's platform of a name; a user who asks for another one pulls it
+    into their own store (where it then wins), and the site store is left alone."""
+    image = f"{proxy.address}/multiplatform:latest"
+    fill_site(admin, image)
+    before = tree(admin.store)
+    user = Ucore(shared_dir / "arm")
+    user.env["UCORE_SITE_STORE"] = str(admin.store)
+    foreign = "linux/arm/v7" if os.uname().machine == "aarch64" else "linux/arm64/v8"
+    proxy.reset_state()
+    user.ok("pull", "--platform", foreign, image)
+    assert proxy.requests("GET", r"/blobs/"), "nothing was pulled"
+    [row] = json.loads(user.ok("images", "--json", "--platform").stdout)
+    assert (row["site"], row["platform"]) == (False, foreign)
+    assert tree(admin.store) == before

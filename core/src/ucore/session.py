@@ -85,12 +85,16 @@ class Session:
 
     def pull(self, ref: ImageRef) -> Image:
         """Fetch ``ref`` into the user's store; an image the site store holds (and the
-        user's store does not shadow) is used from there, and nothing is downloaded."""
+        user's store does not shadow) is used from there, and nothing is downloaded, unless
+        the user asked for another platform than the site's (``--platform``)."""
         if self.store.in_site(ref):
             from ucore import images
 
-            log.info("the image is in the site store: nothing to pull", image=ref.familiar)
-            return images.load(self.store, ref)
+            image = images.load(self.store, ref)
+            wanted = self.config.platform
+            if wanted is None or image.platform is None or str(wanted) == str(image.platform):
+                log.info("the image is in the site store: nothing to pull", image=ref.familiar)
+                return image
         self.store.ensure()
         self.store.cleanup_tmp()
         with self.stage("pull", str(ref)):

@@ -110,7 +110,9 @@ def store_error(exc: OSError, what: str) -> StoreError:
 
 
 #: What ``flock`` answers on a filesystem that cannot lock at all (NFS mounted ``nolock`` or
-#: without a lock manager, some FUSE filesystems), as opposed to a lock someone holds.
+#: without a lock manager, some FUSE filesystems), as opposed to a lock someone holds; EBADF
+#: is NFS's answer, where ``flock`` is emulated with POSIX locks, to an exclusive lock on a
+#: descriptor opened read-only (a container's directory).
 _NO_LOCKS = frozenset(
     {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
 )

@@ -128,10 +128,10 @@ def _print_json(data: Any) -> None:
 
 def cmd_pull(session: Session, args: argparse.Namespace) -> int:
     ref = _ref(session, args.image)
-    site = session.store.site if session.store.in_site(ref) else None
     image = session.pull(ref)
     if not sys.stderr.isatty() or getattr(args, "quiet", False):
         return 0
+    site = session.store.site if session.store.in_site(ref) else None
     where = f" (in the site store {site.root}: nothing pulled)" if site else ""
     print(f"{image.ref.familiar} {image.manifest_digest}{where}")
     return 0
