@@ -287,6 +287,8 @@ def test_rm_refuses_a_container_a_run_is_using_without_working_locks_simulated(
         other = ucore_cli.run("run", "--rm", "busy", "true", env=env)
         assert other.returncode == 0, describe(other)
         assert "in use" in other.stderr and "kept" in other.stderr
+        ucore_cli.ok("clone", "--name", "copy", "busy", env=env)
+        ucore_cli.ok("rm", "copy", env=env)  # the busy run's lease was not copied
         assert len(json.loads(ucore_cli.ok("ps", "--json", env=env).stdout)) == 1
     finally:
         proc.communicate(input="go\n", timeout=60)

@@ -578,6 +578,9 @@ def clone(session: Session, source: Container, name: Optional[str] = None) -> Co
     store = session.store
     with _new_container(store, name, f"cloning container {source.id}") as (cid, staging):
         copy_tree(source.dir, staging)
+        for lease in os.listdir(staging):  # the source's runs', which are not the clone's
+            if lease.startswith((RUN_LEASE + ".", RM_LEASE + ".")):
+                os.unlink(staging / lease)
         meta = _read_meta(staging)
         meta.update({"created": time.time(), "protected": False, "cloned_from": source.id})
         _write_meta(staging, meta)
