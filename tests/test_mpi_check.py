@@ -3,7 +3,9 @@ this host's real MPI (Debian's Open MPI, which tests/setup-host.sh installs).
 
 The matching image is the MPI test image (``support/mpi.py``: Debian's Open MPI, the host's
 own release); the mismatching one is the Debian image with Debian's MPICH library over it
-(``support/mpich.py``). Both are built as root into the test cache, hence the ``hpc`` mark.
+(``support/mpich.py``). Both are built as root into the test cache (tests/setup-host.sh builds
+the Debian and MPICH ones for every environment); the tests of the Open MPI image, of Slurm
+and of runs under the host's launchers are marked ``hpc``.
 That the host's library is what a program in the container loads is read from the program's
 own ``/proc/self/maps``: the inode of the ``libmpi`` it mapped is the host file's, not the
 image's copy at the same path.
@@ -24,8 +26,6 @@ from support.slurm import Slurm
 
 from ucore.testing.push import Pusher
 from ucore.testing.registry import RegistryServer
-
-pytestmark = pytest.mark.hpc
 
 HOST_LIBMPI = os.path.realpath("/usr/lib/x86_64-linux-gnu/libmpi.so.40")
 #: A program that loads libmpi.so.40 as the container's loader finds it, then shows its maps.
@@ -59,6 +59,7 @@ def host_version() -> str:
     return found.group(1).decode()
 
 
+@pytest.mark.hpc
 def test_matching_image_is_compatible(ucore_cli: Ucore, openmpi_image: str) -> None:
     ucore_cli.ok("pull", openmpi_image)
     result = ucore_cli.ok("mpi", "check", "--launcher", "mpirun", "--json", openmpi_image)
@@ -77,9 +78,12 @@ def test_matching_image_is_compatible(ucore_cli: Ucore, openmpi_image: str) -> N
     assert ucore_cli.store.joinpath("containers").is_dir()
 
 
-def test_mismatching_image_is_explained(ucore_cli: Ucore, mpich_image: str) -> None:
+def test_mismatching_image_is_explained(ucore_cli: Ucore, mpich_image: str, tmp_path: Path) -> None:
     ucore_cli.ok("pull", mpich_image)
-    result = ucore_cli.run("mpi", "check", "--launcher", "mpirun", mpich_image)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    result = ucore_cli.run("mpi", "check", "--launcher", "mpirun", mpich_image, env=env)
     assert result.returncode == 9, result
     assert (
         f"problem: the image has MPICH 4.0.2 (libmpich.so.12); the host launcher is Open MPI"
@@ -87,8 +91,8 @@ def test_mismatching_image_is_explained(ucore_cli: Ucore, mpich_image: str) -> N
     ) in result.stdout
     assert "run --mpi=host: refused: the image has MPICH 4.0.2" in result.stdout
     assert result.stderr == ""
-    # nothing of the scratch unpack is left behind
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("ucore-mpi-check-*"))
+    # the image is unpacked for the check in TMPDIR; nothing of that is left behind
+    assert list(scratch.iterdir()) == []
 
 
 def test_check_of_what_is_not_there(ucore_cli: Ucore) -> None:
@@ -114,6 +118,7 @@ def _file(path: Path | str) -> tuple[int, int, int]:
     return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
 
 
+@pytest.mark.hpc
 @pytest.mark.parametrize("engine", ["proot", "runc", "crun"])
 def test_host_mpi_is_what_the_program_loads(
     ucore_cli: Ucore, openmpi_image: str, engine: str
@@ -146,6 +151,7 @@ def test_host_mpi_refused_on_the_mismatching_image(ucore_cli: Ucore, mpich_image
     assert "mpi bind 'bogus'" in result.stderr
 
 
+@pytest.mark.hpc
 def test_check_for_srun_reads_what_this_slurm_offers(
     ucore_cli: Ucore, slurm: Slurm, openmpi_image: str, mpich_image: str
 ) -> None:
@@ -167,6 +173,7 @@ def test_check_for_srun_reads_what_this_slurm_offers(
     assert "problem: srun cannot say which PMI it offers:" in result.stdout
 
 
+@pytest.mark.hpc
 def test_two_ranks_run_on_the_host_mpi(ucore_cli: Ucore, openmpi_image: str) -> None:
     """The host's mpirun starts two ranks whose MPI is the host's (PRoot: each rank's
     /proc/self/maps shows the host file's inode)."""

@@ -102,7 +102,7 @@ def bindings(
     if why is not None:
         raise DeviceError(f"--mpi=host: {why}")
     assert host.mpi is not None and image.glibc is not None
-    host_index, image_index = Index(host_tree), Index(image_tree)
+    host_index, image_index = host_tree.index, image_tree.index
     libraries = [host.mpi.library]
     libraries += [lib for p in FABRIC if (lib := host_index.first((p,))) is not None]
     dirs: list[str] = []

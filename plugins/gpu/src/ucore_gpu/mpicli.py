@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore.errors import IntegrityError, NotFoundError, UsageError
+from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 
 if TYPE_CHECKING:
     from ucore.model import Container, RunSpec
@@ -122,7 +122,13 @@ def _root_of(session: Session, text: str) -> Iterator[Path]:
     image = images.load(store, ref)
     import tempfile
 
-    scratch = Path(tempfile.mkdtemp(prefix="ucore-mpi-check-"))
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix="ucore-mpi-check-"))
+    except OSError as exc:
+        raise StoreError(
+            f"mpi check: no scratch directory to unpack {text} into in {tempfile.gettempdir()}"
+            f" ({exc.strerror}); check a container made from it, or set TMPDIR"
+        ) from None
     try:
         (scratch / "ROOT").mkdir(mode=0o755)
         with store.shared_lock("gc"):

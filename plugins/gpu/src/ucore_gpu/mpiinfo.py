@@ -20,6 +20,7 @@ import io
 import os
 import re
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -106,6 +107,11 @@ class Tree:
     def real(self, canonical: str) -> str:
         """The host path of a canonical path in this tree (a mount's source)."""
         return canonical if str(self.root) == "/" else str(self.root) + canonical
+
+    @cached_property
+    def index(self) -> Index:
+        """The tree's libraries, found once for the check and the bind."""
+        return Index(self)
 
 
 class Library(NamedTuple):
@@ -333,7 +339,7 @@ def pmix_of(tree: Tree, index: Index) -> Optional[str]:
     return found.group(1).decode("ascii") if found else ""
 
 
-def side(tree: Tree, index: Optional[Index] = None) -> Side:
+def side(tree: Tree) -> Side:
     """What ``tree`` offers an MPI job."""
-    index = index or Index(tree)
+    index = tree.index
     return Side(mpi_of(tree, index), pmix_of(tree, index), glibc_release(tree, index))
