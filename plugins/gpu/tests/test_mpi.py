@@ -196,6 +196,11 @@ def test_the_same_open_mpi_is_compatible_every_way(host: Path) -> None:
         assert verdict.compatible and verdict.problems == (), launcher
         assert verdict.bind_refusal is None
     assert "start the ranks with srun --mpi=pmix" in verdict.notes
+    host = side._replace(pmix="4.2.2")
+    older = mpicheck.compare(host, _launchers(), side._replace(pmix="3.2.3"), "srun")
+    assert older.compatible and older.notes[1].startswith("PMIx 4.2.2 on the host and 3.2.3")
+    same = mpicheck.compare(host, _launchers(), side._replace(pmix="4.1.0"), "srun")
+    assert len(same.notes) == 1
 
 
 def test_open_mpi_a_major_release_apart_is_refused(host: Path) -> None:

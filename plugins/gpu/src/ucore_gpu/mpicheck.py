@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-from ucore_gpu import mpibind
+from ucore_gpu import mpibind, mpiinfo
 from ucore_gpu.mpiinfo import Side
 
 #: ``mpi check`` found the launcher cannot start the image's ranks.
@@ -192,7 +192,8 @@ def _with_srun(
         )
         return
     notes.append(f"start the ranks with srun --mpi={common[0]}")
-    if common[0] == "pmix" and host.pmix and image.pmix and host.pmix[:1] != image.pmix[:1]:
+    majors = {mpiinfo.version_key(v)[:1] for v in (host.pmix, image.pmix) if v}
+    if common[0] == "pmix" and len(majors) > 1:
         notes.append(
             f"PMIx {host.pmix} on the host and {image.pmix} in the image: PMIx talks across"
             " releases from 2.1 on"

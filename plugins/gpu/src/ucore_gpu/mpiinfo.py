@@ -17,6 +17,7 @@ The host's tree is read the same way, so a device root describes a whole synthet
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -97,8 +98,9 @@ class Tree:
             fd = inroot.open_dir(self.root, [p for p in where.split("/") if p])
         except OSError:
             return []
-        try:
-            return sorted(os.listdir(fd))[:_MAX_DIR_ENTRIES]
+        try:  # at most so many names: an image's directory can hold millions
+            with os.scandir(fd) as entries:
+                return sorted(e.name for e in itertools.islice(entries, _MAX_DIR_ENTRIES))
         except OSError:
             return []
         finally:
