@@ -39,8 +39,20 @@ pytestmark = pytest.mark.hpc
 #: In every time-limited job's command line: any process still showing it afterwards is a
 #: container (or engine) process that outlived its job.
 MARKER = "ucore-slurm-leftover-probe"
+#: The container's sleep: a duration nothing else on the machine sleeps, as its marker.
+MARKER_SLEEP = "7777777"
 #: A container command that ignores SIGTERM, so that only the SIGKILL after KillWait ends it.
-STUBBORN = f"trap '' TERM; echo running; while :; do sleep 1; done # {MARKER}"
+#: (One long sleep, not a loop of short ones: a process forked while Slurm is ending the job
+#: can escape its kill, a race of Slurm's process tracking, not a leftover of ucore's.)
+STUBBORN = f"trap '' TERM; echo running; exec sleep {MARKER_SLEEP} # {MARKER}"
+#: A container command that ends on SIGTERM, as most do. (Its shell waits for each short
+#: sleep, then runs the trap, whichever of the two Slurm signals first; a long sleep in the
+#: background could die first and end the shell without the trap.)
+POLITE = f'trap "echo stopping; exit 0" TERM; echo running; while :; do sleep 1; done # {MARKER}'
+#: The batch script around it: its shell outlives SIGTERM (a trap), so the log says how ucore
+#: ended (by itself, before KillWait's SIGKILL).
+POLITE_JOB = f"trap : TERM\nucore run c sh -c '{POLITE}'\nstatus=$?\necho \"ucore exit $status\"\n"
+ENGINES = ("proot", "runc", "crun", "fakechroot")
 #: Files in the big image's second layer: enough that creating a container takes a while.
 BIG_FILES = 20000
 
@@ -100,8 +112,8 @@ def describe(task: Task) -> str:
 
 
 def leftovers(store: Path) -> list[str]:
-    """Command lines of processes that name :data:`MARKER` or the store (engines name the
-    container's root there): what a killed job must not leave running."""
+    """Command lines of processes that name :data:`MARKER`, :data:`MARKER_SLEEP` or the store
+    (engines name the container's root there): what a killed job must not leave running."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -110,7 +122,7 @@ def leftovers(store: Path) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if MARKER in cmdline or str(store) in cmdline:
+        if MARKER in cmdline or MARKER_SLEEP in cmdline or str(store) in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
 
@@ -236,22 +248,22 @@ def time_limited(
     busybox_image: str,
     debian_image: str,
 ) -> Iterator[dict[str, Limited]]:
-    """Every time-limited job, submitted at once and waited for together: a run in each
-    engine (the container ignores SIGTERM), a pull from a registry that stalls mid-blob, and
-    the create of a big image (caught and frozen mid-create, so that the limit lands there)."""
+    """Every time-limited job, submitted at once and waited for together: two runs in each
+    engine (``run-``: the container ignores SIGTERM; ``term-``: it ends on it), a pull from a
+    registry that stalls mid-blob, and the create of a big image (caught and frozen
+    mid-create, so that the limit lands there)."""
     jobs: dict[str, Limited] = {}
     limit = "--time=1"
-    for engine, image in [
-        ("proot", busybox_image),
-        ("runc", busybox_image),
-        ("crun", busybox_image),
-        ("fakechroot", debian_image),
-    ]:
-        user = user_store(slurm, f"limit-run-{engine}")
-        user.ok("create", "--name", "c", image)
-        user.ok("setup", "--engine", engine, "c")
-        job = user.sbatch(f'exec ucore run c sh -c "{STUBBORN}"\n', limit)
-        jobs[f"run-{engine}"] = Limited(user, job, image)
+    for engine in ENGINES:
+        image = debian_image if engine == "fakechroot" else busybox_image
+        for kind, script in [
+            ("run", f'exec ucore run c sh -c "{STUBBORN}"\n'),
+            ("term", POLITE_JOB),
+        ]:
+            user = user_store(slurm, f"limit-{kind}-{engine}")
+            user.ok("create", "--name", "c", image)
+            user.ok("setup", "--engine", engine, "c")
+            jobs[f"{kind}-{engine}"] = Limited(user, user.sbatch(script, limit), image)
 
     big = big_image(registry)
     with FaultProxy(registry.url) as stalling:
@@ -281,29 +293,37 @@ def time_limited(
 
 RECOVERY = {
     "run": "exec ucore run c echo again\n",
+    "term": "exec ucore run c echo again\n",
     "pull": "ucore pull {image} && exec ucore run --rm {image} echo again\n",
     "create": "ucore create --name big {image} >/dev/null && exec ucore run big echo again\n",
 }
 
 
 @pytest.mark.parametrize(
-    "case", ["run-proot", "run-runc", "run-crun", "run-fakechroot", "pull", "create"]
+    "case", [*(f"{k}-{e}" for k in ("run", "term") for e in ENGINES), "pull", "create"]
 )
 def test_a_job_killed_by_its_time_limit_leaves_nothing_behind(
     case: str, slurm: Slurm, time_limited: dict[str, Limited]
 ) -> None:
     """Slurm's time limit (SIGTERM, SIGKILL after KillWait) in the middle of a run, a pull
-    or a create: no container process outlives the job, nothing partial is visible, the
-    store verifies, and the next job in the same store succeeds."""
+    or a create: a container that ends on SIGTERM ends, and ucore with it; no container
+    process outlives the job, nothing partial is visible, the store verifies, and the next
+    job in the same store succeeds."""
     limited = time_limited[case]
     task, user = limited.task, limited.user
     assert task is not None
     assert task.state == "TIMEOUT", describe(task)
     assert "DUE TO TIME LIMIT" in task.output(), describe(task)
     assert leftovers(user.store) == []
-    if case.startswith("run-"):
+    if case.startswith(("run-", "term-")):
         assert "running" in task.output(), describe(task)
         assert [row["names"] for row in user.ps()] == [["c"]]
+        if case.startswith("term-"):
+            # the container got SIGTERM and ended, and ucore ended by itself before the
+            # SIGKILL: with the container's status, or 143 where its own SIGTERM came after
+            # the container had ended (Slurm signals the job's processes one by one)
+            assert "stopping" in task.output(), describe(task)
+            assert re.search(r"^ucore exit (0|143)$", task.output(), re.M), describe(task)
     elif case == "pull":
         assert limited.caught, f"the pull never reached the stalled blob\n{describe(task)}"
         assert user.images() == [], "a pull cut short shows an image"
