@@ -18,6 +18,7 @@ setting                  environment                 meaning
 ``max_retry_after``      ``UCORE_MAX_RETRY_AFTER``   cap on a 429's Retry-After (60)
 ``disable_plugins``      ``UCORE_DISABLE_PLUGINS``   comma-separated plugin names
 ``pass_env``             ``UCORE_PASS_ENV``          host variables every run passes
+``launcher_binds``       ``UCORE_LAUNCHER_BINDS``    bind an MPI launcher's directories (yes)
 =======================  ==========================  ==================================
 """
 
@@ -52,6 +53,7 @@ _ENV = {
     "max_retry_after": "UCORE_MAX_RETRY_AFTER",
     "disable_plugins": "UCORE_DISABLE_PLUGINS",
     "pass_env": "UCORE_PASS_ENV",
+    "launcher_binds": "UCORE_LAUNCHER_BINDS",
 }
 
 
@@ -97,6 +99,18 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return convert
 
 
+def _boolean(name: str) -> Callable[[str], bool]:
+    def convert(text: str) -> bool:
+        value = text.strip().lower()
+        if value in ("1", "yes", "true", "on"):
+            return True
+        if value in ("0", "no", "false", "off"):
+            return False
+        raise UsageError(f"{name} must be yes or no, not {text!r}")
+
+    return convert
+
+
 def _directory(text: str, name: str = "dir") -> Path:
     """The store's path. Empty would mean the current directory, which the store would then
     take over (made private, filled with ``blobs/``, ``refs/``...): refused, as is a NUL byte,
@@ -127,6 +141,7 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "max_retry_after": _positive_float("max_retry_after"),
     "disable_plugins": _csv,
     "pass_env": lambda text: tuple(text.replace(",", " ").split()),
+    "launcher_binds": _boolean("launcher_binds"),
 }
 
 
@@ -153,6 +168,9 @@ class Config(NamedTuple):
     disable_plugins: tuple[str, ...] = ()
     #: Patterns of host variables every run passes (None: :data:`ucore.runspec.PASS_ENV`).
     pass_env: Optional[tuple[str, ...]] = None
+    #: Whether a run under an MPI launcher binds the launcher's rendezvous directories
+    #: (:mod:`ucore.launcher`); off for a site whose launcher shares them some other way.
+    launcher_binds: bool = True
     #: The parsed command line (None outside the CLI: read it with ``getattr(..., default)``).
     options: Optional[argparse.Namespace] = None
     #: The config file's other sections, for plugins (``[proot]`` ``path = ...``).

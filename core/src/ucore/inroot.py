@@ -160,11 +160,16 @@ def _walk(root: Path, path: str, leaf: Optional[Callable[[int, str], None]]) -> 
                     names.clear()
                 pending.extend(target.split("/")[::-1])
                 continue
+            last = not any(p not in ("", ".") for p in pending)
+            if stat.S_ISDIR(mode) and last:
+                # Not opened: nothing below it is looked at, and it may be a mount point a
+                # running PRoot made for a bind (mode 0, until that run ends).
+                return Walk("/" + "/".join([*names, comp]), 0, stat.S_IFDIR)
             if stat.S_ISDIR(mode):
                 fds.append(os.open(comp, DIR_FLAGS, dir_fd=fds[-1]))
                 names.append(comp)
                 continue
-            if any(p not in ("", ".") for p in pending):  # a file used as a directory
+            if not last:  # a file used as a directory
                 return _missing([*names, comp], list(reversed(pending)), blocked=True)
             if leaf is not None and stat.S_ISREG(mode):
                 leaf(fds[-1], comp)

@@ -11,8 +11,11 @@ Docker's rules, because users arrive with Docker's habits and images are built f
   ``--env-file`` files in order, then ``-e`` (``-e NAME`` takes the host's value). ``PATH``
   and ``HOME`` get Docker's defaults.
 * **user**: ``-u``/``User`` is ``name|uid[:group|gid]`` looked up in the container's own account
-  files (or the ``--hostauth`` copies), read without following links out of the root.
+  files (or the ``--hostauth`` copies), read without following links out of the root. A rank
+  that a PMIx server started runs as the invoking user unless ``-u`` says otherwise (the
+  server checks who its clients are: :func:`ucore.launcher.pmix_client`).
 * **mounts**: the "sysdirs" (udocker's default host binds), the account files, ``--bindhome``,
+  the rendezvous directories of an MPI launcher that started the run (:mod:`ucore.launcher`),
   then ``-v`` volumes; a later mount of the same target wins, and targets are resolved inside
   the root, so an image symlink cannot aim a bind at the host. Mounts come ordered parents first.
 
@@ -30,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from ucore import hostauth, hostfiles, inroot
+from ucore import hostauth, hostfiles, inroot, launcher
 from ucore.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -101,6 +104,8 @@ class RunOptions(NamedTuple):
     bindhome: bool = False
     cpuset: Optional[str] = None
     kernel: Optional[str] = None
+    #: Bind the rendezvous directories a launcher's variables name (``launcher_binds``).
+    launcher_binds: bool = True
 
 
 class _Account(NamedTuple):
@@ -127,6 +132,8 @@ def build(
         else hostauth.container_accounts(root)
     )
     user_text = opts.user if opts.user is not None else _string(meta, "User") or None
+    if opts.user is None and launcher.pmix_client(environ):
+        user_text = f"{os.getuid()}:{os.getgid()}"
     uid, gid, home = _user(user_text, accounts, from_image=opts.user is None)
     env, chosen = _environment(meta, opts, environ)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -135,6 +142,7 @@ def build(
         *_sysdirs(root, Path(container.dir) / "hostfiles", opts),
         *accounts.mounts,
         *_home(opts),
+        *(launcher.mounts(environ) if opts.launcher_binds else ()),
         *map(parse_volume, opts.volumes),
     ]
     mounts = [m for m in mounts if m.source not in opts.novol and m.target not in opts.novol]

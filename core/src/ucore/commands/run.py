@@ -220,6 +220,7 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         bindhome=args.bindhome,
         cpuset=args.cpuset,
         kernel=args.kernel,
+        launcher_binds=session.config.launcher_binds,
     )
     try:
         with containers.running(session.store, container):
