@@ -5,8 +5,10 @@ MPI library inside the image must find its peers as a native rank would. The env
 passes already (:data:`ucore.runspec.PASS_ENV`), the engines share the host's network, PIDs,
 IPC and ``/dev/shm``; what is left are the *rendezvous directories*: the launcher's PMIx server
 keeps its shared-memory data store and lock files there, and Open MPI the job's session
-directory. A rank that cannot open them fails in ``MPI_Init`` (``PMIX ERROR ... gds_ds12_lock``)
-or, where the wire-up is optional, starts as a singleton, "rank 0 of 1".
+directory. Every rank that cannot open them prints ``PMIX ERROR: ... gds_ds12_lock_pthread.c``
+into the job's log, and falls back to asking the server for each value it needs (Open MPI 4.1
+then still runs; other versions and servers may not). A rank that misses the environment
+starts as a singleton, "rank 0 of 1".
 
 So when the environment names such directories, the run binds exactly those, at the same
 paths, and nothing else of ``/tmp``: the variables below name directories the launcher made
@@ -21,9 +23,11 @@ Seen with Debian 12's Open MPI 4.1.4 and PMIx 4.2 under ``mpirun``::
     PMIX_SERVER_TMPDIR=/tmp/ompi.HOST.UID/pid.PID
     PMIX_DSTORE_21_BASE_PATH=/tmp/ompi.HOST.UID/pid.PID/pmix_dstor_ds21_PID
 
-and under Slurm 22.05's ``srun --mpi=pmix`` (the PMIx plugin's directory in slurmd's spool)::
+and under Slurm 22.05's ``srun --mpi=pmix`` (the PMIx plugin's directory in slurmd's
+``SlurmdSpoolDir``)::
 
-    PMIX_SERVER_TMPDIR=/var/spool/slurmd/pmix.JOB.STEP
+    PMIX_SERVER_TMPDIR=SPOOL/pmix.JOB.STEP/
+    PMIX_DSTORE_21_BASE_PATH=SPOOL/pmix.JOB.STEP//pmix_dstor_ds21_PID
 
 Open MPI 5 (PRRTE) and other PMIx servers set ``PMIX_SERVER_TMPDIR`` and the data store
 paths too. Slurm's PMI-2 (``--mpi=pmi2``) hands its ranks an inherited socket (``PMI_FD``),
