@@ -61,3 +61,6 @@ done
 python3 "$(dirname "$0")/support/debian.py" >/dev/null
 # Debian's MPICH library (apt-get download): the mismatching image of the MPI check tests.
 python3 "$(dirname "$0")/support/mpich.py" >/dev/null
+# The MPI test image's root: the same Debian with Debian's Open MPI runtime and a two-rank
+# program compiled with the host's mpicc (tests/support/mpi.py); a no-op when already there.
+python3 "$(dirname "$0")/support/mpi.py" >/dev/null
