@@ -389,7 +389,7 @@ def _kill_daemon(pid: int) -> None:
         name = Path(os.readlink(f"/proc/{pid}/exe")).name
     except OSError:
         return
-    if name in DAEMONS:
+    if name.split("-")[0] in DAEMONS:  # Debian's are slurmctld-wlm and slurmd-wlm
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
