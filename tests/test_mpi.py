@@ -4,7 +4,7 @@ The image (``support/mpi.py``) carries Debian's Open MPI runtime and ``mpi-ring`
 that does point-to-point (a small and a 4 MiB message round the ring) and collective
 (``MPI_Allreduce``, ``MPI_Bcast``) communication. The host's ``mpirun`` and Slurm's
 ``srun --mpi=pmix`` start one ``ucore run`` per rank, as the unprivileged user ``ucore-test``,
-in each engine; both ranks must report one job of two ranks and the right values. A rank that
+in each engine (PRoot, runc, crun, F1, F3); both ranks must report one job of two ranks and the right values. A rank that
 misses its launcher's rendezvous directories or runs as another user fails in ``MPI_Init``; one
 that misses the launcher's environment starts as a singleton ("rank 0 of 1").
 
@@ -26,8 +26,9 @@ from ucore.testing.registry import RegistryServer
 
 pytestmark = pytest.mark.hpc
 
-#: The engines named by their modes: PRoot, runc, crun and Fakechroot's F1.
-ENGINES = ("P1", "runc", "crun", "F1")
+#: The engines named by their modes: PRoot, runc, crun, and Fakechroot's F1 and F3 (F3 patches
+#: the image's ELF files on its first run: here both ranks' first run at once).
+ENGINES = ("P1", "runc", "crun", "F1", "F3")
 RANKS = 2
 LINE = re.compile(
     r"^rank (\d+) of (\d+): got (-?\d+) from (\d+), big (\d+), sum (\d+), token (\d+)$", re.M
