@@ -4,9 +4,11 @@ The image (``support/mpi.py``) carries Debian's Open MPI runtime and ``mpi-ring`
 that does point-to-point (a small and a 4 MiB message round the ring) and collective
 (``MPI_Allreduce``, ``MPI_Bcast``) communication. The host's ``mpirun`` and Slurm's
 ``srun --mpi=pmix`` start one ``ucore run`` per rank, as the unprivileged user ``ucore-test``,
-in each engine (PRoot, runc, crun, F1, F3); both ranks must report one job of two ranks and the right values. A rank that
-misses its launcher's rendezvous directories or runs as another user fails in ``MPI_Init``; one
-that misses the launcher's environment starts as a singleton ("rank 0 of 1").
+in each engine (PRoot, runc, crun, F1, F3); both ranks must report one job of two ranks, the
+right values, and nothing on stderr that says ERROR. A rank that runs as the container's root
+fails in ``MPI_Init`` (PMIx checks who its clients are); one that misses the launcher's
+rendezvous directories complains ("PMIX ERROR") and falls back; one that misses the
+launcher's environment starts as a singleton ("rank 0 of 1").
 
 One store and one container per engine serve the whole module (pulled and created once).
 """
