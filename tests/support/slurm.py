@@ -6,17 +6,18 @@ that. So the session starts the real daemons (``munged``, ``slurmctld``, ``slurm
 each session with its own configuration, ports, munge socket and spool in a directory of its
 own under :data:`ROOT`, and submits real jobs as the unprivileged user :data:`USER`.
 
-The configuration is the one that worked on a 2-core Debian 12 machine without systemd
-(``/work/shared/hpc-notes.md``): ``proctrack/linuxproc`` (no cgroups), ``OverSubscribe=FORCE``
-so that a 16-task array and 2-rank jobs fit on 2 cores, ``KillWait=5`` so that a time limit's
-SIGTERM is followed by SIGKILL after five seconds. Finished jobs stay in ``slurmctld``'s memory
-for ``MinJobAge`` (300 s) so that :meth:`Slurm.wait` can read their states and exit codes
-without accounting.
+The configuration is the one that works on a 2-core Debian 12 machine without systemd
+(Slurm 22.05): ``proctrack/linuxproc`` (no cgroups), ``OverSubscribe=FORCE`` so that a
+16-task array and 2-rank jobs fit on 2 cores, ``KillWait=5`` so that a time limit's SIGTERM is
+followed by SIGKILL after five seconds. Finished jobs stay in ``slurmctld``'s memory for
+``MinJobAge`` (300 s) so that :meth:`Slurm.wait` can read their states and exit codes without
+accounting.
 
 Daemons left by a session that was killed (a developer's ^C twice, a CI timeout) are ended by
 the next session: each session directory names its owner's pid, and a directory whose owner is
 gone has its daemons (by the pids recorded there, checked against ``/proc``) killed and is
-removed. Sessions running at the same time do not disturb each other.
+removed, with the jobs' working directories. Sessions running at the same time do not disturb
+each other.
 
 API for tests (``from support.slurm import Slurm``; the ``slurm`` fixture in ``conftest.py``):
 
@@ -123,6 +124,7 @@ class Slurm:
         self._user_base = Path(tempfile.mkdtemp(prefix="ucore-slurm-", dir="/tmp"))
         _chown_user(self._user_base)
         self._user_base.chmod(0o755)
+        (directory / "user-base").write_text(str(self._user_base))
         self._procs: list[subprocess.Popen[bytes]] = []
         self._conf_before: Optional[str] = None
 
@@ -352,11 +354,14 @@ def end_stale_sessions(root: Path = ROOT) -> None:
     if not root.is_dir():
         return
     for directory in root.iterdir():
-        owner = _read_int(directory / "owner")
-        if owner is not None and _alive(owner):
+        owner = re.fullmatch(r"session-(\d+)-.*", directory.name)
+        if owner is None or _alive(int(owner.group(1))):
             continue
         for pid in _recorded_pids(directory):
             _kill_daemon(pid)
+        user_base = directory / "user-base"
+        if user_base.is_file():
+            subprocess.run(["rm", "-rf", "--one-file-system", user_base.read_text()], check=False)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -475,9 +480,10 @@ def start(ucore: Optional[Path] = None) -> Slurm:
     _check_ucore(ucore)
     end_stale_sessions()
     ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="session-", dir=ROOT))
+    # the owner's pid in the name, there from the start: another session starting at the
+    # same moment never takes this one for a dead one's
+    directory = Path(tempfile.mkdtemp(prefix=f"session-{os.getpid()}-", dir=ROOT))
     directory.chmod(0o755)
-    (directory / "owner").write_text(f"{os.getpid()}\n")
     for sub in ("state", "spool"):
         (directory / sub).mkdir(mode=0o700)
     (directory / "plugstack.conf").write_text("")
