@@ -583,19 +583,26 @@ def _wait_for(path: Path) -> None:
 
 
 @pytest.mark.parametrize("cls", [RuncEngine, CrunEngine])
+@pytest.mark.parametrize("as_user", [False, True], ids=["default-user", "as-invoking-user"])
 def test_mount_points_of_transient_mounts_are_removed(
     cls: type[OciEngine],
+    as_user: bool,
+    *,
     image_root: Path,
     sync: Path,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """The runtime makes them (directories, empty files) and ucore removes them afterwards;
-    a volume's mount point stays, and so does a directory it shares with a transient one."""
+    """ucore makes them (directories, empty files) and removes them afterwards; a volume's
+    mount point stays, and so does a directory it shares with a transient one. With ``-u``
+    the invoking user (an MPI rank under PMIx) an unprivileged runc maps the container's root
+    to an ``/etc/subuid`` id: mount points runc made then belonged to that id and stayed."""
     engine = _engine(cls, tmp_path)
     before = _tree(image_root)
     fields = _transient(tmp_path)
     fields["mounts"] += (Mount(str(sync), "/opt/data"),)
+    if as_user:
+        fields.update(uid=os.getuid(), gid=os.getgid())
     script = f"cat {LIBRARY} /opt/gpu/lib64/g /dev/fake0 /opt/gpu/dev1"
     assert _run(engine, image_root, tmp_path, "sh", "-c", script, **fields) == 0
     assert capfd.readouterr().out == "driver\nlib64\ndevice\ndevice\n"

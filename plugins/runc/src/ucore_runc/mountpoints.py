@@ -6,7 +6,9 @@ made for one run only (GPU driver libraries, device files: ``Mount.transient`` a
 ``DeviceNode``) that would leave ``/usr/local/nvidia/lib64/libcuda.so.1`` and its directories
 behind in the container, empty, after a run on a GPU node. So before its runtime starts, a run
 appends to a record in the container directory (outside the root) the components of those
-targets that the root lacks; a run killed outright leaves the record for a later run to use.
+targets that the root lacks, and makes them itself, as the user (made by an unprivileged runc
+for a ``-u`` run, they would belong to an ``/etc/subuid`` id the user cannot remove); a run
+killed outright leaves the record for a later run to use.
 
 Many runs of one container may be active at once (the jobs of an array), sharing those mount
 points. Each run holds a shared ``flock`` on a lock file beside the record from before it looks
@@ -63,7 +65,12 @@ def removed_after(container: Container, spec: RunSpec) -> Iterator[None]:
         transient += [d.target or d.path for d in spec.devices]
         if transient:
             kept = [m.target for m in spec.mounts if not m.transient]
-            _record(container.dir, missing(container.root, transient, kept))
+            paths = missing(container.root, transient, kept)
+            _record(container.dir, paths)
+            files = [d.target or d.path for d in spec.devices]
+            files += [m.target for m in spec.mounts if m.transient and not _is_dir(m.source)]
+            walks = (_resolve(container.root, target) for target in files)
+            _make(container.root, paths, {walk.path for walk in walks if walk is not None})
         yield
     finally:
         try:
@@ -104,6 +111,58 @@ def _resolve(root: Path, target: str) -> Optional[inroot.Walk]:
     except OSError as exc:  # a loop of links: the runtime refuses the mount itself
         log.debug("mount target not resolved", target=target, error=str(exc))
         return None
+
+
+def _is_dir(source: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(source).st_mode)
+    except OSError:
+        return False
+
+
+def _make(root: Path, paths: list[str], files: set[str]) -> None:
+    """Create the mount points as the user, parents first, before the runtime would: one the
+    runtime made for a ``-u`` run under runc belongs to the id its user namespace maps the
+    container's root to (an ``/etc/subuid`` id), and the user could not remove it after
+    (an empty ``/tmp/ompi.HOST.UID/pid.N`` left in the container by every MPI job). Paths
+    in ``files`` become empty files, the rest directories; what cannot be made is left to
+    the runtime, as before."""
+    top = os.open(root, DIR_FLAGS)
+    try:
+        for path in sorted(paths, key=lambda p: p.count("/")):
+            *parents, name = path.strip("/").split("/")
+            try:
+                fd = _make_dirs(top, parents)
+            except OSError:
+                continue
+            try:
+                if path in files:
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | _FILE_FLAGS, 0o644, dir_fd=fd))
+                else:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+            except OSError as exc:  # made meanwhile by another run, or not ours to make
+                log.debug("mount point left to the runtime", path=path, error=str(exc))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
+
+
+def _make_dirs(top: int, names: list[str]) -> int:
+    """The directory ``names`` lead to from ``top``, made where missing (a parent a volume
+    needs too: not recorded, it stays, as the runtime's would), never following a link."""
+    fd = os.dup(top)
+    try:
+        for name in names:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=fd)
+            inner = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _shared_lock(container_dir: Path) -> Optional[int]:
