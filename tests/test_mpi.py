@@ -134,3 +134,25 @@ def test_without_the_launchers_directories_pmix_complains(mpi_store: MpiStore) -
         run=("run", name("crun"), mpi.PROGRAM),
     )
     assert result.stderr.count("PMIX ERROR") >= RANKS, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ranks_talk_through_shared_memory_as_debian_configures_open_mpi(
+    mpi_store: MpiStore, engine: str
+) -> None:
+    """Debian's /etc/openmpi/openmpi-mca-params.conf turns UCX off (``pml = ^ucx``), so ranks
+    on one node talk through Open MPI's own shared-memory transport (vader), whose single
+    copy (CMA) the kernel refuses between user namespaces: under an unprivileged runc or crun
+    every rank has its own, and the job hung. The same settings, given as the host's
+    variables, must give one working job in every engine (the 4 MiB message takes the
+    single-copy path where it can)."""
+    result = mpi_store.launch(
+        "mpirun",
+        "-np",
+        str(RANKS),
+        "--oversubscribe",
+        env={"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader"},
+        run=("run", name(engine), mpi.PROGRAM),
+        timeout=90,
+    )
+    check_job(result)

@@ -169,6 +169,8 @@ class OciEngine:
         if why is not None:
             raise IntegrityError(why)
         terminal = spec.terminal and os.isatty(1)
+        if os.getuid() != 0:
+            spec = single_copy_off(spec)
         who, steps = self._identity(spec.uid, spec.gid)
         config = oci.config(spec, root, who, proc=self.needs_proc, terminal=terminal)
         cpus = None
@@ -221,6 +223,26 @@ class OciEngine:
     def _steps(self) -> list[Step]:
         """What the child runs just before it becomes the runtime, whoever the user."""
         return []
+
+
+#: Set in the container of an MPI rank when the user has not set it (see :func:`single_copy_off`).
+SINGLE_COPY = "OMPI_MCA_btl_vader_single_copy_mechanism"
+#: Variables that only a rank an MPI launcher started has.
+_RANK = ("PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def single_copy_off(spec: RunSpec) -> RunSpec:
+    """An unprivileged runtime puts each container in a user namespace of its own, so the
+    ranks of one job on a node are in different ones, and Open MPI's shared-memory transport
+    cannot use its single-copy mechanism between them (CMA, ``process_vm_readv``, which the
+    kernel refuses across user namespaces): with the host's Open MPI settings (Debian's turn
+    UCX off) a two-rank job hung after "CMA not available due to different user namespaces".
+    The copy-in/copy-out path works; it is what Apptainer's documentation advises for its
+    user-namespace mode too. A value the user set wins."""
+    env = dict(spec.env)
+    if SINGLE_COPY in env or not any(name in env for name in _RANK):
+        return spec
+    return spec._replace(env=(*spec.env, (SINGLE_COPY, "none")))
 
 
 class RuncEngine(OciEngine):
