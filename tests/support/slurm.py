@@ -160,17 +160,27 @@ class Slurm:
         env: Optional[Mapping[str, str]] = None,
         timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` as USER with :meth:`user_env` (plus ``env``), output captured."""
+        """Run ``argv`` as USER with :meth:`user_env` (plus ``env``), output captured. On
+        timeout its whole process group is killed (its own session): a hung ``mpirun``'s
+        ranks would otherwise outlive the test and load the rest of the suite."""
         assignments = [f"{k}={v}" for k, v in self.user_env(env).items()]
-        return subprocess.run(
+        with subprocess.Popen(
             ["runuser", "-u", USER, "--", "env", "-i", *assignments, *argv],
             cwd=cwd,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             stdin=subprocess.DEVNULL,
-            check=False,
-        )
+            start_new_session=True,
+        ) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def srun(
         self,
