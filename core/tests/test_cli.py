@@ -130,6 +130,37 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None
     assert config.dir == tmp_path / "s"
 
 
+def test_the_administrators_file_comes_first_and_the_users_wins(tmp_path: Path) -> None:
+    """A site sets its store of images, a mirror and a default store for everyone in
+    /etc/ucore.conf; what the user's own file, variables and flags say wins over it, and the
+    plugins' sections merge key by key."""
+    system = tmp_path / "etc-ucore.conf"
+    system.write_text(
+        f"[ucore]\nsite_store = {tmp_path / 'site'}\nregistry = mirror.site:5000\n"
+        f"dir = {tmp_path / 'default'}\njobs = 2\n[gpu]\nsource = cdi\ncdi_dirs = /etc/cdi\n"
+    )
+    config = Config.load({"UCORE_SYSTEM_CONFIG": str(system)})
+    assert (config.site_store, config.registry, config.dir, config.jobs) == (
+        tmp_path / "site",
+        "mirror.site:5000",
+        tmp_path / "default",
+        2,
+    )
+    # the user's file is found in the store the administrator's file names
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "ucore.conf").write_text("[ucore]\njobs = 6\n[gpu]\nsource = scan\n")
+    config = Config.load({"UCORE_SYSTEM_CONFIG": str(system)})
+    assert (config.jobs, config.registry) == (6, "mirror.site:5000")
+    assert dict(config.section("gpu")) == {"source": "scan", "cdi_dirs": "/etc/cdi"}
+    mine = Config.load(
+        {"UCORE_SYSTEM_CONFIG": str(system), "UCORE_DIR": str(tmp_path / "s"), "UCORE_JOBS": "8"}
+    )
+    assert (mine.dir, mine.jobs, mine.site_store) == (tmp_path / "s", 8, tmp_path / "site")
+    system.write_text("[ucore]\nspeed = max\n")
+    with pytest.raises(UsageError, match=f"unknown setting 'speed' in {system}"):
+        Config.load({"UCORE_SYSTEM_CONFIG": str(system)})
+
+
 def test_bad_config_file_is_a_usage_error(tmp_path: Path) -> None:
     conf = tmp_path / "ucore.conf"
     conf.write_text("[ucore]\nspeed = max\n")

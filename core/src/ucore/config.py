@@ -1,7 +1,11 @@
 """Settings: defaults, then the config file, then environment variables, then flags.
 
-The config file is INI (``[ucore]`` section) at ``$UCORE_CONFIG`` or ``$UCORE_DIR/ucore.conf``;
-INI because it needs no dependency on Python 3.9 and sites already write such files.
+The config files are INI (a ``[ucore]`` section, and one per plugin): the administrator's
+``/etc/ucore.conf`` (``$UCORE_SYSTEM_CONFIG``), where a site sets ``site_store``, its registry
+mirror or ``pass_env`` for every user, then the user's ``$UCORE_CONFIG`` or
+``$UCORE_DIR/ucore.conf``, whose settings win (the administrator's file may also set ``dir``,
+the default store). INI because it needs no dependency on Python 3.9 and sites already write
+such files.
 
 =======================  ==========================  ==================================
 setting                  environment                 meaning
@@ -36,6 +40,8 @@ from ucore.errors import UsageError
 if TYPE_CHECKING:
     from ucore.oci import Platform
 
+#: The administrator's config file, read before the user's.
+SYSTEM_CONFIG = "/etc/ucore.conf"
 #: Docker Hub, the default registry (defined here, with the settings, so that loading them on
 #: every ``ucore run`` does not load the image values; :mod:`ucore.oci` uses it from here).
 DOCKER_HUB = "docker.io"
@@ -185,14 +191,13 @@ class Config(NamedTuple):
         """Merge the layers; flags are the ``options`` attributes named like the settings."""
         env = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
+        system = env.get("UCORE_SYSTEM_CONFIG") or SYSTEM_CONFIG
+        sections = _settings(system, values)
         home = _directory(env["UCORE_DIR"]) if env.get("UCORE_DIR") else None
-        values["dir"] = home or Path.home() / ".ucore"
+        values["dir"] = home or values.get("dir") or Path.home() / ".ucore"
         path = env.get("UCORE_CONFIG") or str(values["dir"] / "ucore.conf")
-        sections = _read_file(path)
-        for key, raw in sections.pop("ucore", {}).items():
-            if key not in _CONVERT:
-                raise UsageError(f"unknown setting {key!r} in {path}")
-            values[key] = _CONVERT[key](raw)
+        for name, section in _settings(path, values).items():
+            sections[name] = {**sections.get(name, {}), **section}
         for key, var in _ENV.items():
             if env.get(var):
                 values[key] = _CONVERT[key](env[var])
@@ -212,6 +217,17 @@ class Config(NamedTuple):
     def section(self, name: str) -> Mapping[str, str]:
         """A plugin's section of the config file (empty when there is none)."""
         return self.sections.get(name, {})
+
+
+def _settings(path: str, values: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Put the ``[ucore]`` settings of the file at ``path`` into ``values``; its other
+    sections (the plugins')."""
+    sections = _read_file(path)
+    for key, raw in sections.pop("ucore", {}).items():
+        if key not in _CONVERT:
+            raise UsageError(f"unknown setting {key!r} in {path}")
+        values[key] = _CONVERT[key](raw)
+    return sections
 
 
 #: A config file is a few lines; ``UCORE_CONFIG=/dev/zero`` must not fill the memory.
