@@ -35,9 +35,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional
 
 if TYPE_CHECKING:
     from ucore.testing.images import Image
@@ -125,56 +125,74 @@ def debian_rootfs_tar() -> Path:
     :raises CacheMissing: missing, and not root (a test must fail then, not skip: a suite
         that silently leaves out the Fakechroot engines would pass without testing them).
     """
-    path = rootfs_tar_path()
+    return cached_tar(rootfs_tar_path(), "tests/support/debian.py", _build)
+
+
+def _build(scratch: Path, out: BinaryIO) -> None:
+    debootstrap(scratch / "root")
+    write_tar(scratch / "root", out)
+
+
+def cached_tar(path: Path, script: str, build: Callable[[Path, BinaryIO], None]) -> Path:
+    """The tar at ``path`` in the cache, built first by :func:`build_cached` when missing and
+    this is root; ``script`` is the command that builds it, named in the error otherwise."""
     if path.is_file():
         return path
     if os.geteuid() != 0:
         raise CacheMissing(
-            f"{path} is missing; build it as root with `python3 tests/support/debian.py`"
+            f"{path} is missing; build it as root with `python3 {script}`"
             f" (tests/setup-host.sh does; {CACHE_ENV} names the cache directory,"
             f" default {DEFAULT_CACHE})"
         )
-    return build_rootfs_tar()
+    return build_cached(path, build)
 
 
-def build_rootfs_tar() -> Path:
-    """debootstrap into a scratch directory of the cache, write the tar beside the final name
-    and rename it there, so that a session reading the cache never sees half a file. One
-    builder at a time (a lock file); a second one waits and then finds the tar made."""
-    path = rootfs_tar_path()
+def build_cached(path: Path, build: Callable[[Path, BinaryIO], None]) -> Path:
+    """``build(scratch, out)`` writes the tar on ``out``, with a scratch directory of the
+    cache to work in; the tar is written beside the final name and renamed there, so that a
+    session reading the cache never sees half a file. One builder of a tar at a time (a lock
+    file of its own); a second one waits and then finds the tar made."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)  # the unprivileged run reads it
-    with open(directory / ".build.lock", "w") as lock:
+    stem = path.name.split("-")[0]
+    with open(directory / f".build-{stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
             return path
-        for stale in directory.glob(".build-*"):  # what a killed build left
-            _remove_tree(stale)
-        root = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
+        for stale in directory.glob(f".build-{stem}-*"):  # what a killed build left
+            if stale.is_dir():
+                _remove_tree(stale)
+        scratch = Path(tempfile.mkdtemp(prefix=f".build-{stem}-", dir=directory))
         try:
-            _debootstrap(root / "root")
-            tmp = root / "rootfs.tar"
+            tmp = scratch / "image.tar"
             with open(tmp, "wb") as out:
-                write_tar(root / "root", out)
+                build(scratch, out)
                 out.flush()
                 os.fsync(out.fileno())
             tmp.chmod(0o644)
             os.replace(tmp, path)
         finally:
-            _remove_tree(root)
+            _remove_tree(scratch)
     return path
 
 
-def _debootstrap(target: Path) -> None:
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-    program = shutil.which("debootstrap", path=search)
-    if program is None:
-        raise RuntimeError("debootstrap not found: install the Debian package debootstrap")
-    argv = [program, f"--variant={VARIANT}", SUITE, str(target), MIRROR]
+def search_path() -> str:
+    """``PATH`` with the system directories, where ``debootstrap`` and ``mpicc`` lie."""
+    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+
+
+def run_tool(argv: list[str], log: Optional[Path] = None, cwd: Optional[Path] = None) -> None:
+    """Run a build step; RuntimeError with the end of ``log`` (or of its stderr) if it fails."""
     result = subprocess.run(
         argv,
-        env={**os.environ, "PATH": search, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"},
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PATH": search_path(),
+            "LC_ALL": "C",
+            "DEBIAN_FRONTEND": "noninteractive",
+        },
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -182,9 +200,28 @@ def _debootstrap(target: Path) -> None:
         check=False,
     )
     if result.returncode != 0:
-        log = target / "debootstrap" / "debootstrap.log"
-        detail = log.read_text(errors="replace")[-3000:] if log.is_file() else result.stderr
+        detail = log.read_text(errors="replace")[-3000:] if log and log.is_file() else result.stderr
         raise RuntimeError(f"{' '.join(argv)}: exit status {result.returncode}\n{detail}")
+
+
+def debootstrap(target: Path, include: Sequence[str] = ()) -> None:
+    """``debootstrap --variant=minbase [--include=...] bookworm TARGET MIRROR``."""
+    program = shutil.which("debootstrap", path=search_path())
+    if program is None:
+        raise RuntimeError("debootstrap not found: install the Debian package debootstrap")
+    argv = [program, f"--variant={VARIANT}"]
+    if include:
+        argv.append(f"--include={','.join(include)}")
+    run_tool([*argv, SUITE, str(target), MIRROR], target / "debootstrap" / "debootstrap.log")
+
+
+def script_main(path: Path, build: Callable[[Path, BinaryIO], None], why: str) -> int:
+    """A builder module run as a script: build its cache (as root) and print its path."""
+    if os.geteuid() != 0:
+        print(f"{sys.argv[0]}: run as root ({why})", file=sys.stderr)
+        return 2
+    print(build_cached(path, build))
+    return 0
 
 
 def _remove_tree(path: Path) -> None:
@@ -249,12 +286,7 @@ def debian_image(tar: Path, compression: str = "none") -> Image:
 
 
 def main() -> int:
-    """Build the cache (as root) and print its path."""
-    if os.geteuid() != 0:
-        print(f"{sys.argv[0]}: run as root (debootstrap needs it)", file=sys.stderr)
-        return 2
-    print(build_rootfs_tar())
-    return 0
+    return script_main(rootfs_tar_path(), _build, "debootstrap needs it")
 
 
 if __name__ == "__main__":

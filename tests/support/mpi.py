@@ -20,14 +20,10 @@ sorted entries), cached in ``$UCORE_TEST_CACHE`` by ``python3 tests/support/mpi.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if __package__:
     from . import debian
@@ -64,95 +60,26 @@ def mpi_rootfs_tar() -> Path:
 
     :raises debian.CacheMissing: missing, and not root (the MPI tests must fail then).
     """
-    path = rootfs_tar_path()
-    if path.is_file():
-        return path
-    if os.geteuid() != 0:
-        raise debian.CacheMissing(
-            f"{path} is missing; build it as root with `python3 tests/support/mpi.py`"
-            f" (tests/setup-host.sh does; {debian.CACHE_ENV} names the cache directory)"
-        )
-    return build_rootfs_tar()
+    return debian.cached_tar(rootfs_tar_path(), "tests/support/mpi.py", _build)
 
 
-def build_rootfs_tar() -> Path:
-    """debootstrap with the MPI runtime, compile the program into the root, write the tar
-    beside its final name and rename it there (one builder at a time, as in :mod:`debian`)."""
-    path = rootfs_tar_path()
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o755)
-    with open(directory / ".build-mpi.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.is_file():
-            return path
-        for stale in directory.glob(".build-mpi-*"):
-            debian._remove_tree(stale)
-        scratch = Path(tempfile.mkdtemp(prefix=".build-mpi-", dir=directory))
-        try:
-            root = scratch / "root"
-            _debootstrap(root)
-            compile_program(root / PROGRAM.lstrip("/"))
-            tmp = scratch / "rootfs.tar"
-            with open(tmp, "wb") as out:
-                debian.write_tar(root, out)
-                out.flush()
-                os.fsync(out.fileno())
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
-        finally:
-            debian._remove_tree(scratch)
-    return path
-
-
-def _search_path() -> str:
-    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-
-
-def _debootstrap(target: Path) -> None:
-    program = shutil.which("debootstrap", path=_search_path())
-    if program is None:
-        raise RuntimeError("debootstrap not found: install the Debian package debootstrap")
-    argv = [
-        program,
-        f"--variant={debian.VARIANT}",
-        f"--include={','.join(PACKAGES)}",
-        debian.SUITE,
-        str(target),
-        debian.MIRROR,
-    ]
-    _run(argv, target / "debootstrap" / "debootstrap.log")
+def _build(scratch: Path, out: BinaryIO) -> None:
+    """debootstrap with the MPI runtime, the program compiled into the root, then the tar."""
+    root = scratch / "root"
+    debian.debootstrap(root, PACKAGES)
+    compile_program(root / PROGRAM.lstrip("/"))
+    debian.write_tar(root, out)
 
 
 def compile_program(destination: Path) -> None:
     """The host's ``mpicc`` (Debian's ``libopenmpi-dev``): the image's Open MPI is the same
     package, so what links against the host's ``libmpi.so.40`` runs against the image's."""
-    mpicc = shutil.which("mpicc", path=_search_path())
+    mpicc = shutil.which("mpicc", path=debian.search_path())
     if mpicc is None:
         raise RuntimeError("mpicc not found: install the Debian package libopenmpi-dev")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    _run([mpicc, "-O2", "-o", str(destination), str(SOURCE)])
+    debian.run_tool([mpicc, "-O2", "-o", str(destination), str(SOURCE)])
     destination.chmod(0o755)
-
-
-def _run(argv: list[str], log: Path | None = None) -> None:
-    result = subprocess.run(
-        argv,
-        env={
-            **os.environ,
-            "PATH": _search_path(),
-            "LC_ALL": "C",
-            "DEBIAN_FRONTEND": "noninteractive",
-        },
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if result.returncode != 0:
-        detail = log.read_text(errors="replace")[-3000:] if log and log.is_file() else result.stderr
-        raise RuntimeError(f"{' '.join(argv)}: exit status {result.returncode}\n{detail}")
 
 
 def mpi_image(tar: Path) -> Image:
@@ -171,12 +98,7 @@ def mpi_image(tar: Path) -> Image:
 
 
 def main() -> int:
-    """Build the cache (as root) and print its path."""
-    if os.geteuid() != 0:
-        print(f"{sys.argv[0]}: run as root (debootstrap needs it)", file=sys.stderr)
-        return 2
-    print(build_rootfs_tar())
-    return 0
+    return debian.script_main(rootfs_tar_path(), _build, "debootstrap needs it")
 
 
 if __name__ == "__main__":

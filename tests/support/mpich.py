@@ -14,13 +14,9 @@ root; the unprivileged test run only reads it. ``python3 tests/support/mpich.py`
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if __package__:
     from . import debian
@@ -44,56 +40,16 @@ def mpich_layer_tar() -> Path:
 
     :raises debian.CacheMissing: missing, and not root.
     """
-    path = layer_tar_path()
-    if path.is_file():
-        return path
-    if os.geteuid() != 0:
-        raise debian.CacheMissing(
-            f"{path} is missing; build it as root with `python3 tests/support/mpich.py`"
-            f" ({debian.CACHE_ENV} names the cache directory)"
-        )
-    return build_layer_tar()
+    return debian.cached_tar(layer_tar_path(), "tests/support/mpich.py", _build)
 
 
-def build_layer_tar() -> Path:
-    path = layer_tar_path()
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o755)
-    with open(directory / ".build-mpich.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.is_file():
-            return path
-        scratch = Path(tempfile.mkdtemp(prefix=".build-mpich-", dir=directory))
-        try:
-            scratch.chmod(0o755)  # apt's download sandbox user writes here
-            _run(["apt-get", "download", "-q", PACKAGE], scratch)
-            (package,) = scratch.glob(f"{PACKAGE}_*.deb")
-            root = scratch / "root"
-            _run(["dpkg-deb", "-x", str(package), str(root)], scratch)
-            tmp = scratch / "layer.tar"
-            with open(tmp, "wb") as out:
-                debian.write_tar(root, out)  # leaves out usr/share/doc, as the base does
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
-        finally:
-            debian._remove_tree(scratch)
-    return path
-
-
-def _run(argv: list[str], cwd: Path) -> None:
-    result = subprocess.run(
-        argv,
-        cwd=cwd,
-        env={**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit status {result.returncode}\n{result.stderr}")
+def _build(scratch: Path, out: BinaryIO) -> None:
+    scratch.chmod(0o755)  # apt's download sandbox user writes here
+    debian.run_tool(["apt-get", "download", "-q", PACKAGE], cwd=scratch)
+    (package,) = scratch.glob(f"{PACKAGE}_*.deb")
+    root = scratch / "root"
+    debian.run_tool(["dpkg-deb", "-x", str(package), str(root)], cwd=scratch)
+    debian.write_tar(root, out)  # leaves out usr/share/doc, as the base does
 
 
 def mpich_image(base: Path, layer: Path) -> Image:
@@ -111,15 +67,7 @@ def mpich_image(base: Path, layer: Path) -> Image:
 
 
 def main() -> int:
-    """Build the cache (as root) and print its path."""
-    if os.geteuid() != 0:
-        print(
-            f"{sys.argv[0]}: run as root (apt-get download needs the package lists)",
-            file=sys.stderr,
-        )
-        return 2
-    print(build_layer_tar())
-    return 0
+    return debian.script_main(layer_tar_path(), _build, "apt-get download needs the package lists")
 
 
 if __name__ == "__main__":
