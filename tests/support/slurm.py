@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ucore.store import pid_alive
+
 #: Where the sessions' daemons keep their configuration, state, sockets and logs (root only
 #: writes there; every user reads the configuration).
 ROOT = Path(os.environ.get("UCORE_TEST_SLURM_ROOT", "/run/ucore-test-slurm"))
@@ -365,7 +367,7 @@ def end_stale_sessions(root: Path = ROOT) -> None:
         return
     for directory in root.iterdir():
         owner = re.fullmatch(r"session-(\d+)-.*", directory.name)
-        if owner is None or _alive(int(owner.group(1))):
+        if owner is None or pid_alive(int(owner.group(1))):
             continue
         for pid in _recorded_pids(directory):
             _kill_daemon(pid)
@@ -380,16 +382,6 @@ def _read_int(path: Path) -> Optional[int]:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _recorded_pids(directory: Path) -> list[int]:
