@@ -156,3 +156,19 @@ def test_ranks_talk_through_shared_memory_as_debian_configures_open_mpi(
         timeout=90,
     )
     check_job(result)
+
+
+@pytest.mark.parametrize("engine", ["P1", "runc", "crun"])
+def test_ranks_run_on_the_hosts_mpi_with_mpi_host(mpi_store: MpiStore, engine: str) -> None:
+    """``run --mpi=host`` as the unprivileged user: the host's libmpi and its components
+    (and the host's /etc/openmpi, which turns UCX off: the shared-memory transport between
+    two user namespaces under runc and crun) serve the image's program, one job of two ranks."""
+    result = mpi_store.launch(
+        "mpirun",
+        "-np",
+        str(RANKS),
+        "--oversubscribe",
+        run=("run", "--mpi=host", name(engine), mpi.PROGRAM),
+        timeout=90,
+    )
+    check_job(result)
