@@ -3,9 +3,11 @@
 The site store is an ordinary store its administrator fills (``UCORE_DIR=SITE ucore pull``
 with ``site_store`` set to SITE, as it is for everyone); every user reads images from it and
 pulls nothing for them, while containers, credentials and locks stay in the user's own
-store. As root, the reader is the unprivileged user ``ucore-test`` and the site store
-belongs to root (0755), as on a cluster; as any other user, the site store is made
-read-only with ``chmod``. Either way ucore must write nothing there.
+store. The reader is the user running the tests (as any user but root, the site store is
+then made read-only with ``chmod``; root, whom modes do not stop, must leave the tree as it
+was, and once more on a read-only bind mount) and, in the ``hpc`` environment, run as root,
+the unprivileged user ``ucore-test`` reading a root-owned 0755 site store, as on a cluster.
+Either way ucore must write nothing there.
 
 Without NFS, a filesystem whose locks fail cannot be had for real here: the tests that need
 one preload a small shim, compiled by the test, that makes ``flock`` fail with ENOLCK, as on
@@ -76,9 +78,24 @@ def admin(shared_dir: Path) -> Ucore:
     return cli
 
 
-def reader(base: Path, site: Path) -> Ucore:
-    """A user of the site store with a store of their own: ``ucore-test`` when we are root."""
-    cli = AsUser(base, pwd.getpwnam(UNPRIVILEGED)) if os.geteuid() == 0 else Ucore(base)
+#: Who reads the site store: the user running the tests, or, as root, ``ucore-test`` (the
+#: cluster's case: a root-owned 0755 site store). ``ucore-test`` must be able to run this
+#: interpreter: the pyenv interpreters of the root environments live under ``/root`` (0700),
+#: so that variant runs in the ``hpc`` environment, whose interpreter is Debian's, in ``/tmp``.
+READERS = [
+    pytest.param("self", id="same-user"),
+    pytest.param(UNPRIVILEGED, id="other-user", marks=pytest.mark.hpc),
+]
+
+
+def reader(base: Path, site: Path, who: str) -> Ucore:
+    """A user of the site store with a store of their own."""
+    if who != "self":
+        if os.geteuid() != 0:
+            pytest.fail("only root can read the site store as another user")
+        cli: Ucore = AsUser(base, pwd.getpwnam(who))
+    else:
+        cli = Ucore(base)
     cli.env["UCORE_SITE_STORE"] = str(site)
     return cli
 
@@ -96,9 +113,12 @@ def fill_site(admin: Ucore, image: str) -> None:
     assert umask.returncode == 0, describe(umask)
 
 
+@pytest.mark.parametrize("who", READERS)
 def test_users_run_images_from_the_site_store_and_write_nothing_there(
-    admin: Ucore, shared_dir: Path, proxy: FaultProxy
+    admin: Ucore, shared_dir: Path, proxy: FaultProxy, who: str
 ) -> None:
+    """Whoever reads it, ucore writes nothing into the site store (as root, whom modes do
+    not stop, the tree's comparison catches any write)."""
     image = f"{proxy.address}/busybox:latest"
     fill_site(admin, image)
     site = admin.store
@@ -113,7 +133,7 @@ def test_users_run_images_from_the_site_store_and_write_nothing_there(
     before = tree(site)
     proxy.reset_state()
 
-    user = reader(shared_dir / "user", site)
+    user = reader(shared_dir / "user", site, who)
     pulled = user.ok("pull", image)
     assert pulled.stderr == ""
     assert not user.store.exists(), "a pull of a site image made the user's store"
@@ -123,8 +143,8 @@ def test_users_run_images_from_the_site_store_and_write_nothing_there(
     assert "(site)" in user.ok("images").stdout
     assert user.ok("run", image, "echo", "from the site").stdout == "from the site\n"
     user.ok("create", "--name", "mine", image)
-    if os.geteuid() == 0:  # the reader really is another user than the site's owner
-        assert user.store.stat().st_uid == pwd.getpwnam(UNPRIVILEGED).pw_uid
+    if who != "self":  # the reader really is another user than the site's owner
+        assert user.store.stat().st_uid == pwd.getpwnam(who).pw_uid
     assert user.ok("run", "mine", "cat", "/etc/hostname").returncode == 0
     assert "ok" in user.ok("verify", image).stdout
     assert "read-only" in user.fails(2, "rmi", image).stderr
@@ -303,8 +323,9 @@ def test_rm_refuses_a_container_a_run_is_using_without_working_locks_simulated(
     assert left == ["unsupported"], "a lease was left behind"
 
 
+@pytest.mark.parametrize("who", READERS)
 def test_a_job_array_runs_from_the_site_store_without_a_pull(
-    admin: Ucore, shared_dir: Path, proxy: FaultProxy
+    admin: Ucore, shared_dir: Path, proxy: FaultProxy, who: str
 ) -> None:
     """16 tasks of an array, ``run --pull=reuse --name`` on a site image: one container in
     the user's store, no request to the registry, the site store untouched."""
@@ -312,7 +333,7 @@ def test_a_job_array_runs_from_the_site_store_without_a_pull(
     fill_site(admin, image)
     before = tree(admin.store)
     proxy.reset_state()
-    user = reader(shared_dir / "array", admin.store)
+    user = reader(shared_dir / "array", admin.store, who)
     tasks = [
         user.popen("run", "--pull=reuse", "--name", "array", image, "sh", "-c", f"echo {i}")
         for i in range(16)
