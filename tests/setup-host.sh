@@ -64,3 +64,6 @@ python3 "$(dirname "$0")/support/mpich.py" >/dev/null
 # The MPI test image's root: the same Debian with Debian's Open MPI runtime and a two-rank
 # program compiled with the host's mpicc (tests/support/mpi.py); a no-op when already there.
 python3 "$(dirname "$0")/support/mpi.py" >/dev/null
+# The older-glibc root (Debian bullseye, glibc 2.31, with python3-venv) that ucore's wheels are
+# installed into and run from as ucore-test (tests/support/bullseye.py); a no-op when there.
+python3 "$(dirname "$0")/support/bullseye.py" >/dev/null

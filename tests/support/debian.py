@@ -204,15 +204,16 @@ def run_tool(argv: list[str], log: Optional[Path] = None, cwd: Optional[Path] = 
         raise RuntimeError(f"{' '.join(argv)}: exit status {result.returncode}\n{detail}")
 
 
-def debootstrap(target: Path, include: Sequence[str] = ()) -> None:
-    """``debootstrap --variant=minbase [--include=...] bookworm TARGET MIRROR``."""
+def debootstrap(target: Path, include: Sequence[str] = (), suite: str = SUITE) -> None:
+    """``debootstrap --variant=minbase [--include=...] SUITE TARGET MIRROR``; ``suite`` is
+    bookworm but for the root that proves ucore runs on an older glibc (``bullseye.py``)."""
     program = shutil.which("debootstrap", path=search_path())
     if program is None:
         raise RuntimeError("debootstrap not found: install the Debian package debootstrap")
     argv = [program, f"--variant={VARIANT}"]
     if include:
         argv.append(f"--include={','.join(include)}")
-    run_tool([*argv, SUITE, str(target), MIRROR], target / "debootstrap" / "debootstrap.log")
+    run_tool([*argv, suite, str(target), MIRROR], target / "debootstrap" / "debootstrap.log")
 
 
 def script_main(path: Path, build: Callable[[Path, BinaryIO], None], why: str) -> int:
