@@ -346,3 +346,15 @@ def test_absurd_jobs_in_the_environment_is_refused_at_once(tmp_path: Path) -> No
     kept a core busy for minutes before the first request."""
     proc = ucore(tmp_path, "pull", "127.0.0.1:1/x", UCORE_JOBS="100000000")
     assert (proc.returncode, proc.stderr) == (2, "ucore: jobs must be at most 64\n")
+
+
+def test_version_option_lists_every_plugin_distribution(tmp_path: Path) -> None:
+    """A site assembles ucore from separate wheels: ``--version`` names each one's version."""
+    result = ucore(tmp_path, "--version")
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"ucore {ucore_package.__version__} (Python ")
+    assert f"  ucore-proot {ucore_package.__version__}" in lines[1:]
+    assert len(lines[1:]) == len(set(lines[1:]))  # each distribution once
+    blocked = ucore(tmp_path, "--version", UCORE_DISABLE_PLUGINS="proot,proot-noseccomp")
+    assert "  ucore-proot" not in blocked.stdout

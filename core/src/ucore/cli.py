@@ -131,6 +131,21 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: ucore's version and every plugin's (what ``ucore version`` prints), since
+    a site assembles ucore from separately installed wheels."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, plugins: Any, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=help)
+        self.plugins = plugins
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from ucore.commands.info import version_lines
+
+        sys.stdout.write("\n".join(version_lines(self.plugins.describe())) + "\n")
+        parser.exit()
+
+
 def build_parser(plugins: Any, command: Optional[str] = None) -> argparse.ArgumentParser:
     """The whole command line, or only the parsers of ``command``'s module when it is known."""
     import importlib
@@ -143,7 +158,12 @@ def build_parser(plugins: Any, command: Optional[str] = None) -> argparse.Argume
         formatter_class=RawFormatter,
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"ucore {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        plugins=plugins,
+        help="show the versions of ucore and of every plugin, and exit",
+    )
     parser.add_argument(
         "-p",
         dest="plugin_flags",

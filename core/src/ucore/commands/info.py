@@ -38,11 +38,23 @@ def cmd_version(session: Session, args: argparse.Namespace) -> int:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    print(f"ucore {__version__} (Python {sys.version.split()[0]})")
+    print("\n".join(version_lines(rows)))
+    return 0
+
+
+def version_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """ucore's version, then each installed plugin distribution's (once, however many plugins
+    it registers) and each plugin that failed to load."""
+    lines = [f"ucore {__version__} (Python {sys.version.split()[0]})"]
+    seen = set()
     for row in rows:
         if row["status"] == "loaded" and row["distribution"] != "ucore (builtin)":
-            print(f"  {row['distribution']} {row['version']}")
-    return 0
+            if row["distribution"] not in seen:
+                seen.add(row["distribution"])
+                lines.append(f"  {row['distribution']} {row['version']}")
+        elif row["status"].startswith("failed"):
+            lines.append(f"  {row['name']}: {row['status']}")
+    return lines
 
 
 def cmd_plugins(session: Session, args: argparse.Namespace) -> int:
