@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ucore.carried import Carried
 from ucore.errors import UsageError
 from ucore_fakechroot import elfinfo, library, loadercopy, placement, relink, rootinfo
 
@@ -63,6 +64,41 @@ def test_configured_library_with_and_without_ceiling(tmp_path: Path) -> None:
     assert [lib.ceiling for lib in configured] == [(2, 39)]
     assert len(problems) == 2 and "missing.so" in problems[0] and "PATH@2.N" in problems[1]
     assert library.choose(libs, (2, 39)).path == str(copy)  # the host's stops at its glibc
+
+
+def test_order_is_configured_then_carried_then_the_hosts(tmp_path: Path) -> None:
+    """A wheel's carried builds (here copies of the host's library, with the manifest the
+    build writes) come after the site's setting and before the host's package; each carried
+    build's ceiling is its suite's glibc."""
+    assert HOST_LIB
+    carried_dir = tmp_path / "carried"
+    (carried_dir / "bookworm").mkdir(parents=True)
+    shutil.copy(HOST_LIB, carried_dir / "bookworm" / "libfakechroot.so")
+    entry = {"package": "libfakechroot", "version": "2.20.1+ds-15", "suite": "bookworm"}
+    manifest = {
+        "distribution": "ucore-fakechroot",
+        "packages": [
+            {**entry, "suite_glibc": "2.36", "files": {"bookworm/libfakechroot.so": {}}},
+            # listed but absent (a damaged install): passed over
+            {**entry, "suite": "trixie", "files": {"trixie/libfakechroot.so": {}}},
+        ],
+    }
+    configured = tmp_path / "site.so"
+    shutil.copy(HOST_LIB, configured)
+    libs, problems = library.candidates(
+        f"{configured}@2.36", carried=Carried(str(carried_dir), manifest)
+    )
+    assert not problems
+    assert [lib.origin for lib in libs] == [
+        "configured",
+        "carried by the ucore-fakechroot wheel: Debian bookworm libfakechroot 2.20.1+ds-15",
+        libs[2].origin,
+    ]
+    assert libs[2].origin.startswith("the host's fakechroot package")
+    assert libs[1].ceiling == (2, 36) and libs[1].floor == libs[2].floor
+    assert library.choose(libs[1:], (2, 36)).path == str(
+        carried_dir / "bookworm" / "libfakechroot.so"
+    )
 
 
 # --- what the image offers ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Optional
 import pytest
 
 from ucore._manager import get_plugin_manager
+from ucore.carried import Carried
 from ucore.config import Config
 from ucore.model import Container, Mount, RunSpec
 from ucore.session import Session
@@ -105,7 +106,38 @@ def test_configured_proot(tmp_path: Path) -> None:
     conf = tmp_path / "ucore.conf"
     conf.write_text(f"[proot]\npath = {fake}\n")
     configured = Config.load(environ={"UCORE_CONFIG": str(conf)}).section("proot").get("path")
-    assert discover.locate({"PATH": ""}, configured) == (str(fake), "")
+    assert discover.locate({"PATH": ""}, configured) == (
+        str(fake),
+        "set by path in the [proot] section of ucore.conf",
+    )
+
+
+def test_carried_proot_comes_after_the_configured_one_and_before_path(tmp_path: Path) -> None:
+    """The order ucore info reports: configured, carried by the wheel, then PATH."""
+    carried_dir = tmp_path / "carried"
+    (carried_dir / "bin").mkdir(parents=True)
+    own = carried_dir / "bin" / "proot"
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    entry = {"package": "proot", "version": "5.1.0-1.3", "suite": "bookworm"}
+    manifest = {"distribution": "ucore-proot", "packages": [{**entry, "files": {"bin/proot": {}}}]}
+    carried = Carried(str(carried_dir), manifest)
+    on_path = tmp_path / "path"
+    on_path.mkdir()
+    (on_path / "proot").write_text("#!/bin/sh\n")
+    (on_path / "proot").chmod(0o755)
+    path, why = discover.locate({"PATH": str(on_path)}, None, carried)
+    assert path == str(own)
+    assert why == (
+        "carried by the ucore-proot wheel: Debian bookworm proot 5.1.0-1.3; none configured"
+    )
+    path, why = discover.locate(
+        {"PATH": str(on_path), "UCORE_PROOT": str(on_path / "proot")}, None, carried
+    )
+    assert (path, why) == (str(on_path / "proot"), "set by UCORE_PROOT")
+    own.chmod(0o644)  # a carried file that lost its execute bit is passed over
+    path, why = discover.locate({"PATH": str(on_path)}, None, carried)
+    assert (path, why) == (str(on_path / "proot"), "found on PATH; none configured or carried")
 
 
 @needs_proot
@@ -114,7 +146,7 @@ def test_engines_probe_and_describe_this_proot(session: Session) -> None:
         engine = cls(session)
         assert engine.probe() is None
         details = engine.details()
-        assert details["proot"].endswith(f"({PROOT})")
+        assert details["proot"].endswith(f"({PROOT}): found on PATH; none configured or carried")
         assert "seccomp acceleration" in details
     cache = session.store.root / "cache" / "proot.json"
     assert cache.is_file()  # the next session pays nothing

@@ -11,9 +11,13 @@ glibc, not the host's. Two bounds decide whether a build fits a container:
   for the host's glibc, which is its ceiling; a configured build is trusted up to any release
   (the site chose it for its images) unless its setting names a ceiling.
 
-Candidates, in order: the host's build from the Debian package ``fakechroot``, then the
-configured ones (``UCORE_FAKECHROOT_SO`` or ``library`` in the ``[fakechroot]`` section of
-ucore.conf: paths separated by ``:``, each optionally followed by ``@2.39``, its ceiling).
+Candidates, in order: the configured ones (``UCORE_FAKECHROOT_SO`` or ``library`` in the
+``[fakechroot]`` section of ucore.conf: paths separated by ``:``, each optionally followed by
+``@2.39``, its ceiling), then the builds the ucore-fakechroot wheel carries (Debian's, one per
+suite, each with the glibc of its suite as its ceiling: see ``tools/carry.py``), then the host's
+build from the Debian package ``libfakechroot``. The first that serves the image's glibc is
+used, so a site's choice wins, and the carried builds cover images older and newer than the
+host's one build.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from ucore.carried import Carried
 from ucore_fakechroot import elfinfo, rootinfo
 
 HOW_TO_GET = (
@@ -66,23 +71,15 @@ def host_paths() -> list[str]:
 
 
 def candidates(
-    configured: Optional[str], memo: Optional[Path] = None
+    configured: Optional[str], memo: Optional[Path] = None, carried: Optional[Carried] = None
 ) -> tuple[list[Library], list[str]]:
     """(usable libraries in order of preference, one line for each unusable one). What was
     read of each library is remembered in ``memo`` (a JSON file) by the file's identity:
-    every run with an F mode asks, and reading the libraries costs milliseconds."""
+    every run with an F mode asks, and reading the libraries costs milliseconds. ``carried``
+    defaults to what the wheel carries beside this module."""
     found: list[Library] = []
     problems: list[str] = []
     facts = _Facts(memo)
-    for path in host_paths():
-        if os.path.isfile(path):
-            floor, version = facts.of(path)
-            if floor is None:
-                problems.append(f"{path}: not a libfakechroot this machine can read")
-            else:
-                origin = "the host's fakechroot package" + (f" {version}" if version else "")
-                found.append(Library(path, origin, floor, host_glibc()))
-            break
     for entry in (configured or "").split(":"):
         if not entry.strip():
             continue
@@ -96,6 +93,31 @@ def candidates(
             problems.append(f"the configured libfakechroot {entry}: expected PATH@2.N")
         else:
             found.append(Library(path, "configured", floor, ceiling))
+    if carried is None:
+        from ucore import carried as carried_files
+
+        carried = carried_files.load(__file__)
+    if carried is not None:
+        for package in carried.packages():
+            for relative in package.get("files", {}):
+                lib = carried.path(relative)
+                if not lib or os.path.basename(lib) != "libfakechroot.so":
+                    continue
+                floor = facts.of(lib)[0]
+                ceiling = _parse(str(package.get("suite_glibc", "")))
+                if floor is None or ceiling is None:
+                    problems.append(f"{lib}: a carried libfakechroot this machine cannot read")
+                else:
+                    found.append(Library(lib, carried.origin(relative), floor, ceiling))
+    for path in host_paths():
+        if os.path.isfile(path):
+            floor, version = facts.of(path)
+            if floor is None:
+                problems.append(f"{path}: not a libfakechroot this machine can read")
+            else:
+                origin = "the host's fakechroot package" + (f" {version}" if version else "")
+                found.append(Library(path, origin, floor, host_glibc()))
+            break
     facts.save()
     return found, problems
 

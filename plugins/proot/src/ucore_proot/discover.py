@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ucore import spawn
+from ucore.carried import Carried
 from ucore.probecache import ProbeCache, run_probe
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     "s390x": (0x80000016, {"statx": 379, "execveat": 354, "newfstatat": 293}),
 }
 _PROBE_DIR = "/.ucore-proot-probe"
+#: Where the ucore-proot wheel's own proot lies under its carried/ folder.
+CARRIED_PROOT = "bin/proot"
 
 
 class Proot(NamedTuple):
@@ -82,22 +85,41 @@ def syscall_numbers() -> Optional[tuple[int, dict[str, int]]]:
 
 
 def locate(
-    environ: Optional[dict[str, str]] = None, configured: Optional[str] = None
+    environ: Optional[dict[str, str]] = None,
+    configured: Optional[str] = None,
+    carried: Optional[Carried] = None,
 ) -> tuple[Optional[str], str]:
-    """(path or None, a one-line reason when None). ``UCORE_PROOT`` first, then
-    ``configured`` (``path`` in the ``[proot]`` section of ucore.conf), then ``proot`` on
-    ``PATH``."""
+    """(path or None, why that one or why none), in this order: ``UCORE_PROOT``, then
+    ``configured`` (``path`` in the ``[proot]`` section of ucore.conf), then the proot the
+    ucore-proot wheel carries (``carried``; by default read beside this module), then ``proot``
+    on ``PATH``. The carried build comes before the host's: it is the one the wheel was
+    tested with, and a cluster's ``PATH`` may hold anything; a site that wants the host's
+    sets it."""
     env = dict(os.environ if environ is None else environ)
-    chosen = env.get("UCORE_PROOT") or configured
+    chosen, setting = (
+        (env["UCORE_PROOT"], "UCORE_PROOT")
+        if env.get("UCORE_PROOT")
+        else (
+            configured,
+            "path in the [proot] section of ucore.conf",
+        )
+    )
     if chosen:
         path = os.path.expanduser(chosen)
         if os.path.isfile(path) and os.access(path, os.X_OK):
-            return os.path.abspath(path), ""
+            return os.path.abspath(path), f"set by {setting}"
         return None, f"the configured proot {chosen} is not an executable file"
+    if carried is None:
+        from ucore import carried as carried_files
+
+        carried = carried_files.load(__file__)
+    own = carried.path(CARRIED_PROOT) if carried else None
+    if carried and own and os.access(own, os.X_OK):
+        return own, f"{carried.origin(CARRIED_PROOT)}; none configured"
     found = spawn.find_program("proot", env.get("PATH", os.defpath))
     if found:
-        return os.path.abspath(found), ""
-    return None, f"no proot on PATH: {HOW_TO_GET}"
+        return os.path.abspath(found), "found on PATH; none configured or carried"
+    return None, f"no proot on PATH and none carried: {HOW_TO_GET}"
 
 
 def parse_version(text: str) -> tuple[str, bool]:

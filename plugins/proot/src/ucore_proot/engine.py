@@ -53,6 +53,8 @@ class ProotEngine:
         self.discovery = Discovery(store.root / "cache" / "proot.json", store.tmp)
         self._proot: Optional[Proot] = None
         self._why: Optional[str] = None
+        #: Why this proot was chosen (configured, carried or on PATH), for ucore info.
+        self._chosen = ""
 
     # --- what ucore info and the engine choice ask ------------------------------------------
 
@@ -64,7 +66,7 @@ class ProotEngine:
         proot = self._inspect()
         if proot is None:
             return {}
-        out = {"proot": f"{proot.version} ({proot.path})"}
+        out = {"proot": f"{proot.version} ({proot.path}): {self._chosen}"}
         if not proot.seccomp:
             out["seccomp acceleration"] = (
                 "not built into this proot: every system call is traced (P1 costs as P2)"
@@ -93,6 +95,7 @@ class ProotEngine:
             if path is None:
                 self._why = why
                 return None
+            self._chosen = why
             try:
                 self._proot = self.discovery.inspect(path)
             except RuntimeError as exc:

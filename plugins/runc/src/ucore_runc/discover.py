@@ -47,11 +47,17 @@ if TYPE_CHECKING:
 #: The runc release that fixed CVE-2024-21626.
 FIXED_RUNC = (1, 1, 12)
 CVE = "CVE-2024-21626"
+#: The ucore-runc wheel carries no runtime (unlike ucore-proot): Debian's runc and crun need
+#: glibc 2.34, which would exclude the RHEL 7 and 8 clusters the wheels are for, and a runtime
+#: is a security boundary a site should patch itself.
+CARRIES_NONE = "the ucore-runc wheel carries none, it uses the host's"
 HOW_TO_GET = {
     "runc": "install your distribution's runc package (apt install runc, dnf install runc), or"
-    " point UCORE_RUNC (or 'path' in the [runc] section of ucore.conf) at a runc binary",
+    " point UCORE_RUNC (or 'path' in the [runc] section of ucore.conf) at a runc binary"
+    f" ({CARRIES_NONE})",
     "crun": "install your distribution's crun package (apt install crun, dnf install crun), or"
-    " point UCORE_CRUN (or 'path' in the [crun] section of ucore.conf) at a crun binary",
+    " point UCORE_CRUN (or 'path' in the [crun] section of ucore.conf) at a crun binary"
+    f" ({CARRIES_NONE})",
 }
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 #: Seconds after which a failed trial run is repeated (the node may have been fixed).
