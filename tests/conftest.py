@@ -26,7 +26,7 @@ try:
 except ImportError:  # running from a checkout without ``pip install -e core``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core" / "src"))
 
-from support import debian
+from support import bullseye, debian
 from support import slurm as slurm_support
 from support.cli import Ucore
 from support.faultproxy import FaultProxy
@@ -79,6 +79,17 @@ def debian_image(registry: RegistryServer) -> str:
         pytest.fail(str(missing))
     Pusher(registry.url).push("debian:bookworm", debian.debian_image(tar))
     return f"{registry.address}/debian:bookworm"
+
+
+@pytest.fixture(scope="session")
+def bullseye_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Debian bullseye userland (glibc 2.31) extracted from the tar ``support/bullseye.py``
+    caches, for :func:`support.bullseye.run_in_root`."""
+    try:
+        tar = bullseye.bullseye_rootfs_tar()
+    except debian.CacheMissing as missing:
+        pytest.fail(str(missing))
+    return bullseye.extract(tar, tmp_path_factory.mktemp("bullseye") / "root")
 
 
 @pytest.fixture(scope="session")

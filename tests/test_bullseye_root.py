@@ -15,18 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import bullseye, debian
+from support import bullseye
 
 pytestmark = pytest.mark.hpc
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        tar = bullseye.bullseye_rootfs_tar()
-    except debian.CacheMissing as missing:
-        pytest.fail(str(missing))
-    return bullseye.extract(tar, tmp_path_factory.mktemp("bullseye") / "root")
 
 
 def run(root: Path, script: str, binds: tuple[Path, ...] = ()) -> str:
@@ -45,12 +36,14 @@ def run(root: Path, script: str, binds: tuple[Path, ...] = ()) -> str:
     return result.stdout
 
 
-def test_glibc_is_bullseyes(root: Path) -> None:
+def test_glibc_is_bullseyes(bullseye_root: Path) -> None:
+    root = bullseye_root
     first = run(root, "ldd --version").splitlines()[0]
     assert first.endswith(f" {bullseye.GLIBC}"), first
 
 
-def test_runs_as_the_unprivileged_user(root: Path) -> None:
+def test_runs_as_the_unprivileged_user(bullseye_root: Path) -> None:
+    root = bullseye_root
     entry = pwd.getpwnam(bullseye.USER)
     assert run(root, 'id -u; id -g; id -un; echo "$HOME"; cd && pwd').split() == [
         str(entry.pw_uid),
@@ -61,12 +54,14 @@ def test_runs_as_the_unprivileged_user(root: Path) -> None:
     ]
 
 
-def test_venv_has_pip(root: Path) -> None:
+def test_venv_has_pip(bullseye_root: Path) -> None:
+    root = bullseye_root
     out = run(root, "python3 -m venv /tmp/v && /tmp/v/bin/pip --version")
     assert out.startswith("pip ") and "/tmp/v/" in out, out
 
 
-def test_bound_directory_is_written_as_the_user(root: Path) -> None:
+def test_bound_directory_is_written_as_the_user(bullseye_root: Path) -> None:
+    root = bullseye_root
     entry = pwd.getpwnam(bullseye.USER)
     shared = root.parent / "shared"
     shared.mkdir()

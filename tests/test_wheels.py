@@ -281,15 +281,6 @@ def test_pip_installed_wheels_run_containers_with_carried_engines_only(
     _hidden_host(host_venv, home, "verify", busybox_image, debian_image)
 
 
-@pytest.fixture(scope="module")
-def bullseye_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        tar = bullseye.bullseye_rootfs_tar()
-    except debian.CacheMissing as missing:
-        pytest.fail(str(missing))
-    return bullseye.extract(tar, tmp_path_factory.mktemp("bullseye") / "root")
-
-
 def test_the_wheels_run_containers_in_an_older_glibc_userland(
     bullseye_root: Path,
     shared_dir: Path,

@@ -24,11 +24,9 @@ on 127.0.0.1 is reachable from inside.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
-import signal
 import subprocess
 import sys
 import tarfile
@@ -37,9 +35,10 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 if __package__:
-    from . import debian
+    from . import debian, process
 else:  # run as a script, before ucore is installed: this directory is sys.path[0]
     import debian  # type: ignore[no-redef]
+    import process  # type: ignore[no-redef]
 
 SUITE = "bullseye"
 #: What ``ldd --version`` reports in the root.
@@ -180,23 +179,7 @@ def run_in_root(
         *(f"{name}={value}" for name, value in variables.items()),
         *argv,
     ]
-    with subprocess.Popen(
-        command,
-        env={"PATH": debian.search_path(), "LC_ALL": "C"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as process:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
+    return process.run_group(command, timeout, env={"PATH": debian.search_path(), "LC_ALL": "C"})
 
 
 def _add_user(root: Path, entry: pwd.struct_passwd) -> str:

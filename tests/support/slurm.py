@@ -56,6 +56,8 @@ from typing import Optional
 
 from ucore.store import pid_alive
 
+from . import process
+
 #: Where the sessions' daemons keep their configuration, state, sockets and logs (root only
 #: writes there; every user reads the configuration).
 ROOT = Path(os.environ.get("UCORE_TEST_SLURM_ROOT", "/run/ucore-test-slurm"))
@@ -166,23 +168,9 @@ class Slurm:
         timeout its whole process group is killed (its own session): a hung ``mpirun``'s
         ranks would otherwise outlive the test and load the rest of the suite."""
         assignments = [f"{k}={v}" for k, v in self.user_env(env).items()]
-        with subprocess.Popen(
-            ["runuser", "-u", USER, "--", "env", "-i", *assignments, *argv],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        ) as proc:
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                raise
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return process.run_group(
+            ["runuser", "-u", USER, "--", "env", "-i", *assignments, *argv], timeout, cwd=cwd
+        )
 
     def srun(
         self,
