@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ucore.errors import IntegrityError, UsageError
-from ucore.oci import Descriptor, Digest, ImageRef, Platform
+from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
 
 HEX = "a" * 64
 
@@ -109,3 +109,38 @@ def test_descriptor_validates_size_and_digest() -> None:
     ):
         with pytest.raises(IntegrityError):
             Descriptor.from_json(bad, 10)
+
+
+def test_values_built_directly_are_validated_as_parsed_ones_are() -> None:
+    """The rules live in the attrs validators, so a plugin that builds a value itself (a
+    mirror's ``ImageRef(host, repo, tag)``, a digest from its own hash) meets them too, and so
+    does a value varied with ``attrs.evolve``."""
+    import attrs
+
+    digest = Digest("a" * 64)
+    with pytest.raises(IntegrityError, match="invalid sha256 digest"):
+        Digest("A" * 64)
+    ref = ImageRef("127.0.0.1:5000", "team/app", "v1")
+    for bad in (
+        {"registry": "bad host!"},
+        {"registry": "h:99999"},
+        {"repository": "Team/App"},
+        {"repository": "a//b"},
+        {"tag": "-lead"},
+    ):
+        with pytest.raises(UsageError):
+            attrs.evolve(ref, **bad)
+    with pytest.raises(TypeError):
+        attrs.evolve(ref, digest=str(digest))
+    with pytest.raises(UsageError, match="invalid platform architecture"):
+        Platform("linux", "AMD 64")
+    with pytest.raises(IntegrityError, match="invalid size"):
+        Descriptor("application/x", digest, -1)
+    with pytest.raises(IntegrityError, match="invalid size"):
+        Descriptor("application/x", digest, True)
+    loose = Descriptor("application/x", digest, 3, urls=["u", 1], annotations={"k": 2})
+    assert loose.urls == () and loose.annotations == {"k": "2"}
+    assert Descriptor("application/x", digest, 3, urls=["u"]).urls == ("u",)
+    with pytest.raises(IntegrityError, match="layers must be descriptors"):
+        Image(ref, digest, digest, ["not a descriptor"])  # type: ignore[list-item]
+    assert Image(ref, digest, digest, [loose]).layers == (loose,)

@@ -5,12 +5,13 @@ with ``_replace``, and cheap to define. Every ``ucore run`` defines them before 
 container: an attrs class costs about 1.5 ms there (and importing attrs 10 ms), a frozen
 dataclass about 0.5 ms, a named tuple a tenth of that (measured). Image and registry values
 (digests, references, descriptors), which need validation and are not on that path, are
-frozen dataclasses in :mod:`ucore.oci`.
+frozen attrs classes with validators in :mod:`ucore.oci`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, TypedDict
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,3 +99,21 @@ class RunSpec(NamedTuple):
     #: Device requests for the provider plugins (GPUs, HCAs), which turn them into mounts,
     #: device nodes and environment in ``ucore_prepare``; engines never read them.
     requests: tuple[DeviceRequest, ...] = ()
+
+
+class Preparation(TypedDict, total=False):
+    """What a ``ucore_prepare`` implementation returns (every key optional; None for nothing).
+
+    The core checks each entry's type and merges the plugins' answers into the
+    :class:`RunSpec` in plugin order: mounts before the command line's ``-v`` (which wins a
+    clash of targets), device nodes after the spec's, environment after the image's but never
+    over what the user set with ``-e`` or ``--env-file``. An implementation never mutates the
+    spec it is given.
+    """
+
+    #: Host paths to bind (GPU libraries, a launcher's rendezvous directory).
+    mounts: Sequence[Mount]
+    #: Device nodes to expose (``/dev/nvidia0``).
+    devices: Sequence[DeviceNode]
+    #: Variables to set in the container.
+    env: Mapping[str, str]

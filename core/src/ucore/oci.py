@@ -1,16 +1,21 @@
 """OCI and Docker values: digests, image references, platforms, descriptors, stored images.
 
 Wire formats (manifest JSON, reference strings) are parsed into these at the edge, with every
-field that comes from outside validated before any path or URL is built from it. The values a
-*run* needs live in :mod:`ucore.model`; these stay out of ``ucore run``'s start-up, which never
-touches a registry or a manifest unless it must pull or create.
+field that comes from outside validated before any path or URL is built from it. They are
+frozen attrs classes whose validators hold the rules, so a value built directly (a plugin's
+``Digest(hexdigest)``, ``ImageRef(host, repo, tag)``) is checked as one parsed from text is,
+and converters normalise what may arrive in several shapes (descriptor URLs, annotations).
+The values a *run* needs live in :mod:`ucore.model`; these (and attrs) stay out of
+``ucore run``'s start-up, which never touches a registry or a manifest unless it must pull or
+create.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 from typing import Any, Optional
+
+import attrs
 
 from ucore.config import DOCKER_HUB
 from ucore.errors import IntegrityError, UsageError
@@ -29,15 +34,16 @@ _MAX_NAME = 255
 _PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
-@dataclass(frozen=True)
+def _sha256_hex(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise IntegrityError(f"invalid sha256 digest {value!r}")
+
+
+@attrs.frozen
 class Digest:
     """A content digest; only sha256 is accepted (as containerd and Docker do by default)."""
 
-    hex: str
-
-    def __post_init__(self) -> None:
-        if not _HEX64.fullmatch(self.hex):
-            raise IntegrityError(f"invalid sha256 digest {self.hex!r}")
+    hex: str = attrs.field(validator=_sha256_hex)
 
     @classmethod
     def parse(cls, text: object) -> Digest:
@@ -110,18 +116,44 @@ def split_registry(value: str) -> tuple[Optional[str], str]:
     return scheme, host
 
 
-@dataclass(frozen=True)
+def _registry(_: object, __: attrs.Attribute[str], value: object) -> None:
+    problem = registry_problem(value) if isinstance(value, str) else "not a string"
+    if problem:
+        raise UsageError(problem)
+
+
+def _repository(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if (
+        not isinstance(value, str)
+        or len(value) > _MAX_NAME
+        or not all(_PATH_COMPONENT.fullmatch(c) for c in value.split("/"))
+    ):
+        raise UsageError(
+            "repository names are lower-case letters, digits and separators (. _ __ -) in"
+            " /-separated components"
+        )
+
+
+def _tag(_: object, __: attrs.Attribute[Optional[str]], value: object) -> None:
+    if value is not None and not (isinstance(value, str) and _TAG.fullmatch(value)):
+        raise UsageError(f"bad tag {value!r}")
+
+
+@attrs.frozen
 class ImageRef:
     """A fully qualified image reference: ``registry/repository[:tag][@digest]``.
 
     ``parse`` applies Docker's defaults (``ubuntu`` is ``docker.io/library/ubuntu:latest``), or a
-    different default registry when the user configured one.
+    different default registry when the user configured one; the validators hold Docker's
+    grammar for each part however the value is made.
     """
 
-    registry: str
-    repository: str
-    tag: Optional[str] = None
-    digest: Optional[Digest] = None
+    registry: str = attrs.field(validator=_registry)
+    repository: str = attrs.field(validator=_repository)
+    tag: Optional[str] = attrs.field(default=None, validator=_tag)
+    digest: Optional[Digest] = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Digest))
+    )
 
     @classmethod
     def parse(cls, text: str, default_registry: str = DOCKER_HUB) -> ImageRef:
@@ -143,13 +175,8 @@ class ImageRef:
         colon = name.rfind(":")
         if colon > slash:
             name, tag = name[:colon], name[colon + 1 :]
-            if not _TAG.fullmatch(tag):
-                raise UsageError(f"invalid reference {text!r}: bad tag {tag!r}")
         first, _, rest = name.partition("/")
         if names_registry(name):
-            problem = registry_problem(first)
-            if problem:
-                raise UsageError(f"invalid reference {text!r}: {problem}")
             registry, path = first, rest
         else:
             problem = registry_problem(default_registry)
@@ -162,14 +189,12 @@ class ImageRef:
             registry = DOCKER_HUB
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"
-        if len(path) > _MAX_NAME or not all(_PATH_COMPONENT.fullmatch(c) for c in path.split("/")):
-            raise UsageError(
-                f"invalid reference {text!r}: repository names are lower-case letters, digits and"
-                " separators (. _ __ -) in /-separated components"
-            )
         if tag is None and digest is None:
             tag = "latest"
-        return cls(registry, path, tag, digest)
+        try:
+            return cls(registry, path, tag, digest)
+        except UsageError as exc:  # a validator's rule, said of the text the user gave
+            raise UsageError(f"invalid reference {text!r}: {exc}") from None
 
     @property
     def name(self) -> str:
@@ -189,7 +214,7 @@ class ImageRef:
         return out + (f"@{self.digest}" if self.digest else "")
 
     def with_digest(self, digest: Digest) -> ImageRef:
-        return replace(self, digest=digest)
+        return attrs.evolve(self, digest=digest)
 
     def __str__(self) -> str:
         return self.name + self._suffix()
@@ -210,13 +235,20 @@ _ARCH_ALIASES = {
 }
 
 
-@dataclass(frozen=True)
+def _platform_part(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None and attribute.name == "variant":
+        return
+    if not isinstance(value, str) or not _PLATFORM_PART.fullmatch(value):
+        raise UsageError(f"invalid platform {attribute.name} {value!r}")
+
+
+@attrs.frozen
 class Platform:
     """An OCI platform (os/architecture[/variant])."""
 
-    os: str
-    architecture: str
-    variant: Optional[str] = None
+    os: str = attrs.field(validator=_platform_part)
+    architecture: str = attrs.field(validator=_platform_part)
+    variant: Optional[str] = attrs.field(default=None, validator=_platform_part)
 
     @classmethod
     def parse(cls, text: str) -> Platform:
@@ -269,42 +301,58 @@ class Platform:
         return f"{base}/{self.variant}" if self.variant else base
 
 
-@dataclass(frozen=True)
+def _size(_: object, __: attrs.Attribute[int], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise IntegrityError(f"descriptor has invalid size {value!r}")
+
+
+def _media_type(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise IntegrityError("descriptor has invalid mediaType")
+
+
+def _urls(value: object) -> tuple[str, ...]:
+    """Foreign URLs as a tuple; anything but a list of strings counts as none (the digest is
+    what gets verified, so a malformed hint is dropped rather than refused)."""
+    if isinstance(value, (list, tuple)) and all(isinstance(u, str) for u in value):
+        return tuple(value)
+    return ()
+
+
+def _annotations(value: object) -> dict[str, str]:
+    """Annotations as strings; anything but a mapping counts as none."""
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+@attrs.frozen
 class Descriptor:
     """An OCI content descriptor, validated: the digest and size are what gets verified."""
 
-    media_type: str
-    digest: Digest
-    size: int
-    platform: Optional[Platform] = None
-    urls: tuple[str, ...] = ()
-    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+    media_type: str = attrs.field(validator=_media_type)
+    digest: Digest = attrs.field(validator=attrs.validators.instance_of(Digest))
+    size: int = attrs.field(validator=_size)
+    platform: Optional[Platform] = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Platform))
+    )
+    urls: tuple[str, ...] = attrs.field(default=(), converter=_urls)
+    annotations: dict[str, str] = attrs.field(
+        factory=dict, converter=_annotations, eq=False, hash=False
+    )
 
     @classmethod
     def from_json(cls, data: Any, max_size: int) -> Descriptor:
         if not isinstance(data, dict):
             raise IntegrityError("malformed descriptor in manifest")
         size = data.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise IntegrityError(f"descriptor has invalid size {size!r}")
-        if size > max_size:
+        if isinstance(size, int) and not isinstance(size, bool) and size > max_size:
             raise IntegrityError(f"descriptor size {size} exceeds the limit of {max_size} bytes")
-        media_type = data.get("mediaType", "")
-        if not isinstance(media_type, str):
-            raise IntegrityError("descriptor has invalid mediaType")
-        urls = data.get("urls") or ()
-        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            urls = ()
-        annotations = data.get("annotations") or {}
-        if not isinstance(annotations, dict):
-            annotations = {}
         return cls(
-            media_type=media_type,
+            media_type=data.get("mediaType", ""),
             digest=Digest.parse(data.get("digest")),
-            size=size,
+            size=size,  # type: ignore[arg-type]  # the validator refuses what is not an int
             platform=Platform.from_json(data.get("platform")),
-            urls=tuple(urls),
-            annotations={str(k): str(v) for k, v in annotations.items()},
+            urls=data.get("urls") or (),  # the converter keeps a list of strings
+            annotations=data.get("annotations") or {},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -320,17 +368,31 @@ class Descriptor:
         return out
 
 
-@dataclass(frozen=True)
+def _descriptors(value: object) -> tuple[Descriptor, ...]:
+    layers = tuple(value) if isinstance(value, (list, tuple)) else None
+    if layers is None or not all(isinstance(d, Descriptor) for d in layers):
+        raise IntegrityError(f"image layers must be descriptors, not {value!r}")
+    return layers
+
+
+_DIGEST = attrs.validators.instance_of(Digest)
+
+
+@attrs.frozen
 class Image:
     """An image in the local store: a platform-specific manifest, its config and its layers."""
 
-    ref: ImageRef
-    manifest_digest: Digest
-    config_digest: Digest
-    layers: tuple[Descriptor, ...]
-    platform: Optional[Platform] = None
+    ref: ImageRef = attrs.field(validator=attrs.validators.instance_of(ImageRef))
+    manifest_digest: Digest = attrs.field(validator=_DIGEST)
+    config_digest: Digest = attrs.field(validator=_DIGEST)
+    layers: tuple[Descriptor, ...] = attrs.field(converter=_descriptors)
+    platform: Optional[Platform] = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Platform))
+    )
     #: The index the manifest was chosen from, when the reference pointed at one.
-    index_digest: Optional[Digest] = None
+    index_digest: Optional[Digest] = attrs.field(
+        default=None, validator=attrs.validators.optional(_DIGEST)
+    )
 
     @property
     def id(self) -> str:
