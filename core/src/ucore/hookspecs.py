@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ucore.config import Config
     from ucore.events import Event
+    from ucore.model import Container, Preparation, RunSpec
     from ucore.oci import Image, ImageRef
     from ucore.registration import Registry
     from ucore.session import Session
@@ -129,21 +130,33 @@ def ucore_unpack(image: Image, dest: Path, session: Session) -> Optional[Path]:
 
 
 @hookspec
-def ucore_prepare(container: Any, spec: Any, session: Session) -> Optional[dict[str, Any]]:
+def ucore_prepare(container: Container, spec: RunSpec, session: Session) -> Optional[Preparation]:
     """Contribute engine-neutral bindings for a run (mounts, environment, device nodes).
 
     Implementations return values rather than mutate ``spec``; the core merges them in plugin
-    order, so GPU and InfiniBand binding work in every engine without knowing any engine.
+    order, so GPU and InfiniBand binding work in every engine without knowing any engine. For
+    example, a plugin that gives every container a site's scratch directory::
+
+        @hookimpl
+        def ucore_prepare(container, spec, session):
+            return {
+                "mounts": [Mount("/scratch", "/scratch")],
+                "env": {"SCRATCH": "/scratch"},
+            }
+
+    A value of the wrong type (a mount that is not a :class:`~ucore.model.Mount`) fails the
+    run with a :class:`~ucore.errors.PluginError` naming it.
 
     :param container: the container about to run.
     :param spec: the run specification built from the image config and the command line.
     :param session: the running session.
-    :returns: a mapping with any of ``mounts``, ``env`` and ``devices``, or None.
+    :returns: a :class:`~ucore.model.Preparation` (any of ``mounts``, ``devices`` and
+        ``env``), or None.
     """
 
 
 @hookspec(firstresult=True)
-def ucore_execute(container: Any, spec: Any, session: Session) -> Optional[int]:
+def ucore_execute(container: Container, spec: RunSpec, session: Session) -> Optional[int]:
     """Run the container's command. Stops at first non-None result.
 
     The builtin dispatch to the chosen engine is ``trylast``; wrappers may time or clean up.

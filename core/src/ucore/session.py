@@ -22,7 +22,7 @@ from ucore.store import Store
 if TYPE_CHECKING:
     # Not needed to run a container: ``ucore run`` imports none of them unless it pulls.
     from ucore.events import Event
-    from ucore.model import Container, RunSpec
+    from ucore.model import Container, Preparation, RunSpec
     from ucore.oci import Image, ImageRef
 
 log = get_logger(__name__)
@@ -105,7 +105,7 @@ class Session:
 
     # --- running ----------------------------------------------------------------------------
 
-    def prepare(self, container: Container, spec: RunSpec) -> list[dict[str, Any]]:
+    def prepare(self, container: Container, spec: RunSpec) -> list[Preparation]:
         """What plugins add to a run (mounts, env, devices), one mapping per plugin."""
         results = self.hook.ucore_prepare(container=container, spec=spec, session=self)
         return [r for r in results if r]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ucore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
+    from ucore.model import Container, Preparation, RunSpec
     from ucore.session import Session
 
 #: The run's record of what was bound, in the container directory (outside its root).
@@ -22,9 +22,7 @@ RECORD = "devices.json"
 
 
 @hookimpl
-def ucore_prepare(
-    container: Container, spec: RunSpec, session: Session
-) -> Optional[dict[str, Any]]:
+def ucore_prepare(container: Container, spec: RunSpec, session: Session) -> Optional[Preparation]:
     if not spec.requests:
         return None
     from ucore.devices import providers

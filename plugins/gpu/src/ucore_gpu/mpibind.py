@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Optional
 
 from ucore.errors import DeviceError
-from ucore.model import Mount
+from ucore.model import Mount, Preparation
 from ucore_gpu import mpiinfo
 from ucore_gpu.mpiinfo import Index, Library, Side, Tree
 
@@ -93,7 +93,7 @@ def _major(soname: str) -> str:
 
 def bindings(
     host_tree: Tree, host: Side, image_tree: Tree, image: Side, env: Mapping[str, str]
-) -> dict[str, Any]:
+) -> Preparation:
     """The mounts and environment that put the host's MPI under the image's program.
 
     :raises DeviceError: the two are not compatible (exit 9), nothing was started.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
+    from ucore.model import Container, Preparation, RunSpec
     from ucore.session import Session
 
 MODES = ("host", "none")
@@ -151,7 +151,7 @@ def mode(session: Session) -> str:
     return chosen
 
 
-def prepare(container: Container, spec: RunSpec, session: Session) -> Optional[dict[str, Any]]:
+def prepare(container: Container, spec: RunSpec, session: Session) -> Optional[Preparation]:
     """``run --mpi=host``'s bindings; None without it."""
     if mode(session) != "host":
         return None

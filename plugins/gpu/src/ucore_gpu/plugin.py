@@ -9,10 +9,14 @@ asks for devices.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ucore.hookspecs import hookimpl
 from ucore.model import DeviceRequest
+
+if TYPE_CHECKING:
+    from ucore.model import Container, Preparation, RunSpec
+    from ucore.session import Session
 
 KIND = "nvidia.com/gpu"
 
@@ -101,7 +105,7 @@ def ucore_register_devices(register: Any) -> None:
 
 
 @hookimpl
-def ucore_prepare(container: Any, spec: Any, session: Any) -> Optional[dict[str, Any]]:
+def ucore_prepare(container: Container, spec: RunSpec, session: Session) -> Optional[Preparation]:
     from ucore_gpu import mpicli
 
     return mpicli.prepare(container, spec, session)
