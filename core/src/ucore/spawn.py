@@ -35,6 +35,7 @@ FORWARDED = (
 _SI_KERNEL = 0x80
 _TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 #: How long to wait for the main process to appear before a signal for it is retried.
 _RETRY = 0.05
 
@@ -74,30 +75,52 @@ def run(
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def become_subreaper() -> None:
+class Reaper(NamedTuple):
+    """What :func:`become_subreaper` found, for :func:`end_leftovers` to put back."""
+
+    #: Children this process had already (an embedding program's own, such as a server):
+    #: never ended nor waited for.
+    spared: frozenset[int]
+    #: Whether this process was a subreaper before (the ``ucore`` command never is).
+    was_subreaper: bool
+
+
+def become_subreaper() -> Reaper:
     """Make the orphans of the processes ucore starts come to ucore, not to the host's init
     (``PR_SET_CHILD_SUBREAPER``), so that what a command leaves running can be ended with it
     (:func:`end_leftovers`). OSError when the kernel refuses."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
+    flag = ctypes.c_int(0)
+    libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
+    reaper = Reaper(frozenset(children(os.getpid())), bool(flag.value))
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+    return reaper
 
 
-def end_leftovers() -> None:
-    """Kill and reap every remaining child: after the main process, only what it left behind
-    is still ucore's (orphans come to ucore, the subreaper, as each parent dies)."""
+def end_leftovers(reaper: Reaper) -> None:
+    """Kill and reap every child the run left: after the main process, only what it left
+    behind is still ucore's (orphans come to ucore, the subreaper, as each parent dies).
+    Children that were there before the run are spared, and a process that embeds ucore
+    (:mod:`ucore.api`) stops being a subreaper again, so its other children are its own."""
     me = os.getpid()
     while True:
-        for pid in children(me):
+        left = [pid for pid in children(me) if pid not in reaper.spared]
+        if not left:
+            break
+        for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    if not reaper.was_subreaper:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
 def find_program(name: str, search: str) -> Optional[str]:

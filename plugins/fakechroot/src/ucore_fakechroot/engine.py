@@ -526,12 +526,15 @@ def _leftovers_ended() -> Iterator[None]:
     """What the command leaves running ends with it, as a container's processes do when its
     init exits: with no namespace to hold them, ucore is the subreaper of the run's processes
     and kills those left once the main process has ended (as runc's foreground run does)."""
-    with contextlib.suppress(OSError):  # no subreaper: orphans go to init, the run goes on
-        spawn.become_subreaper()
+    try:
+        reaper = spawn.become_subreaper()
+    except OSError:  # no subreaper: orphans go to init, the run goes on
+        yield
+        return
     try:
         yield
     finally:
-        spawn.end_leftovers()
+        spawn.end_leftovers(reaper)
 
 
 @contextlib.contextmanager

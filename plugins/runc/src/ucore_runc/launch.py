@@ -313,7 +313,7 @@ def run_detached(
     mask: set[int] = {*spawn.FORWARDED, signal.SIGCHLD}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
     try:
-        _become_subreaper()
+        reaper = _become_subreaper()
         try:
             # Signals that come while the runtime starts are held (no target), then given to
             # the command.
@@ -323,7 +323,7 @@ def run_detached(
                 raise run.failed(started.status)
             return _wait(main, mask, started.forwarded)
         finally:
-            spawn.end_leftovers()
+            spawn.end_leftovers(reaper)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -332,9 +332,9 @@ def _none(_pid: int) -> list[int]:
     return []
 
 
-def _become_subreaper() -> None:
+def _become_subreaper() -> spawn.Reaper:
     try:
-        spawn.become_subreaper()
+        return spawn.become_subreaper()
     except OSError as exc:
         raise PluginError(f"cannot wait for a detached container: {exc.strerror}") from None
 
@@ -406,7 +406,7 @@ def run_on_terminal(
     old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
     listener = console.Listener(run.bundle)
     try:
-        _become_subreaper()
+        reaper = _become_subreaper()
         try:
             started = spawn.run(
                 run.command(console=listener.path),
@@ -420,10 +420,10 @@ def run_on_terminal(
                 raise run.failed(started.status)
             with console.Relay(listener.receive()) as relay:
                 status = _wait(main, mask, started.forwarded, relay.resize)
-                spawn.end_leftovers()
+                spawn.end_leftovers(reaper)
             return status
         finally:
-            spawn.end_leftovers()
+            spawn.end_leftovers(reaper)
     finally:
         listener.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
