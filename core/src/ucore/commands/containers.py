@@ -8,17 +8,16 @@ the store, made once by ``create`` and run any number of times.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ucore import containers, images
+from ucore import api, containers, images
 from ucore.commands import add_registry_options, read_input, write_output
-from ucore.errors import NotFoundError, StoreError, UcoreError, UsageError
+from ucore.errors import NotFoundError, UcoreError, UsageError
 from ucore.model import Container
-from ucore.oci import Image, ImageRef
+from ucore.oci import ImageRef
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -139,59 +138,9 @@ def _print_json(data: Any) -> None:
 # --- create ---------------------------------------------------------------------------------
 
 
-def find_image(session: Session, text: str) -> Image:
-    """The stored image ``text`` names, pulled first when it is not stored (``--pull=missing``)."""
-    store = session.store
-    try:
-        ref = images.lookup(store, text, session.config.registry)
-    except NotFoundError:
-        return session.pull(images.parse_ref(text, session.config.registry))
-    return images.load(store, ref)
-
-
 def cmd_create(session: Session, args: argparse.Namespace) -> int:
-    if args.force and args.name is None:
-        raise UsageError("create: --force only applies with --name")
-    if args.name is not None:
-        containers.check_name(args.name)
-    image = find_image(session, args.image)
-    if not args.force:
-        container = containers.create(session, image, args.name)
-    else:
-        container = containers.create(session, image, None)
-        try:
-            _take_name(session, args.name, container)
-        except BaseException:
-            with contextlib.suppress(UcoreError):
-                containers.remove(session.store, container, force=True)
-            raise
-    print(container.id)
+    print(api.create(session, args.image, args.name, take_name=args.force).id)
     return 0
-
-
-def _take_name(session: Session, name: str, container: Container) -> None:
-    """Give ``name`` to ``container``, taking it from the container that has it unless that
-    one is protected; a name still being reserved by a running ``create`` is not taken."""
-    store = session.store
-    for _ in range(3):
-        try:
-            containers.reserve_name(store, name, container.id)
-            return
-        except UsageError:
-            try:
-                holder = containers.lookup(store, name)
-            except NotFoundError:
-                raise UsageError(
-                    f"container name {name!r} is being reserved by another create"
-                ) from None
-            if holder.id == container.id:
-                return
-            if holder.protected:
-                raise UsageError(
-                    f"container name {name!r} belongs to protected container {holder.id}"
-                ) from None
-            containers.release_name(store, name, holder.id)
-    raise UsageError(f"container name {name!r} is contested by other jobs; try again")
 
 
 # --- ps -------------------------------------------------------------------------------------
@@ -265,7 +214,7 @@ def cmd_rm(session: Session, args: argparse.Namespace) -> int:
     for text in args.container:
         try:
             if text not in finished:
-                containers.remove(store, _to_remove(store, text, args.force), force=args.force)
+                api.remove_container(session, text, args.force)
         except UcoreError as exc:
             failures.append(exc)
             continue
@@ -276,17 +225,6 @@ def cmd_rm(session: Session, args: argparse.Namespace) -> int:
             raise type(first)(f"{first} (and {len(failures) - 1} more not removed)")
         raise first
     return 0
-
-
-def _to_remove(store: Store, text: str, force: bool) -> Container:
-    """The container to remove; with ``force`` also one whose record is damaged (whether it
-    was protected cannot be read, hence only with ``force``)."""
-    try:
-        return containers.lookup(store, text)
-    except StoreError as exc:
-        if not force:
-            raise StoreError(f"{exc} ('ucore rm -f' removes it)") from None
-        return containers.damaged(store, text)
 
 
 def cmd_name(session: Session, args: argparse.Namespace) -> int:

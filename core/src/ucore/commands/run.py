@@ -15,23 +15,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore import containers
+from ucore import api, containers
 from ucore.commands import add_registry_options
-from ucore.errors import NotFoundError, UcoreError, UsageError
+from ucore.errors import UcoreError, UsageError
 from ucore.log import get_logger
 from ucore.model import Container
 
 if TYPE_CHECKING:
-    from ucore.oci import Image
     from ucore.session import Session
 
 log = get_logger(__name__)
 
-PULL_POLICIES = ("missing", "never", "always", "reuse")
-#: How long ``--pull=reuse`` waits for another job creating the container (seconds).
-REUSE_WAIT = 1800.0
-#: The longest pause between two looks at the container another job is creating.
-_REUSE_POLL = 0.4
 #: Docker flags accepted for compatibility, and why they change nothing here.
 IGNORED = {
     "interactive": ("-i", "stdin is always passed through"),
@@ -58,7 +52,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
     p.add_argument("--name", metavar="NAME", help="name the container created from an image")
     p.add_argument(
         "--pull",
-        choices=PULL_POLICIES,
+        choices=api.PULL_POLICIES,
         default="missing",
         help="when to pull an image (reuse: run the container --name names, if it exists)",
     )
@@ -190,25 +184,16 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
     for dest, (flag, why) in IGNORED.items():
         if getattr(args, dest):
             log.info(f"{flag} is accepted and ignored: {why}")
-    if args.location:
-        container = _location(args.location)
-        command = rest
-    else:
-        if not rest:
-            raise UsageError("run: give a CONTAINER or an IMAGE (or --location DIR)")
-        if args.name is not None:
-            containers.check_name(args.name)  # before a pull, not after it
-        container = _container(session, rest[0], args)
-        command = rest[1:]
-    if command and command[0] == "--":
-        command.pop(0)
+    target = None if args.location or not rest else rest.pop(0)
+    if rest and rest[0] == "--":
+        rest.pop(0)
     opts = runspec.RunOptions(
-        command=tuple(command),
+        command=tuple(rest),
         entrypoint=args.entrypoint,
         env=tuple(args.env),
         env_files=tuple(args.env_file),
         hostenv=args.hostenv,
-        pass_env=_pass_env(session),
+        pass_env=api.pass_env(session),
         workdir=args.workdir,
         user=args.user,
         volumes=tuple(args.volume),
@@ -222,127 +207,15 @@ def cmd_run(session: Session, args: argparse.Namespace) -> int:
         kernel=args.kernel,
         launcher_binds=session.config.launcher_binds,
     )
-    try:
-        with containers.running(session.store, container):
-            config = {} if args.nometa else containers.image_config(container)
-            spec = runspec.build(session, container, config, opts)
-            return session.execute(container, spec)
-    finally:
-        if container.location is not None:
-            import shutil
-
-            shutil.rmtree(container.dir, ignore_errors=True)
-        elif args.rm:
-            _remove(session, container)
-
-
-def _pass_env(session: Session) -> tuple[str, ...]:
-    """The ``pass_env`` setting, else :data:`runspec.PASS_ENV`; ``UCORE_PASS_ENV=`` (empty)
-    passes none."""
-    from ucore import runspec
-
-    if os.environ.get("UCORE_PASS_ENV") == "":
-        return ()
-    configured = session.config.pass_env
-    return runspec.PASS_ENV if configured is None else configured
-
-
-def _location(text: str) -> Container:
-    """A root directory outside the store, which must be one the user can open."""
-    root = Path(text).expanduser().resolve()
-    try:
-        os.close(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-    except OSError as exc:
-        raise UsageError(f"--location {text}: {exc.strerror}") from None
-    import tempfile
-
-    scratch = Path(tempfile.mkdtemp(prefix="ucore-run-"))
-    return Container(id="location", dir=scratch, image="", location=root)
-
-
-def _container(session: Session, text: str, args: argparse.Namespace) -> Container:
-    store = session.store
-    if args.pull == "reuse" and args.name:
-        with contextlib.suppress(NotFoundError):
-            return containers.lookup(store, args.name)
-    try:
-        found = containers.lookup(store, text)
-    except NotFoundError:
-        pass
-    else:
-        if args.name and args.name not in found.names:
-            raise UsageError(
-                f"run: --name names a container made from an image; {text} exists already"
-                " ('ucore name' gives it another name)"
-            )
-        return found
-    image = _image(session, text, args.pull)
-    if args.pull == "reuse" and args.name:
-        return _create_or_reuse(session, image, args.name)
-    return containers.create(session, image, args.name)
-
-
-def _create_or_reuse(session: Session, image: Image, name: str) -> Container:
-    """``--pull=reuse --name N``: the batch jobs of an array all ask for N at once; one
-    creates it and the others wait for that one, then run in its container. A creator that
-    dies leaves a reservation the next attempt takes over, so the wait ends either way; it
-    is bounded for a creator on another host, which this one cannot see die."""
-    import time
-
-    waited, pause = 0.0, 0.1
-    while True:
-        try:
-            return containers.create(session, image, name)
-        except containers.NameBusyError as exc:
-            if waited >= REUSE_WAIT:
-                raise
-            if waited == 0:  # normal in a job array: not a warning in every task's log
-                log.info(f"{exc}: waiting for it to finish", container=name)
-        except containers.NameInUseError:
-            with contextlib.suppress(NotFoundError):
-                return containers.lookup(session.store, name)  # made since we looked
-            raise
-        time.sleep(pause)
-        waited += pause
-        # Every task of the array runs as soon as the container is there: a task that slept
-        # 2 s after it appeared held its allocation's time-to-all-ranks up by as much.
-        pause = min(pause * 2, _REUSE_POLL)
-
-
-def _image(session: Session, text: str, policy: str) -> Image:
-    from ucore import images
-
-    store = session.store
-    registry = session.config.registry
-    try:
-        ref = images.parse_ref(text, registry)
-    except UsageError:
-        raise NotFoundError(
-            f"no container named {text!r} (see 'ucore ps'), and it is not an image name"
-        ) from None
-    if policy != "always":
-        try:
-            return images.load(store, images.lookup(store, text, registry))
-        except NotFoundError:
-            if policy == "never":
-                raise NotFoundError(
-                    f"no container or image named {text} in the store, and --pull=never"
-                ) from None
-    return session.pull(ref)
-
-
-def _remove(session: Session, container: Container) -> None:
-    """``--rm``: what keeps the container (protected, in use by another run) is a warning,
-    not a failure of the run."""
-    if container.protected:
-        log.warning("--rm: the container is protected and was kept", container=container.id)
-        return
-    try:
-        containers.remove(session.store, container)
-    except NotFoundError:
-        pass
-    except UsageError as exc:
-        log.warning(f"--rm: {exc}; it was kept", container=container.id)
+    return api.run(
+        session,
+        target,
+        opts,
+        name=args.name,
+        pull=args.pull,
+        remove=args.rm,
+        location=args.location,
+    )
 
 
 # --- setup ----------------------------------------------------------------------------------
