@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any, NamedTuple, Optional
 
+#: The manifest's file name in ``carried/``.
 MANIFEST = "CARRIED.json"
 
 
@@ -37,6 +38,7 @@ class Carried(NamedTuple):
         return None
 
     def packages(self) -> list[dict[str, Any]]:
+        """The manifest's package entries; a malformed manifest has none."""
         found = self.manifest.get("packages")
         return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
 

@@ -14,11 +14,15 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True)
 class Event:
+    """The base of every event; subscribers tell them apart by ``name`` or by class."""
+
     name: ClassVar[str] = "event"
     #: When it happened (set on creation; not an argument, so subclasses add fields freely).
     time: float = field(default_factory=time.time, init=False)
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON-lines form: ``event`` (the name), ``time`` and the fields, as plain
+        JSON values (anything else as its text)."""
         data = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
         return {"event": self.name, **data}
 

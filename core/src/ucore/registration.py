@@ -44,9 +44,12 @@ class Registry:
         return iter(self._items)
 
     def items(self) -> list[tuple[str, Any]]:
+        """``(name, object)`` pairs in the order they were registered: the last plugin
+        loaded first and the builtin plugins last, as :meth:`collect` calls them."""
         return list(self._items.items())
 
     def owner(self, name: str) -> str:
+        """The plugin that registered ``name``, for messages and ``ucore info``."""
         return self._owners[name]
 
     @classmethod
