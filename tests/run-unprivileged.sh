@@ -9,9 +9,10 @@ suite="$envdir/suite"
 rm -rf "$suite"
 mkdir -p "$suite"
 cd "$(dirname "$0")/.."
-# VERSION, tools/ and the pyproject files: tests/test_packaging.py checks the one version.
-tar --exclude=__pycache__ -cf - pyproject.toml VERSION tools core/pyproject.toml core/tests tests \
-  plugins/*/pyproject.toml plugins/*/tests | tar -xf - -C "$suite"
+# VERSION, tools/ and the pyproject files: tests/test_packaging.py checks the one version;
+# docs/: the documentation's coverage (core/tests) and its example plugins (tests/).
+tar --exclude=__pycache__ -cf - pyproject.toml VERSION tools docs core/pyproject.toml core/tests \
+  tests plugins/*/pyproject.toml plugins/*/tests | tar -xf - -C "$suite"
 chmod -R a+rX "$envdir"
 cmd=("$envdir/bin/python" -m pytest -p no:cacheprovider --rootdir "$suite" -c "$suite/pyproject.toml" "$@")
 cd "$suite"
