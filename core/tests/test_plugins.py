@@ -10,8 +10,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
-import pluggy
 import pytest
 
 from ucore import hookspecs
@@ -66,16 +66,27 @@ def test_registry_names_both_plugins_on_a_clash() -> None:
     assert "plugin 'first'" in str(info.value) and "plugin 'second'" in str(info.value)
 
 
-def test_misspelt_hook_is_caught_at_start_up() -> None:
+def test_a_plugin_with_a_misspelt_hook_is_reported_and_skipped() -> None:
+    """As a plugin that fails to import: the others keep working."""
+
     class Typo:
         @hookspecs.hookimpl
         def ucore_fecth(self) -> None:
             pass
 
+        @hookspecs.hookimpl
+        def ucore_register_engines(self, register: Any) -> None:
+            raise AssertionError("a skipped plugin is never called")
+
     plugins = get_plugin_manager(entry_points=False)
-    plugins.pm.register(Typo(), name="typo")
-    with pytest.raises(pluggy.PluginValidationError):
-        plugins.pm.check_pending()
+    plugins.register(Typo(), "typo", "thirdparty-typo", "1.0")
+    plugins.drop_unknown_hooks()
+    plugins.pm.check_pending()  # nothing left that pluggy would refuse
+    assert not plugins.pm.has_plugin("typo")
+    rows = {row["name"]: row for row in plugins.describe()}
+    assert rows["typo"]["status"] == "failed: implements no such hook ucore_fecth (misspelt?)"
+    assert rows["execute"]["status"] == "loaded"
+    Registry.collect(plugins.pm, "ucore_register_engines", "engine")
 
 
 @pytest.fixture

@@ -67,6 +67,25 @@ class Plugins:
                 self.failed[ep.name] = reason
                 log.warning("plugin failed to load and was skipped", plugin=ep.name, error=reason)
 
+    def drop_unknown_hooks(self) -> None:
+        """Unregister every plugin that implements a hook no specification names, as a plugin
+        that fails to import is: ``ucore plugins`` says which and why, and the others work.
+        pluggy's ``check_pending`` would raise instead, failing every command for one
+        third-party typo."""
+        unknown: dict[str, list[str]] = {}
+        for name, caller in vars(self.pm.hook).items():
+            if name.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if not impl.optionalhook:
+                    unknown.setdefault(impl.plugin_name, []).append(name)
+        for plugin_name, hooks in unknown.items():
+            self.pm.unregister(name=plugin_name)
+            self.sources.pop(plugin_name, None)
+            reason = f"implements no such hook {', '.join(sorted(hooks))} (misspelt?)"
+            self.failed[plugin_name] = reason
+            log.warning("plugin skipped", plugin=plugin_name, error=reason)
+
     def describe(self) -> list[dict[str, Any]]:
         """One entry per plugin: name, distribution, version, hooks it implements, status."""
         rows = []
@@ -186,10 +205,11 @@ def _section(text: str, header: str) -> list[tuple[str, str]]:
 
 
 def get_plugin_manager(disabled: tuple[str, ...] = (), entry_points: bool = True) -> Plugins:
-    """Specs, builtins, installed plugins; ``check_pending`` catches misspelt hook names."""
+    """Specs, builtins, installed plugins; a plugin implementing a hook that does not exist
+    (a misspelt name) is reported and skipped (:meth:`Plugins.drop_unknown_hooks`)."""
     plugins = Plugins(disabled)
     plugins.load_builtins()
     if entry_points:
         plugins.load_entry_points()
-    plugins.pm.check_pending()
+    plugins.drop_unknown_hooks()
     return plugins
