@@ -72,7 +72,7 @@ class Ucore:
 
     def __init__(
         self,
-        store: Optional[os.PathLike[str] | str] = None,
+        store: Optional[str | Path] = None,
         *,
         environ: Optional[Mapping[str, str]] = None,
         disable_plugins: Sequence[str] = (),

@@ -17,15 +17,40 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from ucore.errors import UsageError
 from ucore.model import DeviceRequest
 from ucore.registration import Registry
 
 if TYPE_CHECKING:
+    from ucore.model import Container, RunSpec
     from ucore.session import Session
+
+
+class DeviceProvider(Protocol):
+    """A device provider registered through ``ucore_register_devices`` (a class)."""
+
+    #: The request kind it serves (``nvidia.com/gpu``, ``infiniband``).
+    kind: ClassVar[str]
+    #: Other names a request may use for the kind; optional.
+    aliases: ClassVar[tuple[str, ...]]
+
+    def __init__(self, session: Session) -> None: ...
+
+    def prepare(
+        self, container: Container, spec: RunSpec, requests: Sequence[DeviceRequest]
+    ) -> Optional[Mapping[str, Any]]:
+        """What :func:`~ucore.hookspecs.ucore_prepare` returns (a
+        :class:`~ucore.model.Preparation`) plus an optional ``report``, a JSON-able record of
+        what was bound; raise :class:`~ucore.errors.DeviceError` for a device the host
+        lacks."""
+
+    def report(self, requests: Sequence[DeviceRequest]) -> Mapping[str, Any]:
+        """For ``ucore info --devices``: a JSON-able mapping whose ``summary`` lines are
+        printed."""
+
 
 #: A kind is CDI's ``vendor/class`` or a bare word: letters, digits, ``.``, ``-``, ``_``, ``/``.
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")

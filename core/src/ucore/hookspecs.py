@@ -71,9 +71,11 @@ def ucore_register_engines(register: Registry) -> None:
 def ucore_register_registries(register: Registry) -> None:
     """Hand registry clients to ``register(name, client_factory)``.
 
-    A client factory is called as ``factory(session)`` and returns an object with
-    ``handles(ref) -> bool`` and ``pull(ref, platform) -> Image``; the first registered client
-    that handles a reference fetches it. Mirrors and caches register here.
+    A client factory is called as ``factory(session)`` and returns a
+    :class:`~ucore.registration.RegistryClient`: ``handles(ref) -> bool`` and
+    ``pull(ref, store) -> Image``. Clients are asked in the order the hook calls the plugins:
+    the plugin loaded last first, the builtin Docker/OCI client last, so a mirror or cache
+    registered here is asked before it; the first that handles a reference fetches it.
 
     :param register: the registry-client registry.
     """
@@ -81,7 +83,8 @@ def ucore_register_registries(register: Registry) -> None:
 
 @hookspec
 def ucore_register_devices(register: Registry) -> None:
-    """Hand device providers (GPUs, InfiniBand HCAs) to ``register(kind, provider_class)``.
+    """Hand device providers (GPUs, InfiniBand HCAs) to ``register(kind, provider_class)``,
+    each a :class:`~ucore.devices.DeviceProvider`.
 
     A provider serves the requests of one kind (``--device nvidia.com/gpu=0``; see
     :mod:`ucore.devices`). The class has ``kind`` and optional ``aliases``; constructed with

@@ -24,8 +24,11 @@ class Mount(NamedTuple):
     mounts, ``singularity -B``) so device plugins never need to know the engine.
     """
 
+    #: The host path.
     source: str
+    #: The absolute path inside the container.
     target: str
+    #: Whether the container may only read it (``-v SRC:DST:ro``); engines enforce it.
     readonly: bool = False
     #: Made for this run only (GPU libraries, device files): an engine that must create the
     #: mount point in the root (runc, crun) removes what it made once no run uses the
@@ -37,7 +40,9 @@ class Mount(NamedTuple):
 class DeviceNode(NamedTuple):
     """A host device the container needs (``/dev/nvidia0``, ``/dev/infiniband/uverbs0``)."""
 
+    #: The host's device node.
     path: str
+    #: Where the container sees it (None: at ``path``).
     target: Optional[str] = None
 
 
@@ -58,13 +63,21 @@ class DeviceRequest(NamedTuple):
 class Container(NamedTuple):
     """A created container: an unpacked root filesystem plus what it was made from."""
 
+    #: The container's id (32 hexadecimal digits).
     id: str
+    #: Its directory in the store (``ROOT`` and ucore's records live there).
     dir: Path
+    #: The reference of the image it was made from (``registry/repository:tag``).
     image: str
+    #: The image's manifest digest (``sha256:...``), None for an imported root.
     manifest_digest: Optional[str] = None
+    #: Its names (``--name``, ``ucore name``).
     names: tuple[str, ...] = ()
+    #: The engine it runs with, chosen at its first run or by ``ucore setup --engine``.
     engine: Optional[str] = None
+    #: Whether ``rm`` refuses it (``ucore protect``).
     protected: bool = False
+    #: When it was created (seconds since the epoch).
     created: float = 0.0
     #: A root directory outside the store (``run --location DIR``); ``dir`` is then scratch.
     location: Optional[Path] = None
@@ -84,14 +97,21 @@ class RunSpec(NamedTuple):
     extended with what ``ucore_prepare`` implementations return (GPU libraries, devices).
     """
 
+    #: The command: entrypoint and command after Docker's rules; ``argv[0]`` is looked up
+    #: on the container's ``PATH`` by the engine (or its runtime).
     argv: tuple[str, ...]
+    #: The container's whole environment, in order; nothing of the host's unless asked.
     env: tuple[tuple[str, str], ...] = ()
+    #: The working directory inside the container (made when the user named it).
     cwd: str = "/"
     #: ``None``: the engine's default, root emulation (as udocker and Docker do).
     uid: Optional[int] = None
     gid: Optional[int] = None
+    #: Everything to bind: the default binds, the plugins' and the volumes (``-v``).
     mounts: tuple[Mount, ...] = ()
+    #: Device nodes to expose.
     devices: tuple[DeviceNode, ...] = ()
+    #: Whether ucore's standard input is a terminal (the engine gives the command one).
     terminal: bool = False
     #: Kernel release to report (``--kernel``), where the engine can fake it.
     kernel: Optional[str] = None

@@ -7,11 +7,26 @@ silently shadowing the other.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 from ucore.errors import PluginError
+
+if TYPE_CHECKING:
+    from ucore.oci import Image, ImageRef
+    from ucore.store import Store
+
+
+class RegistryClient(Protocol):
+    """What a factory registered through ``ucore_register_registries`` returns."""
+
+    def handles(self, ref: ImageRef) -> bool:
+        """Whether this client fetches ``ref`` (a mirror: the registries it stands in for)."""
+
+    def pull(self, ref: ImageRef, store: Store) -> Image:
+        """Fetch ``ref`` into ``store``, verifying every blob and manifest it publishes, and
+        return the stored image; raise a :class:`~ucore.errors.UcoreError` on failure."""
 
 
 class Registry:

@@ -87,7 +87,8 @@ class RunOptions(NamedTuple):
     env: tuple[str, ...] = ()
     env_files: tuple[str, ...] = ()
     hostenv: bool = False
-    #: Patterns of host variables passed anyway (:data:`PASS_ENV` unless configured).
+    #: Patterns of host variables passed anyway (:data:`ucore.runspec.PASS_ENV` unless
+    #: configured).
     pass_env: tuple[str, ...] = PASS_ENV
     workdir: Optional[str] = None
     user: Optional[str] = None
