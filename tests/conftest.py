@@ -9,6 +9,9 @@ faults and logs, so every test starts clean while paying for the servers only on
 Nothing here reaches the network beyond 127.0.0.0/8, and nothing needs root, but for one
 thing built once per host and cached: the Debian root filesystem behind :func:`debian_image`,
 which ``tests/setup-host.sh`` makes as root with debootstrap (see ``support/debian.py``).
+
+The ``ucore.testing`` plugin (``ucore_testing = true`` in ``pyproject.toml``) adds ``ucore_cli``,
+``ucore_events`` and image fixtures; here its registry is the open one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ except ImportError:  # running from a checkout without ``pip install -e core``
 
 from support import bullseye, debian
 from support import slurm as slurm_support
-from support.cli import Ucore
 from support.faultproxy import FaultProxy
 from support.registries import AuthRegistry, second_loopback_host
 from support.tokenserver import TokenServer
@@ -79,6 +81,12 @@ def debian_image(registry: RegistryServer) -> str:
         pytest.fail(str(missing))
     Pusher(registry.url).push("debian:bookworm", debian.debian_image(tar))
     return f"{registry.address}/debian:bookworm"
+
+
+@pytest.fixture(scope="session")
+def ucore_registry(registry: RegistryServer) -> RegistryServer:
+    """The ``ucore.testing`` plugin's image fixtures push to the open registry."""
+    return registry
 
 
 @pytest.fixture(scope="session")
@@ -214,9 +222,3 @@ def slurm() -> Iterator[slurm_support.Slurm]:
         yield cluster
     finally:
         slurm_support.stop(cluster)
-
-
-@pytest.fixture
-def ucore_cli(tmp_path: Path) -> Ucore:
-    """The ``ucore`` command with a private, not yet existing ``UCORE_DIR`` and ``HOME``."""
-    return Ucore(tmp_path)

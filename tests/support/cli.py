@@ -1,7 +1,8 @@
 """The ``ucore`` command as the tests run it.
 
-The command wrapper and the store checks live in :mod:`ucore.testing.cli`, where engine plugins
-outside this repository use them too; this module adds what only this repository's tests need.
+The command wrapper and the store checks live in :mod:`ucore.testing.cli`, the JSON-lines reader
+in :mod:`ucore.testing.events`: engine plugins outside this repository use them too. This module
+adds what only this repository's tests need.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from ucore.testing.cli import (
     describe,
     engine_container,
     installed_engines,
-    json_events,
     on_terminal,
     usable_engine,
 )
+from ucore.testing.events import json_events
 
 __all__ = [
     "Ucore",

@@ -220,21 +220,6 @@ def check_store(store: Path) -> None:
         assert digest.hexdigest() == path.name, f"{path} does not hash to its name"
 
 
-def json_events(stderr: str) -> list[dict[str, Any]]:
-    """The JSON objects among stderr lines (``--log-format json``), ignoring anything else."""
-    events = []
-    for raw in stderr.splitlines():
-        line = raw.strip()
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                events.append(obj)
-    return events
-
-
 def installed_engines(cli: Ucore) -> dict[str, dict[str, Any]]:
     """``ucore info --json``'s engines, by name."""
     rows = json.loads(cli.ok("info", "--json").stdout)["engines"]
