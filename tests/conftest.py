@@ -11,7 +11,8 @@ thing built once per host and cached: the Debian root filesystem behind :func:`d
 which ``tests/setup-host.sh`` makes as root with debootstrap (see ``support/debian.py``).
 
 The ``ucore.testing`` plugin (``ucore_testing = true`` in ``pyproject.toml``) adds ``ucore_cli``,
-``ucore_events`` and image fixtures; here its registry is the open one.
+``ucore_events`` and the engine conformance suite's images; here its registry is the open one
+and its glibc image the Debian one.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def debian_image(registry: RegistryServer) -> str:
 def ucore_registry(registry: RegistryServer) -> RegistryServer:
     """The ``ucore.testing`` plugin's image fixtures push to the open registry."""
     return registry
+
+
+@pytest.fixture(scope="session")
+def ucore_glibc_image(debian_image: str) -> str:
+    """The engine conformance suite's glibc image is the Debian one here (the plugin's default,
+    made of this host's programs, is checked by ``test_testing_plugin.py``)."""
+    return debian_image
 
 
 @pytest.fixture(scope="session")
