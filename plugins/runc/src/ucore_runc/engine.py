@@ -178,8 +178,8 @@ class OciEngine:
             from ucore.runspec import parse_cpuset
 
             cpus = parse_cpuset(spec.cpuset)
+        from ucore.mountpoints import removed_after
         from ucore_runc.discover import runtime_env
-        from ucore_runc.mountpoints import removed_after
 
         with removed_after(container, spec):
             run = launch.open_run(self._runtime, self.session.store, self._global_options())

@@ -1,4 +1,8 @@
-"""Removing the mount points runc and crun make in the root for a run's transient mounts.
+"""Removing the mount points an engine's runtime makes in the root for a run's transient mounts.
+
+For every engine whose runtime bind-mounts into the container's own root (runc, crun,
+bubblewrap): :func:`removed_after` around the runtime keeps the promise of
+:attr:`ucore.model.Mount.transient`.
 
 A bind mount needs its target to exist, and where the image lacks it the runtime creates it in
 the root filesystem (directories, and an empty file for a file), where it stays. For the mounts
