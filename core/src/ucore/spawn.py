@@ -1,16 +1,19 @@
 """Starting an engine's process and staying with it until the container's command ends.
 
-Shared by every engine so that they all behave alike where batch jobs care:
+Shared by every engine so that they all behave alike where batch jobs care; an engine plugin
+starts its program with :func:`run` and gets all of this:
 
 * **signals**: ``SIGTERM`` (a batch system's time limit, ``scancel``), ``SIGINT``, ``SIGHUP``,
   ``SIGQUIT`` and ``SIGUSR1/2`` sent to ``ucore`` are passed on to the container's main process,
-  because some engines (PRoot) ignore them themselves. A ``SIGINT``/``SIGQUIT`` typed on the
-  terminal already reached the whole foreground process group, container included, so it is not
-  sent a second time.
+  because some engines (PRoot, bubblewrap) do not pass them on themselves. A ``SIGINT``/``SIGQUIT``
+  typed on the terminal already reached the whole foreground process group, container included,
+  so it is not sent a second time.
 * **exit status**: the command's; ``128 + N`` when it was killed by signal ``N``.
 * **set-up in the child**: CPU affinity (``--cpuset-cpus``) and an engine's own steps (a
   seccomp filter, a mount namespace) run between ``fork`` and ``exec``; a failure there comes
   back to the parent as a one-line error instead of a half-started container.
+* **leftovers**: around :func:`run`, :func:`leftovers_ended` ends what the command leaves
+  running when it exits, for an engine without a PID namespace to do it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Callable, NamedTuple, Optional
 
 from ucore.errors import PluginError, UcoreError
@@ -56,14 +59,23 @@ def run(
     env: Mapping[str, str],
     *,
     steps: Iterable[Step] = (),
-    cpus: Optional[frozenset[int]] = None,
+    cpuset: Optional[str] = None,
     targets: Optional[Callable[[int], list[int]]] = None,
     started: Optional[Callable[[int], None]] = None,
 ) -> Exit:
     """Run ``argv`` (an absolute path first) with exactly ``env``; stdin, stdout and stderr are
-    inherited. ``targets(pid)`` names the processes a forwarded signal goes to (default: the
-    engine's process itself); ``steps`` run in the child just before ``exec``; ``started(pid)``
-    is called once the engine's process runs."""
+    inherited.
+
+    :param steps: run in the child just before ``exec``.
+    :param cpuset: the run spec's ``cpuset`` (``--cpuset-cpus``, ``0-3,6``): the CPUs the
+        engine's process, and so the container, may run on.
+    :param targets: ``targets(pid)`` names the processes a forwarded signal goes to; by default
+        the engine's process itself. An engine whose program starts the command as its child
+        and passes no signal on (bubblewrap) gives :func:`children`; a signal that finds no
+        target yet (the child is not started) is sent again until one is there.
+    :param started: called with the engine's pid once its process runs.
+    """
+    cpus = _cpus(cpuset) if cpuset else None
     mask: set[int] = {*FORWARDED, signal.SIGCHLD}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
     try:
@@ -73,6 +85,23 @@ def run(
         return _supervise(pid, mask, targets or (lambda p: [p]))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def leftovers_ended() -> Iterator[None]:
+    """What the command leaves running ends with it, as a container's processes do when its
+    init exits: for the block, ucore is the subreaper of the processes it starts, and kills
+    those left once the main process has ended. Where the kernel refuses a subreaper, orphans
+    go to init and the run goes on."""
+    try:
+        reaper = become_subreaper()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        end_leftovers(reaper)
 
 
 class Reaper(NamedTuple):
@@ -132,6 +161,12 @@ def find_program(name: str, search: str) -> Optional[str]:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def _cpus(cpuset: str) -> frozenset[int]:
+    from ucore.runspec import parse_cpuset  # here: a probe using run() parses no CPU list
+
+    return parse_cpuset(cpuset)
 
 
 def _affinity(cpus: Optional[frozenset[int]]) -> list[Step]:

@@ -186,7 +186,7 @@ class FakechrootEngine:
     # --- running ----------------------------------------------------------------------------
 
     def run(self, container: Container, spec: RunSpec) -> int:
-        from ucore import readonly, runspec
+        from ucore import readonly
         from ucore_fakechroot import launch, rootinfo
 
         try:
@@ -204,7 +204,6 @@ class FakechrootEngine:
             raise PluginError(f"engine {self.name}: preparing the container: {exc}") from None
         ready = Ready(lib, info, root, loader)
         mounts = [_readonly_if_needed(m) for m in spec.mounts]
-        cpus = runspec.parse_cpuset(spec.cpuset) if spec.cpuset else None
         with readonly.views(mounts, self.session.store.ensure().tmp) as views:
             wants, same = _split(container, views.mounts, spec)
             with _placed(state, root, wants, same) as placed:
@@ -218,8 +217,8 @@ class FakechrootEngine:
                 # ucore is the subreaper before faked daemonizes, so faked stays in ucore's
                 # process tree (a batch system's time limit ends it with the job), and faked
                 # is stopped, its table saved, before the leftovers are killed
-                with _leftovers_ended(), _emulated(identity, state, env), _cwd(host(spec.cwd)):
-                    result = spawn.run(argv, env, steps=[views.enter], cpus=cpus)
+                with spawn.leftovers_ended(), _emulated(identity, state, env), _cwd(host(spec.cwd)):
+                    result = spawn.run(argv, env, steps=[views.enter], cpuset=spec.cpuset)
         self.after_run(container, root, state, info)
         return result.status
 
@@ -519,22 +518,6 @@ def _emulated(identity: Optional[Identity], state: Path, env: dict[str, str]) ->
         env.update(fakeroot.environment(key, identity.uid, identity.gid))
         env["LD_PRELOAD"] = identity.fakeroot.library + ":" + env["LD_PRELOAD"]
         yield
-
-
-@contextlib.contextmanager
-def _leftovers_ended() -> Iterator[None]:
-    """What the command leaves running ends with it, as a container's processes do when its
-    init exits: with no namespace to hold them, ucore is the subreaper of the run's processes
-    and kills those left once the main process has ended (as runc's foreground run does)."""
-    try:
-        reaper = spawn.become_subreaper()
-    except OSError:  # no subreaper: orphans go to init, the run goes on
-        yield
-        return
-    try:
-        yield
-    finally:
-        spawn.end_leftovers(reaper)
 
 
 @contextlib.contextmanager

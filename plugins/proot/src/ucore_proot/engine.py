@@ -105,7 +105,7 @@ class ProotEngine:
     # --- running ----------------------------------------------------------------------------
 
     def run(self, container: Container, spec: RunSpec) -> int:
-        from ucore import readonly, runspec
+        from ucore import readonly
 
         proot = self._inspect()
         if proot is None:
@@ -118,14 +118,13 @@ class ProotEngine:
                 " UCORE_PROOT to a proot whose -k works"
             )
         seccomp = _seccomp_step(proot)
-        cpus = runspec.parse_cpuset(spec.cpuset) if spec.cpuset else None
         main = MainWatch()
         with readonly.views(spec.mounts, self.session.store.ensure().tmp) as views:
             result = spawn.run(
                 self.command(proot, container, spec, views.mounts),
                 self.environment(spec),
                 steps=[views.enter, *([seccomp] if seccomp else [])],
-                cpus=cpus,
+                cpuset=spec.cpuset,
                 targets=_targets,
                 started=main.start,
             )

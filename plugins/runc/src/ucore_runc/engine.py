@@ -173,11 +173,6 @@ class OciEngine:
             spec = single_copy_off(spec)
         who, steps = self._identity(spec.uid, spec.gid)
         config = oci.config(spec, root, who, proc=self.needs_proc, terminal=terminal)
-        cpus = None
-        if spec.cpuset:
-            from ucore.runspec import parse_cpuset
-
-            cpus = parse_cpuset(spec.cpuset)
         from ucore.mountpoints import removed_after
         from ucore_runc.discover import runtime_env
 
@@ -186,7 +181,7 @@ class OciEngine:
             try:
                 run.write_config(config)
                 go = launch.run_on_terminal if terminal else launch.run_detached
-                return go(run, runtime_env(), steps, cpus)
+                return go(run, runtime_env(), steps, spec.cpuset)
             finally:
                 run.cleanup()
 

@@ -307,7 +307,7 @@ def _discard(path: Path) -> None:
 
 
 def run_detached(
-    run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpus: Optional[frozenset[int]]
+    run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpuset: Optional[str]
 ) -> int:
     """Start the container detached and wait for its main process as its (adoptive) parent."""
     mask: set[int] = {*spawn.FORWARDED, signal.SIGCHLD}
@@ -317,7 +317,7 @@ def run_detached(
         try:
             # Signals that come while the runtime starts are held (no target), then given to
             # the command.
-            started = spawn.run(run.command(), env, steps=steps, cpus=cpus, targets=_none)
+            started = spawn.run(run.command(), env, steps=steps, cpuset=cpuset, targets=_none)
             main = run.main_pid()
             if started.status != 0 or main is None:
                 raise run.failed(started.status)
@@ -395,7 +395,7 @@ def _forward(main: int, signum: int, from_terminal: bool) -> None:
 
 
 def run_on_terminal(
-    run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpus: Optional[frozenset[int]]
+    run: Run, env: dict[str, str], steps: Iterable[spawn.Step], cpuset: Optional[str]
 ) -> int:
     """Detached as without a terminal, the runtime handing ucore the container's terminal
     (:mod:`ucore_runc.console`): ucore waits for the command, ends what it left, and copies
@@ -412,7 +412,7 @@ def run_on_terminal(
                 run.command(console=listener.path),
                 env,
                 steps=steps,
-                cpus=cpus,
+                cpuset=cpuset,
                 targets=_none,
             )
             main = run.main_pid()
