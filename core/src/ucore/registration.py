@@ -15,7 +15,17 @@ from ucore.errors import PluginError
 
 if TYPE_CHECKING:
     from ucore.oci import Image, ImageRef
+    from ucore.session import Session
     from ucore.store import Store
+
+
+def builtin_client(session: Session) -> Any:
+    """The builtin Docker/OCI distribution client, for a mirror or cache plugin to fetch
+    through: ``builtin_client(session).pull(ref, store, source="mirror.site:5000")`` fetches
+    ``ref`` from the mirror, verified as any pull, and stores it under ``ref``'s own name."""
+    from ucore.builtin.registry.client import DistributionClient
+
+    return DistributionClient(session)
 
 
 class RegistryClient(Protocol):

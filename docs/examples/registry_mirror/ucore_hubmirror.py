@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import attrs
-
 from ucore.hookspecs import hookimpl
+from ucore.registration import builtin_client
 
 if TYPE_CHECKING:
     from ucore.oci import Image, ImageRef
@@ -28,14 +27,8 @@ class HubMirror:
         return bool(self.mirror) and ref.registry == "docker.io"
 
     def pull(self, ref: ImageRef, store: Store) -> Image:
-        from ucore.builtin.registry.client import DistributionClient
-
-        via = attrs.evolve(ref, registry=self.mirror)
-        image: Image = DistributionClient(self.session).pull(via, store)
-        record = store.get_ref(via) or {}
-        store.set_ref(ref, {k: v for k, v in record.items() if k != "ref"})
-        store.delete_ref(via)
-        return attrs.evolve(image, ref=ref)
+        image: Image = builtin_client(self.session).pull(ref, store, source=self.mirror)
+        return image
 
 
 @hookimpl

@@ -15,6 +15,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlsplit
 
+import attrs
+
 from ucore import manifest as mf
 from ucore.builtin.registry.credentials import Credentials
 from ucore.builtin.registry.transport import BROKEN, Transport, is_loopback, short_reason
@@ -307,14 +309,18 @@ class DistributionClient:
 
     # --- the pull ---------------------------------------------------------------------------
 
-    def pull(self, ref: ImageRef, store: Store) -> Image:
-        t = self.transport(ref)
+    def pull(self, ref: ImageRef, store: Store, source: Optional[str] = None) -> Image:
+        """Fetch ``ref`` into ``store``; with ``source`` (``host[:port]``) from that registry
+        instead of ``ref``'s, the image still stored under ``ref``'s name (what a mirror or
+        cache plugin needs: ``registration.builtin_client``)."""
+        remote = attrs.evolve(ref, registry=source) if source else ref
+        t = self.transport(remote)
         try:
-            return self._pull(t, ref, store)
+            return self._pull(t, remote, store, ref)
         finally:
             t.close()
 
-    def _pull(self, t: Transport, ref: ImageRef, store: Store) -> Image:
+    def _pull(self, t: Transport, ref: ImageRef, store: Store, name: ImageRef) -> Image:
         session = self.session
         want = self.config.target_platform
         explicit = self.config.platform is not None
@@ -356,9 +362,9 @@ class DistributionClient:
                 "platform": str(platform) if platform else None,
                 "pulled": time.time(),
             }
-            store.set_ref(ref, record)
+            store.set_ref(name, record)
         return Image(
-            ref=ref,
+            ref=name,
             manifest_digest=digest,
             config_digest=manifest.config.digest,
             layers=manifest.layers,
