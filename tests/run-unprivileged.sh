@@ -10,9 +10,11 @@ rm -rf "$suite"
 mkdir -p "$suite"
 cd "$(dirname "$0")/.."
 # VERSION, tools/ and the pyproject files: tests/test_packaging.py checks the one version;
-# docs/: the documentation's coverage (core/tests) and its example plugins (tests/).
+# docs/: the documentation's coverage (core/tests) and its example plugins (tests/);
+# examples/*/tests: the example engine's conformance class.
 tar --exclude=__pycache__ -cf - pyproject.toml VERSION tools docs core/pyproject.toml core/tests \
-  tests plugins/*/pyproject.toml plugins/*/tests | tar -xf - -C "$suite"
+  tests plugins/*/pyproject.toml plugins/*/tests examples/*/pyproject.toml examples/*/tests \
+  | tar -xf - -C "$suite"
 chmod -R a+rX "$envdir"
 cmd=("$envdir/bin/python" -m pytest -p no:cacheprovider --rootdir "$suite" -c "$suite/pyproject.toml" "$@")
 cd "$suite"

@@ -12,6 +12,7 @@ packages=(
   apache2-utils     # htpasswd, for the Basic-auth registry
   zstd curl git ca-certificates
   proot runc crun fakechroot fakeroot patchelf  # the engines (fakeroot: F modes' root emulation)
+  bubblewrap        # bwrap, for the example engine examples/ucore-bwrap
   uidmap            # newuidmap/newgidmap: runc as a user other than the container's root
   gcc libc6-dev binutils  # the synthetic GPU host's libraries and programs (built by the tests; readelf checks them)
   python3 python3-venv util-linux

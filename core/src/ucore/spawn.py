@@ -154,7 +154,7 @@ def end_leftovers(reaper: Reaper) -> None:
 
 def find_program(name: str, search: str) -> Optional[str]:
     """The first executable ``name`` in the ``os.pathsep``-separated ``search`` (what
-    :func:`shutil.which` does for engines locating their binary: importing shutil would cost
+    ``shutil.which`` does for engines locating their binary: importing shutil would cost
     every ``ucore run`` 2 ms)."""
     for folder in search.split(os.pathsep):
         candidate = os.path.join(folder or ".", name)

@@ -1,0 +1,1 @@
+"""ucore-bwrap: an example execution engine for ucore on bubblewrap (``bwrap``)."""
