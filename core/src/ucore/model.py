@@ -104,8 +104,12 @@ class RunSpec(NamedTuple):
     env: tuple[tuple[str, str], ...] = ()
     #: The working directory inside the container (made when the user named it).
     cwd: str = "/"
-    #: ``None``: the engine's default, root emulation (as udocker and Docker do).
+    #: The user to run as inside (``-u``, else the image's ``User``); ``None``: the engine's
+    #: default, root emulation (as udocker and Docker do).
     uid: Optional[int] = None
+    #: The group to run as inside: the one ``-u`` (or ``User``) names, else the user's
+    #: primary group in the image's ``/etc/passwd`` (0 for a uid it lacks); ``None`` exactly
+    #: when ``uid`` is None.
     gid: Optional[int] = None
     #: Everything to bind: the default binds, the plugins' and the volumes (``-v``).
     mounts: tuple[Mount, ...] = ()
