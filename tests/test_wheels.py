@@ -139,7 +139,9 @@ def test_every_distribution_builds_at_one_version_without_surprises(dists: Path)
             files = archive.namelist()
             assert f"{package}/py.typed" in files
             assert f"{package}-{version}.dist-info/licenses/LICENSE" in files
-            assert not [f for f in files if re.search(r"(^|/)tests?/|test_\w+\.py$", f)]
+            assert not [
+                f for f in files if re.search(r"(^|/)(tests?/|test_[^/]*\.py$|conftest\.py$)", f)
+            ]
             assert not [f for f in files if f.endswith(".pyc")]
             for name in files:
                 data = archive.read(name)

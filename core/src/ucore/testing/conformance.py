@@ -29,8 +29,9 @@ import os
 import pwd
 import select
 import signal
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -56,6 +57,22 @@ LIMITS = (
 )
 
 
+def _class_fixture(function: Callable[..., Any]) -> Any:
+    """A class-scoped fixture defined in :class:`EngineConformance`, whose first argument is
+    the test class. pytest 9 wants such a fixture to be a classmethod, and warns of removal
+    otherwise; on Python 3.9 a classmethod has no ``__name__``, which pytest 8 (the last to
+    support 3.9) needs, and takes a plain method, whose first argument is then an instance
+    (the class attributes read through it are the same)."""
+    target: Any = classmethod(function) if sys.version_info >= (3, 10) else function
+    return pytest.fixture(scope="class")(target)
+
+
+def _class_fixture_autouse(function: Callable[..., Any]) -> Any:
+    """:func:`_class_fixture`, used by every test of the class."""
+    target: Any = classmethod(function) if sys.version_info >= (3, 10) else function
+    return pytest.fixture(scope="class", autouse=True)(target)
+
+
 class EngineConformance:
     """The conformance suite; a subclass named ``Test*`` sets :attr:`engine` and runs it."""
 
@@ -79,29 +96,26 @@ class EngineConformance:
 
     # --- fixtures -------------------------------------------------------------------------------
 
-    @pytest.fixture(scope="class")
-    @classmethod
+    @_class_fixture
     def cli(cls, tmp_path_factory: pytest.TempPathFactory) -> Ucore:
         """The class's store: its image is pulled once and its container made once."""
         return Ucore(tmp_path_factory.mktemp("conformance"))
 
-    @pytest.fixture(scope="class")
-    @classmethod
+    @_class_fixture
     def installed(cls, cli: Ucore) -> dict[str, dict[str, Any]]:
         """``ucore info --json``'s engines: whether each can run here, and its details."""
         return installed_engines(cli)
 
-    @pytest.fixture(scope="class", autouse=True)
-    @classmethod
+    @_class_fixture_autouse
     def usable(cls, installed: dict[str, dict[str, Any]]) -> None:
         """Fails every test when the engine is not installed, skips them when it cannot run
         on this host."""
         if not getattr(cls, "engine", None):
-            pytest.fail(f"{cls.__name__} names no engine: set engine = NAME")
+            owner = cls if isinstance(cls, type) else type(cls)
+            pytest.fail(f"{owner.__name__} names no engine: set engine = NAME")
         usable_engine(installed, cls.engine)
 
-    @pytest.fixture(scope="class")
-    @classmethod
+    @_class_fixture
     def image_ref(cls, request: pytest.FixtureRequest, cli: Ucore) -> str:
         """The engine's image, pulled into the class's store; looked up by name, so that a
         session whose engines need no glibc image never builds one."""
@@ -109,8 +123,7 @@ class EngineConformance:
         cli.ok("pull", ref)
         return ref
 
-    @pytest.fixture(scope="class")
-    @classmethod
+    @_class_fixture
     def image_env(cls, cli: Ucore, image_ref: str) -> dict[str, str]:
         """The image's own ``Env``, for the checks that the engine applies it."""
         config = json.loads(cli.ok("inspect", image_ref).stdout)["config"]
@@ -118,8 +131,7 @@ class EngineConformance:
         assert {"PATH", "UCORE_TEST_IMAGE"} <= set(env), f"{image_ref}: Env {env}"
         return env
 
-    @pytest.fixture(scope="class")
-    @classmethod
+    @_class_fixture
     def container(cls, cli: Ucore, image_ref: str) -> str:
         return engine_container(cli, image_ref, cls.engine, "conformance")
 
