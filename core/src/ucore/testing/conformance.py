@@ -57,20 +57,19 @@ LIMITS = (
 )
 
 
-def _class_fixture(function: Callable[..., Any]) -> Any:
+def _class_fixture(function: Callable[..., Any], autouse: bool = False) -> Any:
     """A class-scoped fixture defined in :class:`EngineConformance`, whose first argument is
     the test class. pytest 9 wants such a fixture to be a classmethod, and warns of removal
     otherwise; on Python 3.9 a classmethod has no ``__name__``, which pytest 8 (the last to
     support 3.9) needs, and takes a plain method, whose first argument is then an instance
     (the class attributes read through it are the same)."""
     target: Any = classmethod(function) if sys.version_info >= (3, 10) else function
-    return pytest.fixture(scope="class")(target)
+    return pytest.fixture(scope="class", autouse=autouse)(target)
 
 
 def _class_fixture_autouse(function: Callable[..., Any]) -> Any:
     """:func:`_class_fixture`, used by every test of the class."""
-    target: Any = classmethod(function) if sys.version_info >= (3, 10) else function
-    return pytest.fixture(scope="class", autouse=True)(target)
+    return _class_fixture(function, autouse=True)
 
 
 class EngineConformance:
