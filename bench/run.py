@@ -357,8 +357,8 @@ def direct_command(
     (util-linux) makes that one, as ucore does in-process (the row then includes ``unshare`` and
     ``sh`` starting)."""
     sys.path.insert(0, str(_common.REPO_ROOT / "plugins" / "runc" / "src"))
-    from ucore.model import Mount, RunSpec
-    from ucore.runspec import DEFAULT_PATH, SYSDIRS
+    from ucore.running.runspec import DEFAULT_PATH, SYSDIRS
+    from ucore.values.model import Mount, RunSpec
     from ucore_runc import discover, spec
 
     path = shutil.which(binary, path=os.pathsep.join([os.environ.get("PATH", ""), *discover.SBIN]))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from ucore.api import RunResult, Ucore
-from ucore.errors import NotFoundError, UcoreError, UsageError
-from ucore.events import Event
 from ucore.testing.registry import RegistryServer
+from ucore.values.errors import NotFoundError, UcoreError, UsageError
+from ucore.values.events import Event
 
 
 @pytest.fixture

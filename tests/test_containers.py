@@ -23,7 +23,7 @@ from typing import Optional
 import pytest
 from support.cli import Ucore, assert_error_line, describe
 
-from ucore.store import HOST
+from ucore.storage.store import HOST
 from ucore.testing import images as im
 from ucore.testing.registry import RegistryServer
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from support.cli import Ucore
 
-from ucore.oci import Platform
 from ucore.testing.images import TestImages
 from ucore.testing.registry import RegistryServer
+from ucore.values.oci import Platform
 
 
 def test_tag_then_rmi_keeps_shared_blobs(

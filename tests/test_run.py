@@ -116,9 +116,9 @@ def test_pull_reuse_waits_for_the_job_creating_the_container(
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from ucore.containers import reserve_name\n"
+            "from ucore.storage.containers import reserve_name\n"
             "from pathlib import Path\n"
-            "from ucore.store import Store\n"
+            "from ucore.storage.store import Store\n"
             "reserve_name(Store(Path(sys.argv[1])).ensure(), 'job', '0' * 32)\n"
             "print('reserved', flush=True)\n"
             "time.sleep(2)\n",
@@ -336,10 +336,10 @@ NOT_ON_THE_RUN_PATH = (
     "structlog",
     "attr",
     "dataclasses",
-    "ucore.oci",
-    "ucore.events",
-    "ucore.manifest",
-    "ucore.images",
+    "ucore.values.oci",
+    "ucore.values.events",
+    "ucore.storage.manifest",
+    "ucore.storage.images",
     "ucore.builtin.registry.client",
     "hashlib",
     "shutil",
@@ -371,7 +371,7 @@ def test_run_start_up_imports_only_what_running_needs(
     result = subprocess.run(argv, env=ucore_cli.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 7, result.stderr
     loaded = set(json.loads(report.read_text()))
-    assert "ucore.runspec" in loaded  # the report is of a real run
+    assert "ucore.running.runspec" in loaded  # the report is of a real run
     assert sorted(loaded.intersection(NOT_ON_THE_RUN_PATH)) == []
 
 

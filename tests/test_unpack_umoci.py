@@ -29,11 +29,11 @@ from typing import Any
 
 import pytest
 
-from ucore import images
-from ucore.builtin.unpack.extract import modes_path, unpack_image
-from ucore.oci import ImageRef
-from ucore.store import Store
+from ucore.storage import images
+from ucore.storage.extract import modes_path, unpack_image
+from ucore.storage.store import Store
 from ucore.testing import images as ti
+from ucore.values.oci import ImageRef
 
 UMOCI = shutil.which("umoci")
 pytestmark = pytest.mark.skipif(UMOCI is None, reason="umoci is not installed (Debian: umoci)")

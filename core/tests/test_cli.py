@@ -13,8 +13,8 @@ import pytest
 
 import ucore as ucore_package
 from ucore.config import Config
-from ucore.errors import EXIT_CODES, NotFoundError, UsageError
-from ucore.oci import Platform
+from ucore.values.errors import EXIT_CODES, NotFoundError, UsageError
+from ucore.values.oci import Platform
 
 #: The subprocess imports the ucore under test, not whichever one the interpreter has installed.
 SRC = str(Path(ucore_package.__file__).resolve().parents[1])

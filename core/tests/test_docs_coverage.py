@@ -21,14 +21,21 @@ from types import ModuleType
 import pytest
 
 import ucore
-from ucore import config, errors, hookspecs
-from ucore._manager import entry_points
+from ucore import config
+from ucore.plugins import hookspecs
+from ucore.plugins.manager import entry_points
+from ucore.values import errors
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: Modules whose every public class, function, method and constant plugins may use: the API
 #: page documents each with ``automodule`` and ``:members:``.
-PUBLIC_MODULES = ("ucore.model", "ucore.events", "ucore.errors", "ucore.registration")
-PUBLIC_MODULES += ("ucore.carried",)
+PUBLIC_MODULES = (
+    "ucore.values.model",
+    "ucore.values.events",
+    "ucore.values.errors",
+    "ucore.plugins.registration",
+)
+PUBLIC_MODULES += ("ucore.plugins.carried",)
 
 
 def page(name: str) -> str:
@@ -179,7 +186,7 @@ def test_every_hook_is_documented(hook: str) -> None:
         assert f":param {parameter}:" in doc, f"{hook}: no ':param {parameter}:' in its docstring"
     if inspect.signature(function).return_annotation not in ("None", None):
         assert ":returns:" in doc, f"{hook}: no ':returns:' in its docstring"
-    assert f"ucore.hookspecs.{hook}" in directives(page("reference/api"), "autofunction"), (
+    assert f"ucore.plugins.hookspecs.{hook}" in directives(page("reference/api"), "autofunction"), (
         f"{hook} is not on the API page (docs/reference/api.rst: '.. autofunction::')"
     )
 
@@ -234,9 +241,9 @@ def test_every_public_value_is_documented(name: str) -> None:
 
 
 def test_the_engine_protocol_is_documented() -> None:
-    from ucore.engines import Engine
+    from ucore.plugins.engines import Engine
 
-    assert "ucore.engines.Engine" in directives(page("reference/api"), "autoclass")
+    assert "ucore.plugins.engines.Engine" in directives(page("reference/api"), "autoclass")
     for method in ("probe", "run"):
         assert (getattr(Engine, method).__doc__ or "").strip(), f"Engine.{method}"
     assert Engine.__doc__ and "refuses(container)" in Engine.__doc__
@@ -252,7 +259,9 @@ def test_every_error_class_is_named_on_the_exit_code_page() -> None:
     text = page("reference/exit-codes")
     for cls in (errors.UcoreError, *errors.UcoreError.__subclasses__()):
         if cls is not errors.UcoreError:
-            assert f"ucore.errors.{cls.__name__}`" in text, f"{cls.__name__} is not on the page"
+            assert f"ucore.values.errors.{cls.__name__}`" in text, (
+                f"{cls.__name__} is not on the page"
+            )
 
 
 @pytest.mark.parametrize("event", sorted(emitted_events()))

@@ -11,11 +11,11 @@ from typing import Any, Optional
 
 import pytest
 
-from ucore import launcher, runspec
 from ucore.config import Config
-from ucore.errors import UsageError
-from ucore.model import Container, Mount, RunSpec
-from ucore.runspec import RunOptions
+from ucore.running import launcher, runspec
+from ucore.running.runspec import RunOptions
+from ucore.values.errors import UsageError
+from ucore.values.model import Container, Mount, RunSpec
 
 
 class FakeSession:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ucore import manifest as mf
-from ucore.errors import IntegrityError, NotFoundError, RegistryError
-from ucore.oci import Platform
+from ucore.storage import manifest as mf
+from ucore.values.errors import IntegrityError, NotFoundError, RegistryError
+from ucore.values.oci import Platform
 
 D = "sha256:" + "b" * 64
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ucore.errors import IntegrityError, UsageError
-from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
+from ucore.values.errors import IntegrityError, UsageError
+from ucore.values.oci import Descriptor, Digest, Image, ImageRef, Platform
 
 HEX = "a" * 64
 

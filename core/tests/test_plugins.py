@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from ucore import hookspecs
-from ucore._manager import get_plugin_manager
-from ucore.errors import PluginError
-from ucore.registration import Registry
+from ucore.plugins import hookspecs
+from ucore.plugins.manager import get_plugin_manager
+from ucore.plugins.registration import Registry
+from ucore.values.errors import PluginError
 
 SPECS = [
     obj for name, obj in vars(hookspecs).items() if name.startswith("ucore_") and callable(obj)
@@ -96,7 +96,7 @@ def plugin_path(tmp_path: Path) -> Path:
     (tmp_path / "thirdparty_engine.py").write_text(
         textwrap.dedent('''
         """A complete third-party engine plugin, as short as the brief promises."""
-        from ucore.hookspecs import hookimpl
+        from ucore.plugins.hookspecs import hookimpl
 
         class EchoEngine:
             name = "echo"

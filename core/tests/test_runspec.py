@@ -13,16 +13,17 @@ from typing import Any, Optional
 
 import pytest
 
-from ucore import hostauth, inroot, runspec
-from ucore.errors import (
+from ucore.running import hostauth, runspec
+from ucore.running.runspec import RunOptions
+from ucore.storage import inroot
+from ucore.values.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     IntegrityError,
     PluginError,
     UsageError,
 )
-from ucore.model import Container, DeviceNode, Mount, RunSpec
-from ucore.runspec import RunOptions
+from ucore.values.model import Container, DeviceNode, Mount, RunSpec
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\nstaff:x:50:\n"

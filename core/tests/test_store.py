@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ucore.errors import IntegrityError, StoreError
 from ucore.log import configure_logging
-from ucore.oci import Digest, ImageRef
-from ucore.store import HOST, Store
+from ucore.storage.store import HOST, Store
+from ucore.values.errors import IntegrityError, StoreError
+from ucore.values.oci import Digest, ImageRef
 
 
 def digest_of(data: bytes) -> Digest:
@@ -147,9 +147,9 @@ def test_disk_full_is_a_clear_error_and_leaves_the_store_consistent(tmp_path: Pa
     script = (
         "import sys, hashlib, os\n"
         "from pathlib import Path\n"
-        "from ucore.store import Store\n"
-        "from ucore.oci import Digest\n"
-        "from ucore.errors import StoreError\n"
+        "from ucore.storage.store import Store\n"
+        "from ucore.values.oci import Digest\n"
+        "from ucore.values.errors import StoreError\n"
         "s = Store(Path(sys.argv[1]) / 's').ensure()\n"
         "data = os.urandom(1 << 20)\n"
         "w = s.writer(Digest(hashlib.sha256(data).hexdigest()), len(data)).open()\n"
@@ -190,7 +190,7 @@ def test_probe_cache_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> No
     script = (
         "import resource, signal, sys\n"
         "from pathlib import Path\n"
-        "from ucore.probecache import ProbeCache\n"
+        "from ucore.plugins.probecache import ProbeCache\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         "cache = ProbeCache(Path(sys.argv[1]) / 'runc.json')\n"
@@ -212,7 +212,7 @@ def test_probe_cache_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> No
 
 def test_probe_cache_nested_past_the_recursion_limit_is_empty(tmp_path: Path) -> None:
     """A damaged cache is an empty one, also when json gives up with RecursionError."""
-    from ucore.probecache import ProbeCache
+    from ucore.plugins.probecache import ProbeCache
 
     path = tmp_path / "runc.json"
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000)

@@ -15,17 +15,17 @@ from typing import Any, Optional
 
 import pytest
 
-from ucore import images
-from ucore._manager import get_plugin_manager
-from ucore.builtin.unpack.extract import Limits, modes_path, unpack_image
 from ucore.config import Config
-from ucore.errors import IntegrityError, NotFoundError
-from ucore.events import Event
-from ucore.hookspecs import hookimpl
-from ucore.oci import Image, ImageRef
+from ucore.plugins.hookspecs import hookimpl
+from ucore.plugins.manager import get_plugin_manager
 from ucore.session import Session
-from ucore.store import Store
+from ucore.storage import images
+from ucore.storage.extract import Limits, modes_path, unpack_image
+from ucore.storage.store import Store
 from ucore.testing import images as ti
+from ucore.values.errors import IntegrityError, NotFoundError
+from ucore.values.events import Event
+from ucore.values.oci import Image, ImageRef
 
 IS_ROOT = os.geteuid() == 0
 #: Unpack modes to run each test in: unprivileged always; as root when we are root.

@@ -19,13 +19,13 @@ from typing import Any, Optional, Union
 
 import pytest
 
-from ucore import images
-from ucore.builtin.unpack import extract as extract_module
-from ucore.builtin.unpack.extract import Limits, unpack_image
-from ucore.errors import IntegrityError
-from ucore.oci import Digest, ImageRef
-from ucore.store import Store
+from ucore.storage import extract as extract_module
+from ucore.storage import images
+from ucore.storage.extract import Limits, unpack_image
+from ucore.storage.store import Store
 from ucore.testing import images as ti
+from ucore.values.errors import IntegrityError
+from ucore.values.oci import Digest, ImageRef
 
 IS_ROOT = os.geteuid() == 0
 MODES = [pytest.param(True, id="rootless"), pytest.param(False, id="root")]

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ucore.store import pid_alive
+from ucore.storage.store import pid_alive
 
 from . import process
 

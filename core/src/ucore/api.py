@@ -2,9 +2,10 @@
 
 Workflow managers and notebooks use :class:`Ucore`; the ``ucore`` command is a thin layer over
 the same functions (its ``pull``, ``create``, ``run``, ``rm`` and ``rmi`` parse arguments, call
-them and print). Failures are the CLI's, as typed exceptions from :mod:`ucore.errors`: every one
-is a :class:`~ucore.errors.UcoreError` whose ``exit_code`` is the status the command would exit
-with (:class:`~ucore.errors.NotFoundError` 3, :class:`~ucore.errors.RegistryError` 4, ...).
+them and print). Failures are the CLI's, as typed exceptions from :mod:`ucore.values.errors`: every
+one is a :class:`~ucore.values.errors.UcoreError` whose ``exit_code`` is the status the command
+would exit with (:class:`~ucore.values.errors.NotFoundError` 3,
+:class:`~ucore.values.errors.RegistryError` 4, ...).
 
 ::
 
@@ -27,16 +28,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-from ucore import containers
-from ucore.errors import NotFoundError, UcoreError, UsageError
 from ucore.log import get_logger
-from ucore.model import Container
+from ucore.storage import containers
+from ucore.values.errors import NotFoundError, UcoreError, UsageError
+from ucore.values.model import Container
 
 if TYPE_CHECKING:
-    from ucore.events import Event
-    from ucore.oci import Image
-    from ucore.runspec import RunOptions
+    from ucore.running.runspec import RunOptions
     from ucore.session import Session
+    from ucore.values.events import Event
+    from ucore.values.oci import Image
 
 log = get_logger(__name__)
 
@@ -66,7 +67,7 @@ class Ucore:
         ``~/.ucore``).
     :param environ: the environment settings are read from (default: ``os.environ``).
     :param disable_plugins: plugin names to block, as ``-p no:NAME`` does.
-    :param on_event: called with every :class:`~ucore.events.Event` (progress, stages,
+    :param on_event: called with every :class:`~ucore.values.events.Event` (progress, stages,
         retries), from download threads too: keep it fast and thread-safe.
     """
 
@@ -89,13 +90,13 @@ class Ucore:
 
     def pull(self, image: str) -> Image:
         """Fetch ``image`` (Docker's names: ``ubuntu:24.04``) into the store; the stored image."""
-        from ucore import images
+        from ucore.storage import images
 
         return self.session.pull(images.parse_ref(image, self.session.config.registry))
 
     def images(self) -> list[Image]:
         """The stored images (the site store's too), skipping any whose record is damaged."""
-        from ucore import images
+        from ucore.storage import images
 
         found = []
         for ref, record, _site in self.session.store.all_refs():
@@ -118,7 +119,7 @@ class Ucore:
         return [c for c, damage in containers.all_containers(self.session.store) if not damage]
 
     def container(self, name_or_id: str) -> Container:
-        """The container of that name or id; :class:`~ucore.errors.NotFoundError` if none."""
+        """The container of that name or id; :class:`~ucore.values.errors.NotFoundError` if none."""
         return containers.lookup(self.session.store, name_or_id)
 
     def remove(self, container: str, *, force: bool = False) -> None:
@@ -149,7 +150,7 @@ class Ucore:
         :param env: variables to set, after the image's (``-e``).
         :param workdir: the working directory (``-w``); ``user``: as ``-u`` takes it.
         :param volumes: ``HOST[:CONTAINER[:ro]]`` binds (``-v``).
-        :param options: every other ``run`` option (:class:`~ucore.runspec.RunOptions`);
+        :param options: every other ``run`` option (:class:`~ucore.running.runspec.RunOptions`);
             the arguments above are added to it.
         :param name: the name of a container made from an image (``--name``).
         :param pull: one of :data:`PULL_POLICIES`.
@@ -157,7 +158,7 @@ class Ucore:
         :param capture: return what the command writes instead of letting it through.
         :param input: the command's standard input (otherwise this process's).
         """
-        from ucore import runspec
+        from ucore.running import runspec
 
         base = options or runspec.RunOptions(pass_env=pass_env(self.session))
         opts = base._replace(
@@ -180,8 +181,8 @@ class Ucore:
 
 def open_session(environ: Mapping[str, str], disabled: tuple[str, ...] = ()) -> Session:
     """A session on the store and plugins ``environ`` configures."""
-    from ucore._manager import get_plugin_manager
     from ucore.config import Config
+    from ucore.plugins.manager import get_plugin_manager
     from ucore.session import Session
 
     env = dict(environ)
@@ -195,7 +196,7 @@ def open_session(environ: Mapping[str, str], disabled: tuple[str, ...] = ()) -> 
 def subscribe(session: Session, callback: Callable[[Event], None]) -> None:
     """Call ``callback`` with every event the session publishes."""
     from ucore import __version__
-    from ucore.hookspecs import hookimpl
+    from ucore.plugins.hookspecs import hookimpl
 
     class _Listener:
         @hookimpl
@@ -207,7 +208,7 @@ def subscribe(session: Session, callback: Callable[[Event], None]) -> None:
 
 def find_image(session: Session, text: str) -> Image:
     """The stored image ``text`` names, pulled first when it is not stored."""
-    from ucore import images
+    from ucore.storage import images
 
     store = session.store
     try:
@@ -268,7 +269,7 @@ def _take_name(session: Session, name: str, container: Container) -> None:
 def remove_container(session: Session, text: str, force: bool = False) -> None:
     """Remove the container ``text`` names; with ``force`` also one whose record is
     damaged (whether it was protected cannot be read, hence only with ``force``)."""
-    from ucore.errors import StoreError
+    from ucore.values.errors import StoreError
 
     store = session.store
     try:
@@ -282,7 +283,7 @@ def remove_container(session: Session, text: str, force: bool = False) -> None:
 
 def remove_image(session: Session, text: str) -> int:
     """Remove the stored image ``text`` names; the number of blobs freed."""
-    from ucore import images
+    from ucore.storage import images
 
     store = session.store
     ref = images.lookup(store, text, session.config.registry)
@@ -290,9 +291,9 @@ def remove_image(session: Session, text: str) -> int:
 
 
 def pass_env(session: Session) -> tuple[str, ...]:
-    """The ``pass_env`` setting, else :data:`ucore.runspec.PASS_ENV`; ``UCORE_PASS_ENV=``
+    """The ``pass_env`` setting, else :data:`ucore.running.runspec.PASS_ENV`; ``UCORE_PASS_ENV=``
     (empty) passes none."""
-    from ucore import runspec
+    from ucore.running import runspec
 
     if os.environ.get("UCORE_PASS_ENV") == "":
         return ()
@@ -312,7 +313,7 @@ def run(
 ) -> int:
     """Run ``opts`` in the container ``target`` names (made from the image it names when
     there is none), or in the root directory ``location``; the command's exit status."""
-    from ucore import runspec
+    from ucore.running import runspec
 
     if pull not in PULL_POLICIES:
         raise UsageError(f"pull policy {pull!r}: expected one of {', '.join(PULL_POLICIES)}")
@@ -401,7 +402,7 @@ def _create_or_reuse(session: Session, image: Image, name: str) -> Container:
 
 
 def _image(session: Session, text: str, policy: str) -> Image:
-    from ucore import images
+    from ucore.storage import images
 
     store = session.store
     registry = session.config.registry

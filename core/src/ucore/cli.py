@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, NoReturn, Optional
 
 from ucore import __version__
-from ucore.errors import EXIT_CODES, UcoreError, UsageError
+from ucore.values.errors import EXIT_CODES, UcoreError, UsageError
 
 Handler = Callable[[Any, argparse.Namespace], int]
 
@@ -220,9 +220,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = 0
     json_errors = False
     try:
-        from ucore._manager import get_plugin_manager
         from ucore.config import Config
         from ucore.log import configure_logging
+        from ucore.plugins.manager import get_plugin_manager
 
         env_disabled = tuple(
             p.strip() for p in os.environ.get("UCORE_DISABLE_PLUGINS", "").split(",") if p.strip()

@@ -35,15 +35,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-from ucore.errors import UsageError
+from ucore.values.errors import UsageError
 
 if TYPE_CHECKING:
-    from ucore.oci import Platform
+    from ucore.values.oci import Platform
 
 #: The administrator's config file, read before the user's.
 SYSTEM_CONFIG = "/etc/ucore.conf"
 #: Docker Hub, the default registry (defined here, with the settings, so that loading them on
-#: every ``ucore run`` does not load the image values; :mod:`ucore.oci` uses it from here).
+#: every ``ucore run`` does not load the image values; :mod:`ucore.values.oci` uses it from here).
 DOCKER_HUB = "docker.io"
 
 _ENV = {
@@ -129,7 +129,7 @@ def _directory(text: str, name: str = "dir") -> Path:
 
 
 def _platform(text: str) -> Platform:
-    from ucore.oci import Platform
+    from ucore.values.oci import Platform
 
     return Platform.parse(text)
 
@@ -152,12 +152,13 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
 
 
 class Config(NamedTuple):
-    """The merged settings, immutable (a named tuple: see :mod:`ucore.model` for why)."""
+    """The merged settings, immutable (a named tuple: see :mod:`ucore.values.model` for why)."""
 
     #: The store; :meth:`load` defaults it to ``~/.ucore``.
     dir: Path
     #: The administrator's store that every user reads images from and nothing writes to
-    #: (see :class:`ucore.store.Store`); its own administrator fills it with ``dir`` set to it.
+    #: (see :class:`ucore.storage.store.Store`); its own administrator fills it with ``dir`` set
+    #: to it.
     site_store: Optional[Path] = None
     registry: str = DOCKER_HUB
     insecure_registries: tuple[str, ...] = ()
@@ -172,10 +173,10 @@ class Config(NamedTuple):
     retries: int = 5
     max_retry_after: float = 60.0
     disable_plugins: tuple[str, ...] = ()
-    #: Patterns of host variables every run passes (None: :data:`ucore.runspec.PASS_ENV`).
+    #: Patterns of host variables every run passes (None: :data:`ucore.running.runspec.PASS_ENV`).
     pass_env: Optional[tuple[str, ...]] = None
     #: Whether a run under an MPI launcher binds the launcher's rendezvous directories
-    #: (:mod:`ucore.launcher`); off for a site whose launcher shares them some other way.
+    #: (:mod:`ucore.running.launcher`); off for a site whose launcher shares them some other way.
     launcher_binds: bool = True
     #: The parsed command line (None outside the CLI: read it with ``getattr(..., default)``).
     options: Optional[argparse.Namespace] = None
@@ -210,7 +211,7 @@ class Config(NamedTuple):
 
     @property
     def target_platform(self) -> Platform:
-        from ucore.oci import Platform
+        from ucore.values.oci import Platform
 
         return self.platform or Platform.host()
 

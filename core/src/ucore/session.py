@@ -12,18 +12,18 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore._manager import Plugins
 from ucore.config import Config
-from ucore.errors import PluginError, RegistryError
 from ucore.log import get_logger
-from ucore.registration import Registry
-from ucore.store import Store
+from ucore.plugins.manager import Plugins
+from ucore.plugins.registration import Registry
+from ucore.storage.store import Store
+from ucore.values.errors import PluginError, RegistryError
 
 if TYPE_CHECKING:
     # Not needed to run a container: ``ucore run`` imports none of them unless it pulls.
-    from ucore.events import Event
-    from ucore.model import Container, Preparation, RunSpec
-    from ucore.oci import Image, ImageRef
+    from ucore.values.events import Event
+    from ucore.values.model import Container, Preparation, RunSpec
+    from ucore.values.oci import Image, ImageRef
 
 log = get_logger(__name__)
 
@@ -52,7 +52,7 @@ class Session:
 
     @contextlib.contextmanager
     def stage(self, stage: str, subject: str) -> Iterator[None]:
-        from ucore.events import StageFinished, StageStarted
+        from ucore.values.events import StageFinished, StageStarted
 
         started = time.monotonic()
         self.emit(StageStarted(stage=stage, subject=subject))
@@ -88,7 +88,7 @@ class Session:
         user's store does not shadow) is used from there, and nothing is downloaded, unless
         the user asked for another platform than the site's (``--platform``)."""
         if self.store.in_site(ref):
-            from ucore import images
+            from ucore.storage import images
 
             image = images.load(self.store, ref)
             wanted = self.config.platform

@@ -7,14 +7,14 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from ucore.errors import DeviceError
-from ucore.hookspecs import hookimpl
-from ucore.model import DeviceNode
+from ucore.plugins.hookspecs import hookimpl
+from ucore.values.errors import DeviceError
+from ucore.values.model import DeviceNode
 
 if TYPE_CHECKING:
-    from ucore.model import Container, DeviceRequest, RunSpec
-    from ucore.registration import Registry
+    from ucore.plugins.registration import Registry
     from ucore.session import Session
+    from ucore.values.model import Container, DeviceRequest, RunSpec
 
 DIRECTORY = "/dev/dri"
 

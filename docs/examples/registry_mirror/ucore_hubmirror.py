@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ucore.hookspecs import hookimpl
-from ucore.registration import builtin_client
+from ucore.plugins.hookspecs import hookimpl
+from ucore.plugins.registration import builtin_client
 
 if TYPE_CHECKING:
-    from ucore.oci import Image, ImageRef
-    from ucore.registration import Registry
+    from ucore.plugins.registration import Registry
     from ucore.session import Session
-    from ucore.store import Store
+    from ucore.storage.store import Store
+    from ucore.values.oci import Image, ImageRef
 
 
 class HubMirror:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ucore.carried import Carried
-from ucore.errors import UsageError
+from ucore.plugins.carried import Carried
+from ucore.values.errors import UsageError
 from ucore_fakechroot import elfinfo, library, loadercopy, placement, relink, rootinfo
 
 HOST_LIB = next((p for p in library.host_paths() if os.path.isfile(p)), None)

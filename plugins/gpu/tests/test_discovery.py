@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hosts import DRIVER, UUIDS, cdi_spec, gpu_host, within, write, write_spec
 
-from ucore.errors import DeviceError
+from ucore.values.errors import DeviceError
 from ucore_gpu import cdi, containercli, elf, ldcache, scan
 from ucore_gpu.discover import discover
 from ucore_gpu.settings import Settings

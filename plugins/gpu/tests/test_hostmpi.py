@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hosts import within, write
 
-from ucore.errors import DeviceError
+from ucore.values.errors import DeviceError
 from ucore_gpu import mpibind, mpicheck, mpiinfo
 from ucore_gpu.mpicheck import Launchers
 from ucore_gpu.mpiinfo import Side, Tree

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hosts import DRIVER, UUIDS, gpu_host, hca_host, within
 
-from ucore.errors import DeviceError, UsageError
-from ucore.model import DeviceRequest
+from ucore.values.errors import DeviceError, UsageError
+from ucore.values.model import DeviceRequest
 from ucore_gpu import bind, infiniband, require, scan
 from ucore_gpu.plugin import _Gpus
 from ucore_gpu.selection import select

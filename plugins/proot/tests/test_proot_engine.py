@@ -14,11 +14,11 @@ from typing import Optional
 
 import pytest
 
-from ucore._manager import get_plugin_manager
-from ucore.carried import Carried
 from ucore.config import Config
-from ucore.model import Container, Mount, RunSpec
+from ucore.plugins.carried import Carried
+from ucore.plugins.manager import get_plugin_manager
 from ucore.session import Session
+from ucore.values.model import Container, Mount, RunSpec
 from ucore_proot import discover, seccomp
 from ucore_proot.engine import ProotEngine, ProotNoSeccompEngine, _identity
 from ucore_proot.watch import MainWatch, exit_status

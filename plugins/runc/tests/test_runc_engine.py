@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from ucore._manager import get_plugin_manager
 from ucore.config import Config
-from ucore.errors import IntegrityError, PluginError, UsageError
-from ucore.model import Container, DeviceNode, Mount, RunSpec
+from ucore.plugins.manager import get_plugin_manager
 from ucore.session import Session
+from ucore.values.errors import IntegrityError, PluginError, UsageError
+from ucore.values.model import Container, DeviceNode, Mount, RunSpec
 from ucore_runc import discover, launch, spec, subids
 from ucore_runc.discover import Runtime
 from ucore_runc.engine import CrunEngine, OciEngine, RuncEngine, RuncProotEngine

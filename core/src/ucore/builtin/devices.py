@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore.hookspecs import hookimpl
+from ucore.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.model import Container, Preparation, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, Preparation, RunSpec
 
 #: The run's record of what was bound, in the container directory (outside its root).
 RECORD = "devices.json"
@@ -25,8 +25,8 @@ RECORD = "devices.json"
 def ucore_prepare(container: Container, spec: RunSpec, session: Session) -> Optional[Preparation]:
     if not spec.requests:
         return None
-    from ucore.devices import providers
-    from ucore.model import DeviceNode, Mount
+    from ucore.plugins.devices import providers
+    from ucore.values.model import DeviceNode, Mount
 
     known = providers(session)
     mounts: list[Mount] = []
@@ -47,11 +47,11 @@ def ucore_prepare(container: Container, spec: RunSpec, session: Session) -> Opti
         if result.get("report"):
             record[kind] = result["report"]
             if session.listening:  # the events module (dataclasses) costs 4 ms to import
-                from ucore.events import DevicesBound
+                from ucore.values.events import DevicesBound
 
                 session.emit(DevicesBound(kind=kind, report=result["report"]))
     if record and container.location is None:
-        from ucore.errors import StoreError
+        from ucore.values.errors import StoreError
 
         with contextlib.suppress(StoreError):  # a store shared read-only still runs
             session.store.write_json_atomic(container.dir / RECORD, record)

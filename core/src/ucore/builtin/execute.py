@@ -33,13 +33,13 @@ import errno
 import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore.errors import PluginError, StoreError, UsageError
-from ucore.hookspecs import hookimpl
-from ucore.registration import Registry
+from ucore.plugins.hookspecs import hookimpl
+from ucore.plugins.registration import Registry
+from ucore.values.errors import PluginError, StoreError, UsageError
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, RunSpec
 
 #: udocker's execution modes and engine names -> the distribution that provides them, so a
 #: name whose engine is not installed gets a message saying what to install.
@@ -103,7 +103,7 @@ class Engines:
                 self._probes[name] = self.engine(name).probe()
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    from ucore.store import store_error
+                    from ucore.storage.store import store_error
 
                     # the disk's fault, not the engine's: no other engine would fare better
                     raise store_error(exc, f"probing engine {name}") from None
@@ -132,7 +132,7 @@ class Engines:
             why = self.probe(name) or self.refusal(name, container)
             if why is None:
                 if container.location is None:
-                    from ucore import containers
+                    from ucore.storage import containers
 
                     # best effort: a container shared read-only still runs
                     with contextlib.suppress(StoreError):

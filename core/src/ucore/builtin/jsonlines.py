@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, TextIO
 
-from ucore.hookspecs import hookimpl
+from ucore.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.events import Event
+    from ucore.values.events import Event
 
 
 class JsonLinesSink:

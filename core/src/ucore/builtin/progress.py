@@ -10,8 +10,8 @@ import shutil
 import time
 from typing import TextIO
 
-from ucore.events import BlobFinished, BlobProgress, BlobStarted, Event, StageFinished
-from ucore.hookspecs import hookimpl
+from ucore.plugins.hookspecs import hookimpl
+from ucore.values.events import BlobFinished, BlobProgress, BlobStarted, Event, StageFinished
 
 _REDRAW = 0.1
 

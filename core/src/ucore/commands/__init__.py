@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Callable
 
-from ucore.errors import StoreError, UsageError
+from ucore.values.errors import StoreError, UsageError
 
 
 def add_registry_options(p: argparse.ArgumentParser, platform: bool = True) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ucore import images
 from ucore.commands import read_input, write_output
+from ucore.storage import images
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -27,7 +27,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
 
 
 def cmd_load(session: Session, args: argparse.Namespace) -> int:
-    from ucore.archive import load
+    from ucore.storage.archive import load
 
     tarball = read_input(args.input, "load", "give -i FILE or pipe a tarball into stdin")
     with tarball as stream, session.stage("load", "stdin" if args.input == "-" else args.input):
@@ -38,7 +38,7 @@ def cmd_load(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_save(session: Session, args: argparse.Namespace) -> int:
-    from ucore.archive import save
+    from ucore.storage.archive import save
 
     store = session.store
     refs = [images.lookup(store, text, session.config.registry) for text in args.image]

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ucore.config import DOCKER_HUB
-from ucore.errors import UsageError
+from ucore.values.errors import UsageError
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -33,7 +33,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
 
 def _server(args: argparse.Namespace) -> str:
     from ucore.builtin.registry.credentials import normalize_server
-    from ucore.oci import registry_problem
+    from ucore.values.oci import registry_problem
 
     if args.server and args.registry and args.server != args.registry:
         raise UsageError("give the registry either as SERVER or with --registry, not both")

@@ -13,15 +13,16 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ucore import api, containers, images
+from ucore import api
 from ucore.commands import add_registry_options, read_input, write_output
-from ucore.errors import NotFoundError, UcoreError, UsageError
-from ucore.model import Container
-from ucore.oci import ImageRef
+from ucore.storage import containers, images
+from ucore.values.errors import NotFoundError, UcoreError, UsageError
+from ucore.values.model import Container
+from ucore.values.oci import ImageRef
 
 if TYPE_CHECKING:
     from ucore.session import Session
-    from ucore.store import Store
+    from ucore.storage.store import Store
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -302,7 +303,7 @@ def _protect_image(store: Store, ref: ImageRef, protected: bool) -> None:
 
 
 def cmd_export(session: Session, args: argparse.Namespace) -> int:
-    from ucore.rootfs_archive import export
+    from ucore.storage.rootfs_archive import export
 
     if args.clone:
         raise UsageError(
@@ -323,7 +324,7 @@ _IMPORT_HINT = "give a FILE or pipe a tarball into stdin ('-')"
 
 
 def cmd_import(session: Session, args: argparse.Namespace) -> int:
-    from ucore.rootfs_archive import import_container, import_image
+    from ucore.storage.rootfs_archive import import_container, import_image
 
     if args.clone:
         raise UsageError(

@@ -8,10 +8,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ucore import images
 from ucore.commands import add_registry_options
 from ucore.config import MAX_JOBS, positive_int
-from ucore.errors import IntegrityError, NotFoundError, UsageError
+from ucore.storage import images
+from ucore.values.errors import IntegrityError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -203,8 +203,8 @@ def cmd_images(session: Session, args: argparse.Namespace) -> int:
 
 def cmd_inspect(session: Session, args: argparse.Namespace) -> int:
     """A container name or id first, then an image, as udocker resolves the argument."""
-    from ucore import containers
     from ucore.commands.containers import describe
+    from ucore.storage import containers
 
     store = session.store
     container = containers.find(store, args.image)

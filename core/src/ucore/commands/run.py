@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore import api, containers
+from ucore import api
 from ucore.commands import add_registry_options
-from ucore.errors import UcoreError, UsageError
 from ucore.log import get_logger
-from ucore.model import Container
+from ucore.storage import containers
+from ucore.values.errors import UcoreError, UsageError
+from ucore.values.model import Container
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -176,7 +177,7 @@ def _run_common() -> argparse.ArgumentParser:
 
 
 def cmd_run(session: Session, args: argparse.Namespace) -> int:
-    from ucore import runspec
+    from ucore.running import runspec
 
     rest = list(args.args)
     if rest and rest[0] == "--":
@@ -236,7 +237,7 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(Path(container.dir) / RECORD)
     if args.device or args.nodevice:
-        from ucore import devices
+        from ucore.plugins import devices
 
         if args.device and args.nodevice:
             raise UsageError("setup: --device and --nodevice together")
@@ -253,7 +254,7 @@ def cmd_setup(session: Session, args: argparse.Namespace) -> int:
     if name is not None:
         why = known.probe(name) or known.refusal(name, container)
         if why is not None and not args.force:
-            from ucore.errors import PluginError
+            from ucore.values.errors import PluginError
 
             raise PluginError(f"engine {name} cannot run here: {why} (--force records it anyway)")
     _release(known, container, name)
@@ -350,9 +351,9 @@ def _print_info(data: dict[str, Any]) -> None:
 def _info_devices(session: Session, args: argparse.Namespace) -> int:
     """``info --devices``: each provider's report (what it found, from which source, what the
     request would bind, what is missing and why), and how each engine honours a selection."""
-    from ucore import devices
     from ucore.builtin.execute import engines
-    from ucore.model import DeviceRequest
+    from ucore.plugins import devices
+    from ucore.values.model import DeviceRequest
 
     known = devices.providers(session)
     asked = [known.canonical(r) for r in devices.parse_requests(args.device)]

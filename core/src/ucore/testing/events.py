@@ -2,7 +2,7 @@
 
 A plugin's test wants to know what was published (a stage finished, a retry happened, devices
 were bound), whether it drove ucore through :mod:`ucore.api` or ran the ``ucore`` command. Both
-end up here in one form, each event's JSON form (:meth:`ucore.events.Event.to_json`, the same
+end up here in one form, each event's JSON form (:meth:`ucore.values.events.Event.to_json`, the same
 ``{"event": NAME, ...}`` objects ``--log-format json`` prints), so one assertion serves both.
 """
 
@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ucore.events import Event
+    from ucore.values.events import Event
 
 
 class EventRecorder:

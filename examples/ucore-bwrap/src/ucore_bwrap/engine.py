@@ -1,6 +1,6 @@
 """The ``bwrap`` engine: a container's command under bubblewrap, in a user namespace.
 
-How a :class:`~ucore.model.RunSpec` becomes a ``bwrap`` command line:
+How a :class:`~ucore.values.model.RunSpec` becomes a ``bwrap`` command line:
 
 * the root filesystem: ``--bind ROOT /``; bwrap mounts it in a mount namespace of its own, so
   nothing is mounted on the host;
@@ -16,10 +16,10 @@ How a :class:`~ucore.model.RunSpec` becomes a ``bwrap`` command line:
   ranks need, as every other engine does.
 
 bwrap stays as the parent of the command and reports its exit status (``128 + N`` after signal
-``N``) but passes no signal on: :func:`ucore.spawn.run` sends them to bwrap's child, the
-command. What the command leaves running ends with it (:func:`ucore.spawn.leftovers_ended`), and
-the mount points bwrap makes for a run's transient mounts are removed after it
-(:func:`ucore.mountpoints.removed_after`).
+``N``) but passes no signal on: :func:`ucore.running.spawn.run` sends them to bwrap's child, the
+command. What the command leaves running ends with it
+(:func:`ucore.running.spawn.leftovers_ended`), and the mount points bwrap makes for a run's
+transient mounts are removed after it (:func:`ucore.running.mountpoints.removed_after`).
 
 Every ``ucore`` command that needs engines imports this module to register the class, so it
 imports nothing costly at the top (``shutil`` alone would add 2 ms to every ``ucore run``).
@@ -30,12 +30,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ucore import mountpoints, spawn
-from ucore.errors import PluginError, UsageError
+from ucore.running import mountpoints, spawn
+from ucore.values.errors import PluginError, UsageError
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, RunSpec
 
 #: How long the probe's trial sandbox may take.
 _TRIAL_SECONDS = 10

@@ -39,12 +39,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple, Optional
 
-from ucore import inroot, spawn
-from ucore.errors import PluginError, UsageError
+from ucore.running import spawn
+from ucore.storage import inroot
+from ucore.values.errors import PluginError, UsageError
 
 if TYPE_CHECKING:
-    from ucore.model import Container, Mount, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, Mount, RunSpec
     from ucore_fakechroot import library, rootinfo
     from ucore_fakechroot.fakeroot import Fakeroot
     from ucore_fakechroot.placement import Placed, Want
@@ -186,7 +187,7 @@ class FakechrootEngine:
     # --- running ----------------------------------------------------------------------------
 
     def run(self, container: Container, spec: RunSpec) -> int:
-        from ucore import readonly
+        from ucore.running import readonly
         from ucore_fakechroot import launch, rootinfo
 
         try:

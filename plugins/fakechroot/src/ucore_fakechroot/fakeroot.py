@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ucore import spawn
+from ucore.running import spawn
 
 #: How long ``faked`` may take to save its table and exit after SIGTERM.
 _STOP_WAIT = 5.0

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ucore.carried import Carried
+from ucore.plugins.carried import Carried
 from ucore_fakechroot import elfinfo, rootinfo
 
 HOW_TO_GET = (
@@ -94,7 +94,7 @@ def candidates(
         else:
             found.append(Library(path, "configured", floor, ceiling))
     if carried is None:
-        from ucore import carried as carried_files
+        from ucore.plugins import carried as carried_files
 
         carried = carried_files.load(__file__)
     if carried is not None:

@@ -32,9 +32,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ucore import inroot
-from ucore.errors import UsageError
 from ucore.log import get_logger
+from ucore.storage import inroot
+from ucore.values.errors import UsageError
 
 log = get_logger(__name__)
 

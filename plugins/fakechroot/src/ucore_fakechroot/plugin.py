@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ucore.hookspecs import hookimpl
+from ucore.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.registration import Registry
+    from ucore.plugins.registration import Registry
 
 
 @hookimpl

@@ -22,7 +22,7 @@ import posixpath
 import stat
 from pathlib import Path
 
-from ucore import inroot
+from ucore.storage import inroot
 
 _RECORD = "relinked.json"
 

@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ucore import inroot
+from ucore.storage import inroot
 from ucore_fakechroot import elfinfo
 
 #: The GNU loader's name by machine, where a root whose /bin/sh is static may still have one.

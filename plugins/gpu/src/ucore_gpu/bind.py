@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ucore.model import DeviceNode, Mount
+from ucore.values.model import DeviceNode, Mount
 from ucore_gpu import catalog, elf
 from ucore_gpu.inventory import Gpu, Inventory
 from ucore_gpu.settings import Settings

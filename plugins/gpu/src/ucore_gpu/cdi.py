@@ -23,7 +23,7 @@ import reprlib
 import stat
 from typing import Any, Optional
 
-from ucore.errors import DeviceError
+from ucore.values.errors import DeviceError
 from ucore_gpu import catalog
 from ucore_gpu.inventory import Extra, Gpu, Inventory, number
 from ucore_gpu.settings import Settings

@@ -17,15 +17,15 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Optional
 
-from ucore.errors import DeviceError, UsageError
-from ucore.model import DeviceNode, Mount
+from ucore.values.errors import DeviceError, UsageError
+from ucore.values.model import DeviceNode, Mount
 from ucore_gpu import files
 from ucore_gpu import settings as gpu_settings
 from ucore_gpu.settings import Settings
 
 if TYPE_CHECKING:
-    from ucore.model import Container, DeviceRequest, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, DeviceRequest, RunSpec
 
 PRIVATE = "/usr/local/ucore-rdma"
 #: The verbs user space: libraries, and the providers' directory and configuration.

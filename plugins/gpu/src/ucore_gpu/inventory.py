@@ -2,7 +2,7 @@
 
 Paths here are host paths (``/dev/nvidia0``, ``/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15``);
 :class:`~ucore_gpu.settings.Settings` maps them under a device root. Values are named tuples
-for the same reason as the core's (:mod:`ucore.model`): cheap on the run path.
+for the same reason as the core's (:mod:`ucore.values.model`): cheap on the run path.
 """
 
 from __future__ import annotations

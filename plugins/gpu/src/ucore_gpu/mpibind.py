@@ -20,8 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import Optional
 
-from ucore.errors import DeviceError
-from ucore.model import Mount, Preparation
+from ucore.values.errors import DeviceError
+from ucore.values.model import Mount, Preparation
 from ucore_gpu import mpiinfo
 from ucore_gpu.mpiinfo import Index, Library, Side, Tree
 

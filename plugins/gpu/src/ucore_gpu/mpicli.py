@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
+from ucore.values.errors import IntegrityError, NotFoundError, StoreError, UsageError
 
 if TYPE_CHECKING:
-    from ucore.model import Container, Preparation, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, Preparation, RunSpec
 
 MODES = ("host", "none")
 
@@ -108,7 +108,7 @@ def _host_path(tree: Any) -> Optional[str]:
 @contextlib.contextmanager
 def _root_of(session: Session, text: str) -> Iterator[Path]:
     """A container's root, or an image's unpacked into a scratch directory for the check."""
-    from ucore import containers, images
+    from ucore.storage import containers, images
 
     store = session.store
     container = containers.find(store, text)

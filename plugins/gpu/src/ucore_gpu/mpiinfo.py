@@ -9,8 +9,8 @@ the distribution's package database. Nothing is run: an image's programs cannot 
 host, and a check must not start what it judges.
 
 A container's tree is hostile input (safety rules 1 and 9): every path is resolved inside its
-root with :mod:`ucore.inroot` (a link to ``/usr/lib/...`` stays in the image; ``..`` stops at
-the root), only regular files are opened, and at most :data:`MAX_LIBRARY` bytes of one are read.
+root with :mod:`ucore.storage.inroot` (a link to ``/usr/lib/...`` stays in the image; ``..`` stops
+at the root), only regular files are opened, and at most :data:`MAX_LIBRARY` bytes of one are read.
 The host's tree is read the same way, so a device root describes a whole synthetic host.
 """
 
@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ucore import inroot
+from ucore.storage import inroot
 from ucore_gpu import elf, ldcache
 
 #: Where distributions put shared libraries, for a tree without a usable ``ld.so.cache``.

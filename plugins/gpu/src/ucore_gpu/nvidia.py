@@ -13,8 +13,8 @@ from ucore_gpu.discover import Discovery, discover
 from ucore_gpu.selection import select
 
 if TYPE_CHECKING:
-    from ucore.model import Container, DeviceRequest, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, DeviceRequest, RunSpec
 
 
 class NvidiaGpus:
@@ -59,7 +59,7 @@ class NvidiaGpus:
         return result
 
     def report(self, requests: Sequence[DeviceRequest]) -> dict[str, Any]:
-        from ucore.errors import DeviceError
+        from ucore.values.errors import DeviceError
 
         try:
             found = self.found

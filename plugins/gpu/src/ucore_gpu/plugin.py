@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore.hookspecs import hookimpl
-from ucore.model import DeviceRequest
+from ucore.plugins.hookspecs import hookimpl
+from ucore.values.model import DeviceRequest
 
 if TYPE_CHECKING:
-    from ucore.model import Container, Preparation, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, Preparation, RunSpec
 
 KIND = "nvidia.com/gpu"
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Callable, Optional
 
-from ucore.errors import DeviceError
+from ucore.values.errors import DeviceError
 
 _TERM = re.compile(r"^(cuda|driver|arch|brand)\s*(>=|<=|==|=|>|<)\s*([A-Za-z0-9._-]+)$")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ucore.errors import DeviceError, UsageError
-from ucore.model import DeviceRequest
+from ucore.values.errors import DeviceError, UsageError
+from ucore.values.model import DeviceRequest
 from ucore_gpu.inventory import Gpu, Inventory, number
 
 #: Where a batch job's allocation is read from, in this order.

@@ -25,7 +25,7 @@ import os
 import posixpath
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from ucore.errors import UsageError
+from ucore.values.errors import UsageError
 
 if TYPE_CHECKING:
     from ucore.session import Session

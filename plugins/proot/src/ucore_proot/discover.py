@@ -32,9 +32,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from ucore import spawn
-from ucore.carried import Carried
-from ucore.probecache import ProbeCache, run_probe
+from ucore.plugins.carried import Carried
+from ucore.plugins.probecache import ProbeCache, run_probe
+from ucore.running import spawn
 
 if TYPE_CHECKING:
     import subprocess
@@ -110,7 +110,7 @@ def locate(
             return os.path.abspath(path), f"set by {setting}"
         return None, f"the configured proot {chosen} is not an executable file"
     if carried is None:
-        from ucore import carried as carried_files
+        from ucore.plugins import carried as carried_files
 
         carried = carried_files.load(__file__)
     own = carried.path(CARRIED_PROOT) if carried else None

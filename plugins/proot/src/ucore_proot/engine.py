@@ -3,14 +3,14 @@
 Two engines rather than one with a mode, so that ``setup --engine`` records a complete choice,
 ``ucore info`` can show both, and a container can be pinned to P2 where P1 misbehaves.
 
-How a :class:`~ucore.model.RunSpec` becomes a proot command line:
+How a :class:`~ucore.values.model.RunSpec` becomes a proot command line:
 
 * the user: the spec's uid/gid faked with ``-i UID:GID``; none given (the image names no
   ``User``) is root, emulated with ``-0`` as udocker and Docker do; the invoking user's own
   ids need no faking at all (``-u $(id -u)``);
 * every mount and device: ``-b HOST:GUEST`` (targets were resolved inside the root by the core);
-  read-only ones through kernel-enforced read-only views (:mod:`ucore.readonly`), as PRoot has
-  no read-only binds;
+  read-only ones through kernel-enforced read-only views (:mod:`ucore.running.readonly`), as PRoot
+  has no read-only binds;
 * ``--kernel``: ``-k``, only where the probe found it harmless (see :mod:`ucore_proot.discover`);
 * system calls this proot would pass through untranslated are made to fail with ``ENOSYS``
   by a seccomp filter, so the C library falls back to calls PRoot translates.
@@ -25,14 +25,14 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ucore import spawn
-from ucore.errors import PluginError
+from ucore.running import spawn
+from ucore.values.errors import PluginError
 from ucore_proot.discover import Discovery, Proot, locate, syscall_numbers
 from ucore_proot.watch import MainWatch, exact_signal_status
 
 if TYPE_CHECKING:
-    from ucore.model import Container, Mount, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, Mount, RunSpec
 
 #: PRoot exits 255 when the last process it traced was killed by a signal.
 _KILLED = 255
@@ -105,7 +105,7 @@ class ProotEngine:
     # --- running ----------------------------------------------------------------------------
 
     def run(self, container: Container, spec: RunSpec) -> int:
-        from ucore import readonly
+        from ucore.running import readonly
 
         proot = self._inspect()
         if proot is None:

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Optional
 
-from ucore import spawn
+from ucore.running import spawn
 
 #: ``_IOWR(0xFF, 11, struct pidfd_info)`` with the first version of the structure (64 bytes).
 _PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from ucore.errors import PluginError
+from ucore.values.errors import PluginError
 
 #: What one read moves; a terminal rarely holds more.
 _CHUNK = 65536

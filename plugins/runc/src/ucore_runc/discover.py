@@ -38,8 +38,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
-from ucore import probecache, spawn
-from ucore.probecache import ProbeCache
+from ucore.plugins import probecache
+from ucore.plugins.probecache import ProbeCache
+from ucore.running import spawn
 
 if TYPE_CHECKING:
     import subprocess
@@ -169,7 +170,7 @@ def hide_cgroup2() -> None:
     this namespace's: the user is 0 here (see ``spec.identity``)."""
     import ctypes
 
-    from ucore.errors import PluginError
+    from ucore.values.errors import PluginError
 
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.getuid(), os.getgid()

@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ucore.errors import IntegrityError, PluginError
+from ucore.values.errors import IntegrityError, PluginError
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
+    from ucore.running.spawn import Step
     from ucore.session import Session
-    from ucore.spawn import Step
+    from ucore.values.model import Container, RunSpec
     from ucore_runc.discover import Discovery, Runtime
     from ucore_runc.spec import Identity
 
@@ -173,7 +173,7 @@ class OciEngine:
             spec = single_copy_off(spec)
         who, steps = self._identity(spec.uid, spec.gid)
         config = oci.config(spec, root, who, proc=self.needs_proc, terminal=terminal)
-        from ucore.mountpoints import removed_after
+        from ucore.running.mountpoints import removed_after
         from ucore_runc.discover import runtime_env
 
         with removed_after(container, spec):

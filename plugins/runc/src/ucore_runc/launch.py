@@ -35,13 +35,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ucore import spawn
-from ucore.containers import remove_tree
-from ucore.errors import PluginError, StoreError, UcoreError
-from ucore.store import HOST, pid_alive, store_error
+from ucore.running import spawn
+from ucore.storage.containers import remove_tree
+from ucore.storage.store import HOST, pid_alive, store_error
+from ucore.values.errors import PluginError, StoreError, UcoreError
 
 if TYPE_CHECKING:
-    from ucore.store import Store
+    from ucore.storage.store import Store
     from ucore_runc.discover import Runtime
 
 _ID = re.compile(r"ucore-(?P<pid>\d+)-[0-9a-f]{8}")

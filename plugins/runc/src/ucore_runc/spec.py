@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 if TYPE_CHECKING:
-    from ucore.model import RunSpec
+    from ucore.values.model import RunSpec
 
 OCI_VERSION = "1.0.2"
 #: Docker's default capabilities (moby's ``oci/caps/defaults.go``), which images are built for.

@@ -16,8 +16,8 @@ import os
 import shutil
 from typing import Optional
 
-from ucore import spawn
-from ucore.errors import PluginError
+from ucore.running import spawn
+from ucore.values.errors import PluginError
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000

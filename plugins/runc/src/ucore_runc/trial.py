@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from ucore.model import Mount, RunSpec
+from ucore.values.model import Mount, RunSpec
 
 if TYPE_CHECKING:
     from ucore_runc.discover import Runtime

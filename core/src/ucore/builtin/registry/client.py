@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ucore import manifest as mf
 from ucore.builtin.registry.credentials import Credentials
 from ucore.builtin.registry.transport import BROKEN, Transport, is_loopback, short_reason
 from ucore.config import DOCKER_HUB
-from ucore.errors import IntegrityError, NotFoundError, RegistryError, UsageError
-from ucore.events import BlobFinished, BlobProgress, BlobStarted
 from ucore.log import get_logger
-from ucore.oci import (
+from ucore.storage import manifest as mf
+from ucore.values.errors import IntegrityError, NotFoundError, RegistryError, UsageError
+from ucore.values.events import BlobFinished, BlobProgress, BlobStarted
+from ucore.values.oci import (
     DOCKER_HUB_API,
     Descriptor,
     Digest,
@@ -36,7 +36,7 @@ from ucore.oci import (
 
 if TYPE_CHECKING:
     from ucore.session import Session
-    from ucore.store import BlobWriter, Store
+    from ucore.storage.store import BlobWriter, Store
 
 log = get_logger(__name__)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ucore.config import DOCKER_HUB
-from ucore.errors import StoreError, UsageError
 from ucore.log import get_logger
-from ucore.oci import DOCKER_HUB_API, split_registry
-from ucore.store import Store, store_error
+from ucore.storage.store import Store, store_error
+from ucore.values.errors import StoreError, UsageError
+from ucore.values.oci import DOCKER_HUB_API, split_registry
 
 log = get_logger(__name__)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from ucore.hookspecs import hookimpl
+from ucore.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.oci import Image, ImageRef
-    from ucore.registration import Registry
+    from ucore.plugins.registration import Registry
     from ucore.session import Session
-    from ucore.store import Store
+    from ucore.storage.store import Store
+    from ucore.values.oci import Image, ImageRef
 
 
 @hookimpl

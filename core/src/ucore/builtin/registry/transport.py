@@ -31,10 +31,10 @@ import requests.auth
 import urllib3
 
 from ucore import __version__
-from ucore.errors import AuthError, IntegrityError, RegistryError
-from ucore.events import Retrying
 from ucore.log import get_logger
-from ucore.manifest import load_json
+from ucore.storage.manifest import load_json
+from ucore.values.errors import AuthError, IntegrityError, RegistryError
+from ucore.values.events import Retrying
 
 if TYPE_CHECKING:
     from ucore.builtin.registry.credentials import Credentials

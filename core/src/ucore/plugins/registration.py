@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
-from ucore.errors import PluginError
+from ucore.values.errors import PluginError
 
 if TYPE_CHECKING:
-    from ucore.oci import Image, ImageRef
     from ucore.session import Session
-    from ucore.store import Store
+    from ucore.storage.store import Store
+    from ucore.values.oci import Image, ImageRef
 
 
 def builtin_client(session: Session) -> Any:
@@ -36,7 +36,7 @@ class RegistryClient(Protocol):
 
     def pull(self, ref: ImageRef, store: Store) -> Image:
         """Fetch ``ref`` into ``store``, verifying every blob and manifest it publishes, and
-        return the stored image; raise a :class:`~ucore.errors.UcoreError` on failure."""
+        return the stored image; raise a :class:`~ucore.values.errors.UcoreError` on failure."""
 
 
 class Registry:

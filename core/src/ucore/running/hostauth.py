@@ -15,9 +15,9 @@ import pwd
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ucore import inroot
-from ucore.hostfiles import bindable, write_copy
-from ucore.model import Mount
+from ucore.running.hostfiles import bindable, write_copy
+from ucore.storage import inroot
+from ucore.values.model import Mount
 
 #: Larger account files than this are not ones we should be copying around.
 MAX_SIZE = 16 << 20
@@ -40,7 +40,7 @@ def container_accounts(root: Path) -> Accounts:
 def host_accounts(root: Path, state_dir: Path) -> Accounts:
     """The container's files plus the invoking user and its primary group, written to
     ``state_dir`` and bound over the originals, where a file can be (see
-    :func:`~ucore.hostfiles.bindable`)."""
+    :func:`~ucore.running.hostfiles.bindable`)."""
     own = container_accounts(root)
     texts = {
         "passwd": with_user(own.passwd, _user_line()),

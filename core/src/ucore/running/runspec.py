@@ -13,11 +13,12 @@ Docker's rules, because users arrive with Docker's habits and images are built f
 * **user**: ``-u``/``User`` is ``name|uid[:group|gid]`` looked up in the container's own account
   files (or the ``--hostauth`` copies), read without following links out of the root. A rank
   that a PMIx server started runs as the invoking user unless ``-u`` says otherwise (the
-  server checks who its clients are: :func:`ucore.launcher.pmix_client`).
+  server checks who its clients are: :func:`ucore.running.launcher.pmix_client`).
 * **mounts**: the "sysdirs" (udocker's default host binds), the account files, ``--bindhome``,
-  the rendezvous directories of an MPI launcher that started the run (:mod:`ucore.launcher`),
-  then ``-v`` volumes; a later mount of the same target wins, and targets are resolved inside
-  the root, so an image symlink cannot aim a bind at the host. Mounts come ordered parents first.
+  the rendezvous directories of an MPI launcher that started the run
+  (:mod:`ucore.running.launcher`), then ``-v`` volumes; a later mount of the same target wins, and
+  targets are resolved inside the root, so an image symlink cannot aim a bind at the host. Mounts
+  come ordered parents first.
 
 What the image says is input like any other (safety rule 9): a ``WorkingDir`` under ``/proc``,
 ``/sys`` or ``/dev`` (``/proc/self/fd/N`` names a host directory) is refused, ``Volumes`` is
@@ -33,15 +34,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from ucore import hostauth, hostfiles, inroot, launcher
-from ucore.errors import (
+from ucore.running import hostauth, hostfiles, launcher
+from ucore.storage import inroot
+from ucore.values.errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
     IntegrityError,
     PluginError,
     UsageError,
 )
-from ucore.model import Container, DeviceNode, DeviceRequest, Mount, RunSpec
+from ucore.values.model import Container, DeviceNode, DeviceRequest, Mount, RunSpec
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -87,7 +89,7 @@ class RunOptions(NamedTuple):
     env: tuple[str, ...] = ()
     env_files: tuple[str, ...] = ()
     hostenv: bool = False
-    #: Patterns of host variables passed anyway (:data:`ucore.runspec.PASS_ENV` unless
+    #: Patterns of host variables passed anyway (:data:`ucore.running.runspec.PASS_ENV` unless
     #: configured).
     pass_env: tuple[str, ...] = PASS_ENV
     workdir: Optional[str] = None
@@ -96,7 +98,7 @@ class RunOptions(NamedTuple):
     #: Host or container paths to leave out of the sysdirs and volumes (udocker's ``--novol``).
     novol: tuple[str, ...] = ()
     #: ``--device`` values: ``/dev`` paths, and requests for provider plugins: ``KIND[=WHICH]``
-    #: text, or a :class:`~ucore.model.DeviceRequest` a plugin's own flag made (``--gpus``).
+    #: text, or a :class:`~ucore.values.model.DeviceRequest` a plugin's own flag made (``--gpus``).
     devices: tuple[str | DeviceRequest, ...] = ()
     hostauth: bool = True
     sysdirs: bool = True
@@ -418,10 +420,10 @@ def _requests(
     session: Session, container: Container, asked: Sequence[str | DeviceRequest]
 ) -> tuple[DeviceRequest, ...]:
     """Device requests for the provider plugins: the container's recorded ones and the
-    command line's (see :mod:`ucore.devices`, imported only when there is one)."""
+    command line's (see :mod:`ucore.plugins.devices`, imported only when there is one)."""
     if not asked and not container.devices:
         return ()
-    from ucore import devices
+    from ucore.plugins import devices
 
     return devices.requests(session, container.devices, asked)
 
@@ -438,7 +440,8 @@ def parse_device(text: str) -> DeviceNode:
 
 def _sysdirs(root: Path, state_dir: Path, opts: RunOptions) -> list[Mount]:
     """The host's system directories, and private copies of its name-resolution files (see
-    :mod:`ucore.hostfiles`). One the image has as a file is left out, as the image's affair."""
+    :mod:`ucore.running.hostfiles`). One the image has as a file is left out, as the image's
+    affair."""
     if not opts.sysdirs:
         return []
     mounts = [

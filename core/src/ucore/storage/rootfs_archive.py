@@ -1,6 +1,6 @@
 """``export`` and ``import``: a container's root filesystem to a tarball, a tarball to an image.
 
-Export walks the root as :mod:`ucore.treewalk` does, never following a symlink: symlinks are
+Export walks the root as :mod:`ucore.storage.treewalk` does, never following a symlink: symlinks are
 stored as links, hardlinks as hardlinks, and a program in the container that planted a link to
 ``/etc/shadow`` gets a link in the tarball, never the host file. The tarball says what the
 image said, not what an unprivileged unpack had to do: directories the unpacker opened up get
@@ -33,17 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional, cast
 
-from ucore import images, inroot
-from ucore import manifest as mf
-from ucore.archive import LAYER_TYPES
-from ucore.builtin.unpack.extract import open_stream
-from ucore.builtin.unpack.stream import BadLayer
-from ucore.errors import IntegrityError, StoreError, UcoreError, UsageError
-from ucore.layers import compression
-from ucore.model import Container
-from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform
-from ucore.store import Store, store_error
-from ucore.treewalk import Walker
+from ucore.storage import images, inroot
+from ucore.storage import manifest as mf
+from ucore.storage.archive import LAYER_TYPES
+from ucore.storage.extract import open_stream
+from ucore.storage.layers import compression
+from ucore.storage.store import Store, store_error
+from ucore.storage.stream import BadLayer
+from ucore.storage.treewalk import Walker
+from ucore.values.errors import IntegrityError, StoreError, UcoreError, UsageError
+from ucore.values.model import Container
+from ucore.values.oci import Descriptor, Digest, Image, ImageRef, Platform
 
 if TYPE_CHECKING:
     from ucore.session import Session
@@ -68,7 +68,7 @@ class Recorded:
 
 
 def recorded(container: Container) -> Recorded:
-    from ucore.builtin.unpack.extract import modes_path
+    from ucore.storage.extract import modes_path
 
     path = modes_path(Path(container.root))
     try:
@@ -128,7 +128,7 @@ class _Exporter(Walker):
         image = self.modes.get(path)
         if image is None:
             return now
-        from ucore.builtin.unpack.extract import rootless_mode
+        from ucore.storage.extract import rootless_mode
 
         return image if now == rootless_mode(image, stat.S_ISDIR(st.st_mode)) else now
 
@@ -395,7 +395,7 @@ def import_container(
 ) -> Container:
     """A rootfs tarball straight into a new container, through the unpacker; no image is kept
     (the container has its own copy of the config), and no blob that no image uses."""
-    from ucore import containers
+    from ucore.storage import containers
 
     store = session.store.ensure()
     with store.shared_lock("gc"):

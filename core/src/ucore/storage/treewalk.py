@@ -18,8 +18,8 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from ucore.builtin.unpack.rootfs import DIR_FLAGS
-from ucore.errors import StoreError
+from ucore.storage.rootfs import DIR_FLAGS
+from ucore.values.errors import StoreError
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 _O_PATH = getattr(os, "O_PATH", 0)

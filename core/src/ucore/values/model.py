@@ -5,7 +5,7 @@ with ``_replace``, and cheap to define. Every ``ucore run`` defines them before 
 container: an attrs class costs about 1.5 ms there (and importing attrs 10 ms), a frozen
 dataclass about 0.5 ms, a named tuple a tenth of that (measured). Image and registry values
 (digests, references, descriptors), which need validation and are not on that path, are
-frozen attrs classes with validators in :mod:`ucore.oci`.
+frozen attrs classes with validators in :mod:`ucore.values.oci`.
 """
 
 from __future__ import annotations

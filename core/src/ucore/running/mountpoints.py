@@ -2,7 +2,7 @@
 
 For every engine whose runtime bind-mounts into the container's own root (runc, crun,
 bubblewrap): :func:`removed_after` around the runtime keeps the promise of
-:attr:`ucore.model.Mount.transient`.
+:attr:`ucore.values.model.Mount.transient`.
 
 A bind mount needs its target to exist, and where the image lacks it the runtime creates it in
 the root filesystem (directories, and an empty file for a file), where it stays. For the mounts
@@ -40,12 +40,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ucore import inroot
-from ucore.builtin.unpack.rootfs import DIR_FLAGS
 from ucore.log import get_logger
+from ucore.storage import inroot
+from ucore.storage.rootfs import DIR_FLAGS
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
+    from ucore.values.model import Container, RunSpec
 
 #: In the container directory: paths (NUL-terminated) a run found missing, and their lock.
 RECORD = "mountpoints"
@@ -86,8 +86,8 @@ def removed_after(container: Container, spec: RunSpec) -> Iterator[None]:
 def missing(root: Path, transient: Iterable[str], kept: Iterable[str]) -> list[str]:
     """The canonical paths in ``root`` that the runtime will create as mount points for the
     ``transient`` targets: every missing component, less those the mount point of a ``kept``
-    target needs too, and less what lies under :data:`ucore.inroot.PSEUDO` (the runtime mounts
-    its own ``/dev`` there, not the image's)."""
+    target needs too, and less what lies under :data:`ucore.storage.inroot.PSEUDO` (the runtime
+    mounts its own ``/dev`` there, not the image's)."""
     found: dict[str, None] = {}
     for target in transient:
         walk = _resolve(root, target)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from ucore.store import _STALE_FOREIGN, HOST, pid_alive, store_error
+from ucore.storage.store import _STALE_FOREIGN, HOST, pid_alive, store_error
 
 _OWNER = re.compile(r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}")
 

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ucore.config import Config
-    from ucore.events import Event
-    from ucore.model import Container, Preparation, RunSpec
-    from ucore.oci import Image, ImageRef
-    from ucore.registration import Registry
+    from ucore.plugins.registration import Registry
     from ucore.session import Session
-    from ucore.store import Store
+    from ucore.storage.store import Store
+    from ucore.values.events import Event
+    from ucore.values.model import Container, Preparation, RunSpec
+    from ucore.values.oci import Image, ImageRef
 
 PROJECT = "ucore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -72,7 +72,7 @@ def ucore_register_registries(register: Registry) -> None:
     """Hand registry clients to ``register(name, client_factory)``.
 
     A client factory is called as ``factory(session)`` and returns a
-    :class:`~ucore.registration.RegistryClient`: ``handles(ref) -> bool`` and
+    :class:`~ucore.plugins.registration.RegistryClient`: ``handles(ref) -> bool`` and
     ``pull(ref, store) -> Image``. Clients are asked in the order the hook calls the plugins:
     the plugin loaded last first, the builtin Docker/OCI client last, so a mirror or cache
     registered here is asked before it; the first that handles a reference fetches it.
@@ -84,15 +84,15 @@ def ucore_register_registries(register: Registry) -> None:
 @hookspec
 def ucore_register_devices(register: Registry) -> None:
     """Hand device providers (GPUs, InfiniBand HCAs) to ``register(kind, provider_class)``,
-    each a :class:`~ucore.devices.DeviceProvider`.
+    each a :class:`~ucore.plugins.devices.DeviceProvider`.
 
     A provider serves the requests of one kind (``--device nvidia.com/gpu=0``; see
-    :mod:`ucore.devices`). The class has ``kind`` and optional ``aliases``; constructed with
+    :mod:`ucore.plugins.devices`). The class has ``kind`` and optional ``aliases``; constructed with
     the session, it offers ``prepare(container, spec, requests)``, which returns what
     :func:`ucore_prepare` returns plus an optional ``report`` (a JSON-able record of what was
     bound), and ``report(requests)`` for ``ucore info --devices`` (a JSON-able mapping whose
     ``summary`` lines are printed). It binds devices as engine-neutral values only, so every
-    engine honours it; it raises :class:`~ucore.errors.DeviceError` for a device the host
+    engine honours it; it raises :class:`~ucore.values.errors.DeviceError` for a device the host
     lacks. Providers are collected only when a run asks for devices.
 
     :param register: the device-provider registry.
@@ -107,7 +107,7 @@ def ucore_fetch(ref: ImageRef, store: Store, session: Session) -> Optional[Image
     """Fetch an image into the store and return it. Stops at first non-None result.
 
     The builtin registry client is ``trylast``, so a mirror or cache plugin that returns an
-    :class:`~ucore.oci.Image` first wins. Implementations must verify everything they store.
+    :class:`~ucore.values.oci.Image` first wins. Implementations must verify everything they store.
 
     :param ref: the fully qualified reference to fetch.
     :param store: the local store to publish blobs and the reference into.
@@ -147,13 +147,13 @@ def ucore_prepare(container: Container, spec: RunSpec, session: Session) -> Opti
                 "env": {"SCRATCH": "/scratch"},
             }
 
-    A value of the wrong type (a mount that is not a :class:`~ucore.model.Mount`) fails the
-    run with a :class:`~ucore.errors.PluginError` naming it.
+    A value of the wrong type (a mount that is not a :class:`~ucore.values.model.Mount`) fails the
+    run with a :class:`~ucore.values.errors.PluginError` naming it.
 
     :param container: the container about to run.
     :param spec: the run specification built from the image config and the command line.
     :param session: the running session.
-    :returns: a :class:`~ucore.model.Preparation` (any of ``mounts``, ``devices`` and
+    :returns: a :class:`~ucore.values.model.Preparation` (any of ``mounts``, ``devices`` and
         ``env``), or None.
     """
 
@@ -180,5 +180,5 @@ def ucore_event(event: Event) -> None:
 
     Called synchronously, possibly from download threads: keep it fast and thread-safe.
 
-    :param event: a frozen :class:`~ucore.events.Event`; ``event.name`` is its dotted kind.
+    :param event: a frozen :class:`~ucore.values.events.Event`; ``event.name`` is its dotted kind.
     """

@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from ucore.errors import UsageError
-from ucore.model import Mount
+from ucore.values.errors import UsageError
+from ucore.values.model import Mount
 
 if TYPE_CHECKING:
     import ctypes

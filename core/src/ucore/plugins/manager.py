@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 
 import pluggy
 
-from ucore import __version__, hookspecs
+from ucore import __version__
 from ucore.log import get_logger
+from ucore.plugins import hookspecs
 
 log = get_logger(__name__)
 
@@ -23,7 +24,7 @@ ENTRY_POINT_GROUP = "ucore"
 #: name -> module of the plugins the core always registers (blockable like any other).
 BUILTIN = {
     "registry": "ucore.builtin.registry.plugin",
-    "unpack": "ucore.builtin.unpack.plugin",
+    "unpack": "ucore.builtin.unpack",
     "execute": "ucore.builtin.execute",
     "devices": "ucore.builtin.devices",
 }

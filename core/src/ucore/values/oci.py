@@ -5,7 +5,7 @@ field that comes from outside validated before any path or URL is built from it.
 frozen attrs classes whose validators hold the rules, so a value built directly (a plugin's
 ``Digest(hexdigest)``, ``ImageRef(host, repo, tag)``) is checked as one parsed from text is,
 and converters normalise what may arrive in several shapes (descriptor URLs, annotations).
-The values a *run* needs live in :mod:`ucore.model`; these (and attrs) stay out of
+The values a *run* needs live in :mod:`ucore.values.model`; these (and attrs) stay out of
 ``ucore run``'s start-up, which never touches a registry or a manifest unless it must pull or
 create.
 """
@@ -18,7 +18,7 @@ from typing import Any, Optional
 import attrs
 
 from ucore.config import DOCKER_HUB
-from ucore.errors import IntegrityError, UsageError
+from ucore.values.errors import IntegrityError, UsageError
 
 #: Where Docker Hub's registry API is actually served.
 DOCKER_HUB_API = "registry-1.docker.io"

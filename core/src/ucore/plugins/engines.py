@@ -15,7 +15,7 @@ from ``docs/examples/engine_tutorial``)::
         def refuses(self, container) -> str | None: ...  # optional: this image, here
         def run(self, container, spec) -> int: ...
 
-The core turns every :class:`~ucore.model.Mount`, :class:`~ucore.model.DeviceNode` and
+The core turns every :class:`~ucore.values.model.Mount`, :class:`~ucore.values.model.DeviceNode` and
 environment entry into the run spec; the engine only translates the spec into its own terms.
 """
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Optional, Protocol
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, RunSpec
 
 
 class Engine(Protocol):
@@ -75,7 +75,7 @@ class Engine(Protocol):
 
         ``spec`` is complete: the image config, the command line and every plugin's
         ``ucore_prepare`` merged, mount targets already resolved inside the root. Start the
-        engine's process with :func:`ucore.spawn.run`, which passes ``SIGTERM`` and
+        engine's process with :func:`ucore.running.spawn.run`, which passes ``SIGTERM`` and
         ``SIGINT`` on and reports ``128 + N`` after signal ``N``, as every engine does; raise
-        a :class:`~ucore.errors.UcoreError` for what stops the run before it starts.
+        a :class:`~ucore.values.errors.UcoreError` for what stops the run before it starts.
         """

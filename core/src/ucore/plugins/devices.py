@@ -20,13 +20,13 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
-from ucore.errors import UsageError
-from ucore.model import DeviceRequest
-from ucore.registration import Registry
+from ucore.plugins.registration import Registry
+from ucore.values.errors import UsageError
+from ucore.values.model import DeviceRequest
 
 if TYPE_CHECKING:
-    from ucore.model import Container, RunSpec
     from ucore.session import Session
+    from ucore.values.model import Container, RunSpec
 
 
 class DeviceProvider(Protocol):
@@ -42,9 +42,9 @@ class DeviceProvider(Protocol):
     def prepare(
         self, container: Container, spec: RunSpec, requests: Sequence[DeviceRequest]
     ) -> Optional[Mapping[str, Any]]:
-        """What :func:`~ucore.hookspecs.ucore_prepare` returns (a
-        :class:`~ucore.model.Preparation`) plus an optional ``report``, a JSON-able record of
-        what was bound; raise :class:`~ucore.errors.DeviceError` for a device the host
+        """What :func:`~ucore.plugins.hookspecs.ucore_prepare` returns (a
+        :class:`~ucore.values.model.Preparation`) plus an optional ``report``, a JSON-able record of
+        what was bound; raise :class:`~ucore.values.errors.DeviceError` for a device the host
         lacks."""
 
     def report(self, requests: Sequence[DeviceRequest]) -> Mapping[str, Any]:
@@ -98,7 +98,7 @@ class Providers:
             return request._replace(kind=self._aliases[request.kind])
         where = request.origin or request.kind
         if request.kind in KNOWN_KINDS:
-            from ucore.errors import PluginError
+            from ucore.values.errors import PluginError
 
             dist = KNOWN_KINDS[request.kind]
             raise PluginError(
@@ -138,7 +138,7 @@ def requests(
 def _recorded(texts: Iterable[str]) -> list[DeviceRequest]:
     """The container's recorded requests; one ucore could not have written is a damaged
     record (exit 7), which ``setup --nodevice`` replaces."""
-    from ucore.errors import StoreError
+    from ucore.values.errors import StoreError
 
     out = []
     for text in texts:

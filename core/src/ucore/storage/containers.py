@@ -19,16 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ucore import leases
-from ucore.builtin.unpack.rootfs import DIR_FLAGS
-from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
-from ucore.model import Container
-from ucore.store import _STALE_FOREIGN, HOST, pid_alive, read_record, store_error
+from ucore.storage import leases
+from ucore.storage.rootfs import DIR_FLAGS
+from ucore.storage.store import _STALE_FOREIGN, HOST, pid_alive, read_record, store_error
+from ucore.values.errors import IntegrityError, NotFoundError, StoreError, UsageError
+from ucore.values.model import Container
 
 if TYPE_CHECKING:
-    from ucore.oci import Image
     from ucore.session import Session
-    from ucore.store import Store
+    from ucore.storage.store import Store
+    from ucore.values.oci import Image
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -260,7 +260,7 @@ def create(session: Session, image: Image, name: Optional[str] = None) -> Contai
             root = session.hook.ucore_unpack(image=image, dest=staging / "ROOT", session=session)
         if root is None:
             raise IntegrityError("no plugin could unpack the image (is 'unpack' blocked?)")
-        from ucore.manifest import MAX_CONFIG
+        from ucore.storage.manifest import MAX_CONFIG
 
         (staging / IMAGE_CONFIG).write_bytes(store.read_blob(image.config_digest, MAX_CONFIG))
         _write_meta(
@@ -386,7 +386,7 @@ def _locked(store: Store, container: Container, exclusive: bool) -> Iterator[boo
     (not renamed away by an rm that held the lock meanwhile).
 
     Where the filesystem cannot lock (some NFS), runs and rm each hold a lease
-    (:mod:`ucore.leases`) in the directory instead and then look for the other side's: of a
+    (:mod:`ucore.storage.leases`) in the directory instead and then look for the other side's: of a
     run and an rm starting at once, at least one sees the other and backs off."""
     import fcntl
 
@@ -572,8 +572,8 @@ def size_of(container: Container) -> int:
 
 
 def clone(session: Session, source: Container, name: Optional[str] = None) -> Container:
-    """Copy a container into a new one, as it is (see :func:`ucore.treewalk.copy_tree`)."""
-    from ucore.treewalk import copy_tree
+    """Copy a container into a new one, as it is (see :func:`ucore.storage.treewalk.copy_tree`)."""
+    from ucore.storage.treewalk import copy_tree
 
     store = session.store
     with _new_container(store, name, f"cloning container {source.id}") as (cid, staging):

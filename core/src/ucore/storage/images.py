@@ -6,11 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from ucore import manifest as mf
-from ucore.errors import IntegrityError, NotFoundError, StoreError, UsageError
 from ucore.log import get_logger
-from ucore.oci import Descriptor, Digest, Image, ImageRef, Platform, names_registry, split_registry
-from ucore.store import Store
+from ucore.storage import manifest as mf
+from ucore.storage.store import Store
+from ucore.values.errors import IntegrityError, NotFoundError, StoreError, UsageError
+from ucore.values.oci import (
+    Descriptor,
+    Digest,
+    Image,
+    ImageRef,
+    Platform,
+    names_registry,
+    split_registry,
+)
 
 log = get_logger(__name__)
 
@@ -23,7 +31,7 @@ def lookup(store: Store, text: str, default_registry: str) -> ImageRef:
     """Find a stored image: the exact reference first; then, for a name typed without a
     registry, the one stored image of that name pulled from any registry (as udocker users
     expect after ``pull --registry=…``). The site store's images are found too, unless the
-    user's store has one of the same name (see :mod:`ucore.store`)."""
+    user's store has one of the same name (see :mod:`ucore.storage.store`)."""
     ref = parse_ref(text, default_registry)
     if store.has_ref(ref):
         return ref
@@ -239,8 +247,8 @@ def _verify_diff_ids(store: Store, image: Image) -> list[str]:
     """A pull checks each blob against its digest, but nothing checks the uncompressed
     content of a layer that arrived otherwise (``load``, a registry that lies) until a
     ``create`` unpacks it. Bounded like an unpack, so a decompression bomb ends."""
-    from ucore.builtin.unpack.extract import Limits
-    from ucore.builtin.unpack.stream import BadLayer, LayerStream
+    from ucore.storage.extract import Limits
+    from ucore.storage.stream import BadLayer, LayerStream
 
     try:
         ids = mf.config_diff_ids(read_config(store, image))

@@ -1,7 +1,7 @@
 """Applying image layers to a root filesystem (safety rules 1 to 8 for unpacking).
 
 :mod:`tarfile` is used only to parse the stream (mode ``"r|"``); every file operation goes
-through :class:`~ucore.builtin.unpack.rootfs.RootFS`, relative to a directory descriptor inside
+through :class:`~ucore.storage.rootfs.RootFS`, relative to a directory descriptor inside
 the root and without following the final component. The bytes are hashed as they are read: the
 compressed stream against the layer's digest, the tar stream against its ``diff_id``, both read
 to the end after the last entry, so that a layer is only ever accepted whole.
@@ -25,14 +25,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, cast
 
-from ucore.builtin.unpack.rootfs import DIR_FLAGS, Dir, PathError, RootFS, join, show
-from ucore.builtin.unpack.stream import BadLayer, LayerStream
-from ucore.errors import IntegrityError, NotFoundError
-from ucore.images import read_config
 from ucore.log import get_logger
-from ucore.manifest import config_diff_ids
-from ucore.oci import Descriptor, Digest, Image
-from ucore.store import Store, store_error
+from ucore.storage.images import read_config
+from ucore.storage.manifest import config_diff_ids
+from ucore.storage.rootfs import DIR_FLAGS, Dir, PathError, RootFS, join, show
+from ucore.storage.store import Store, store_error
+from ucore.storage.stream import BadLayer, LayerStream
+from ucore.values.errors import IntegrityError, NotFoundError
+from ucore.values.oci import Descriptor, Digest, Image
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from ucore.builtin.unpack.rootfs import DIR_FLAGS, MAX_LINKS
+from ucore.storage.rootfs import DIR_FLAGS, MAX_LINKS
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: Where the engines show host objects, not the image's: the host's processes (``/proc/self/fd/N``

@@ -17,8 +17,8 @@ import threading
 import zlib
 from typing import BinaryIO, Union, cast
 
-from ucore.layers import compression, open_decompressed
-from ucore.oci import Digest
+from ucore.storage.layers import compression, open_decompressed
+from ucore.values.oci import Digest
 
 _CHUNK = 1 << 20
 #: Chunks decompressed ahead of the parser (memory: this many megabytes at most).
@@ -56,8 +56,8 @@ class _Digesting:
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        """Rewind to the start only (:func:`ucore.layers.open_decompressed` peeks at the magic
-        bytes): what was hashed is forgotten."""
+        """Rewind to the start only (:func:`ucore.storage.layers.open_decompressed` peeks at the
+        magic bytes): what was hashed is forgotten."""
         if (offset, whence) != (0, os.SEEK_SET):
             raise OSError(errno.ESPIPE, "only a rewind is supported")
         self._raw.seek(0)

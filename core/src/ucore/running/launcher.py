@@ -2,7 +2,7 @@
 
 A host launcher (``mpirun``, ``srun --mpi=pmix``) starts ``ucore run`` once per rank, and the
 MPI library inside the image must find its peers as a native rank would. The environment
-passes already (:data:`ucore.runspec.PASS_ENV`), the engines share the host's network, PIDs,
+passes already (:data:`ucore.running.runspec.PASS_ENV`), the engines share the host's network, PIDs,
 IPC and ``/dev/shm``; what is left are the *rendezvous directories*: the launcher's PMIx server
 keeps its shared-memory data store and lock files there, and Open MPI the job's session
 directory. Every rank that cannot open them prints ``PMIX ERROR: ... gds_ds12_lock_pthread.c``
@@ -43,7 +43,7 @@ import os
 import posixpath
 from collections.abc import Mapping
 
-from ucore.model import Mount
+from ucore.values.model import Mount
 
 #: The variables that name a rendezvous directory, in the order they are bound.
 RENDEZVOUS = (

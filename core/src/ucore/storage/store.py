@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import quote, unquote
 
-from ucore.errors import IntegrityError, NotFoundError, StoreError
 from ucore.log import get_logger
+from ucore.values.errors import IntegrityError, NotFoundError, StoreError
 
 if TYPE_CHECKING:
     import hashlib
 
     # Imported where values are built: ``ucore run`` opens the store but builds no digest.
-    from ucore.oci import Digest, ImageRef
+    from ucore.values.oci import Digest, ImageRef
 
 log = get_logger(__name__)
 
@@ -64,8 +64,8 @@ def _sha256(data: bytes = b"") -> hashlib._Hash:
 
 
 def _digest(hasher: hashlib._Hash) -> Digest:
-    """The digest a finished sha256 names (:mod:`ucore.oci` too is imported only here)."""
-    from ucore.oci import Digest
+    """The digest a finished sha256 names (:mod:`ucore.values.oci` too is imported only here)."""
+    from ucore.values.oci import Digest
 
     return Digest(hasher.hexdigest())
 
@@ -564,10 +564,10 @@ class Store:
     @contextlib.contextmanager
     def _leased(self, name: str, exclusive: bool) -> Iterator[bool]:
         """:meth:`shared_lock` without ``flock``: readers (pull, create, import, load) and
-        writers (prune, rmi) each hold a lease (:mod:`ucore.leases`) and then look for the
+        writers (prune, rmi) each hold a lease (:mod:`ucore.storage.leases`) and then look for the
         other side's. A writer that finds a reader gives up, as it never waits; a reader that
         finds a writer waits for it to finish, as ``LOCK_SH`` would."""
-        from ucore import leases
+        from ucore.storage import leases
 
         with leases.held(self.locks, f"{name}.{'writer' if exclusive else 'reader'}"):
             if exclusive:
@@ -668,7 +668,7 @@ class Store:
         except FileNotFoundError:
             return False
         except IsADirectoryError:  # made in its place by hand: ``rmi -f`` still clears it
-            from ucore.containers import remove_tree
+            from ucore.storage.containers import remove_tree
 
             remove_tree(path)
         except OSError as exc:
@@ -678,9 +678,9 @@ class Store:
     def list_refs(self) -> list[tuple[ImageRef, Optional[dict[str, Any]]]]:
         """Every reference of this store (not the site store's: what ``prune`` and ``rmi``
         keep blobs for) with its record; None for one that cannot be read, so that one
-        damaged reference does not hide the others (:func:`ucore.images.load` of it says
+        damaged reference does not hide the others (:func:`ucore.storage.images.load` of it says
         what is wrong)."""
-        from ucore.oci import ImageRef
+        from ucore.values.oci import ImageRef
 
         out: list[tuple[ImageRef, Optional[dict[str, Any]]]] = []
         for entry in sorted(self._names(self.refs)):
@@ -710,7 +710,7 @@ class Store:
     def list_blobs(self) -> list[tuple[Digest, int]]:
         """Every stored blob with its size. Entries not named by a sha256 digest, and
         directories (made by hand), are not blobs: ``prune`` leaves them alone."""
-        from ucore.oci import Digest
+        from ucore.values.oci import Digest
 
         out = []
         for name in self._names(self.blobs):

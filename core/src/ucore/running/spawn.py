@@ -24,7 +24,7 @@ import signal
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Callable, NamedTuple, Optional
 
-from ucore.errors import PluginError, UcoreError
+from ucore.values.errors import PluginError, UcoreError
 
 FORWARDED = (
     signal.SIGHUP,
@@ -164,7 +164,7 @@ def find_program(name: str, search: str) -> Optional[str]:
 
 
 def _cpus(cpuset: str) -> frozenset[int]:
-    from ucore.runspec import parse_cpuset  # here: a probe using run() parses no CPU list
+    from ucore.running.runspec import parse_cpuset  # here: a probe using run() parses no CPU list
 
     return parse_cpuset(cpuset)
 

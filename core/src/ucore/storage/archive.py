@@ -22,14 +22,14 @@ import tarfile
 import time
 from typing import IO, Any, Optional
 
-from ucore import images
-from ucore import manifest as mf
-from ucore.builtin.unpack.extract import open_stream
-from ucore.builtin.unpack.stream import BadLayer
-from ucore.errors import IntegrityError, UsageError
-from ucore.layers import compression, open_decompressed
-from ucore.oci import Descriptor, Digest, Image, ImageRef
-from ucore.store import Store, store_error
+from ucore.storage import images
+from ucore.storage import manifest as mf
+from ucore.storage.extract import open_stream
+from ucore.storage.layers import compression, open_decompressed
+from ucore.storage.store import Store, store_error
+from ucore.storage.stream import BadLayer
+from ucore.values.errors import IntegrityError, UsageError
+from ucore.values.oci import Descriptor, Digest, Image, ImageRef
 
 MAX_MEMBERS = 100_000
 MAX_SMALL = 16 << 20
@@ -155,7 +155,7 @@ def _platform_manifest(
         raise IntegrityError(f"archive blob {desc.digest} does not match its name")
     doc = mf.parse(store.read_blob(digest, mf.MAX_MANIFEST))
     if isinstance(doc, mf.Index):
-        from ucore.oci import Platform
+        from ucore.values.oci import Platform
 
         if in_index:
             raise IntegrityError("archive: nested image indexes are not supported")
@@ -206,7 +206,7 @@ def load(store: Store, stream: IO[bytes], tag: Optional[str] = None) -> list[Ima
 
     Whatever happens, blobs the archive brought that no image references are removed again,
     so a refused archive leaves the store as it was. What a killed load left in ``tmp/`` goes
-    first (see :func:`ucore.rootfs_archive.store_layer`).
+    first (see :func:`ucore.storage.rootfs_archive.store_layer`).
     """
     store.ensure().cleanup_tmp()
     contents = _Contents(store)

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from ucore.errors import IntegrityError, NotFoundError, RegistryError
-from ucore.oci import Descriptor, Digest, Platform
+from ucore.values.errors import IntegrityError, NotFoundError, RegistryError
+from ucore.values.oci import Descriptor, Digest, Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

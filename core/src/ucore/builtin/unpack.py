@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from ucore.hookspecs import hookimpl
+from ucore.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ucore.oci import Image
     from ucore.session import Session
+    from ucore.values.oci import Image
 
 
 @hookimpl(trylast=True)
 def ucore_unpack(image: Image, dest: Path, session: Session) -> Optional[Path]:
-    from ucore.builtin.unpack.extract import unpack_image
+    from ucore.storage.extract import unpack_image
 
     unpack_image(session.store, image, dest, stage=session.stage)
     return dest

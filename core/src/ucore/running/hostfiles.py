@@ -1,5 +1,5 @@
 """Private copies of host files a container sees: ``/etc/resolv.conf`` and ``/etc/host.conf``
-(name resolution, as udocker binds them), and the account files of :mod:`ucore.hostauth`.
+(name resolution, as udocker binds them), and the account files of :mod:`ucore.running.hostauth`.
 
 Docker gives each container a copy of the host's ``resolv.conf`` rather than the file itself,
 and so does ucore: bound read-write, the host's own file would be rewritten or removed by any
@@ -18,8 +18,8 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-from ucore import inroot
-from ucore.model import Mount
+from ucore.storage import inroot
+from ucore.values.model import Mount
 
 #: The host files a run shows in the container (when the host has them), by their path.
 NAME_FILES = ("/etc/resolv.conf", "/etc/host.conf")
@@ -85,7 +85,7 @@ def write_copy(state_dir: Path, name: str, data: bytes) -> Optional[Path]:
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return None
-        from ucore.store import store_error
+        from ucore.storage.store import store_error
 
         raise store_error(exc, f"writing the container's copy of {name}") from exc
     return path
