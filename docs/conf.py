@@ -36,7 +36,7 @@ nitpick_ignore_regex = [
     ("py:class", r"(argparse|pathlib|collections\.abc|typing|types|pluggy|threading)\..*"),
     ("py:class", r"(Path|Any|Optional|Callable|Iterator|Mapping|Sequence|ClassVar|NoneType)"),
     # The core's own plumbing, which a signature names but no plugin uses.
-    ("py:class", r"ucore\.plugins\.manager\..*"),
+    ("py:class", r"(ucore\.plugins\.manager\.)?Plugins"),
 ]
 
 

@@ -340,6 +340,7 @@ NOT_ON_THE_RUN_PATH = (
     "ucore.values.events",
     "ucore.storage.manifest",
     "ucore.storage.images",
+    "ucore.storage.extract",
     "ucore.builtin.registry.client",
     "hashlib",
     "shutil",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ucore.plugins import hookspecs
-from ucore.plugins.manager import get_plugin_manager
+from ucore.plugins.loading import get_plugin_manager
 from ucore.plugins.registration import Registry
 from ucore.values.errors import PluginError
 

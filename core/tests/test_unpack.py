@@ -17,7 +17,7 @@ import pytest
 
 from ucore.config import Config
 from ucore.plugins.hookspecs import hookimpl
-from ucore.plugins.manager import get_plugin_manager
+from ucore.plugins.loading import get_plugin_manager
 from ucore.session import Session
 from ucore.storage import images
 from ucore.storage.extract import Limits, modes_path, unpack_image

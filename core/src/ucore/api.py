@@ -182,7 +182,7 @@ class Ucore:
 def open_session(environ: Mapping[str, str], disabled: tuple[str, ...] = ()) -> Session:
     """A session on the store and plugins ``environ`` configures."""
     from ucore.config import Config
-    from ucore.plugins.manager import get_plugin_manager
+    from ucore.plugins.loading import get_plugin_manager
     from ucore.session import Session
 
     env = dict(environ)

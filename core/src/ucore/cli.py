@@ -222,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         from ucore.config import Config
         from ucore.log import configure_logging
-        from ucore.plugins.manager import get_plugin_manager
+        from ucore.plugins.loading import get_plugin_manager
 
         env_disabled = tuple(
             p.strip() for p in os.environ.get("UCORE_DISABLE_PLUGINS", "").split(",") if p.strip()

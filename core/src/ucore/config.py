@@ -36,15 +36,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from ucore.values.errors import UsageError
+from ucore.values.hub import DOCKER_HUB
 
 if TYPE_CHECKING:
     from ucore.values.oci import Platform
 
 #: The administrator's config file, read before the user's.
 SYSTEM_CONFIG = "/etc/ucore.conf"
-#: Docker Hub, the default registry (defined here, with the settings, so that loading them on
-#: every ``ucore run`` does not load the image values; :mod:`ucore.values.oci` uses it from here).
-DOCKER_HUB = "docker.io"
 
 _ENV = {
     "dir": "UCORE_DIR",

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ucore.config import Config
 from ucore.log import get_logger
-from ucore.plugins.manager import Plugins
 from ucore.plugins.registration import Registry
 from ucore.storage.store import Store
 from ucore.values.errors import PluginError, RegistryError
 
 if TYPE_CHECKING:
+    from ucore.plugins.manager import Plugins
+
     # Not needed to run a container: ``ucore run`` imports none of them unless it pulls.
     from ucore.values.events import Event
     from ucore.values.model import Container, Preparation, RunSpec

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ucore.builtin.registry import builtin_client
 from ucore.plugins.hookspecs import hookimpl
-from ucore.plugins.registration import builtin_client
 
 if TYPE_CHECKING:
     from ucore.plugins.registration import Registry

@@ -16,7 +16,7 @@ import pytest
 
 from ucore.config import Config
 from ucore.plugins.carried import Carried
-from ucore.plugins.manager import get_plugin_manager
+from ucore.plugins.loading import get_plugin_manager
 from ucore.session import Session
 from ucore.values.model import Container, Mount, RunSpec
 from ucore_proot import discover, seccomp

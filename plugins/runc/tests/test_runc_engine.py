@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ucore.config import Config
-from ucore.plugins.manager import get_plugin_manager
+from ucore.plugins.loading import get_plugin_manager
 from ucore.session import Session
 from ucore.values.errors import IntegrityError, PluginError, UsageError
 from ucore.values.model import Container, DeviceNode, Mount, RunSpec

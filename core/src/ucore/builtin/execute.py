@@ -103,7 +103,7 @@ class Engines:
                 self._probes[name] = self.engine(name).probe()
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    from ucore.storage.store import store_error
+                    from ucore.values.errors import store_error
 
                     # the disk's fault, not the engine's: no other engine would fare better
                     raise store_error(exc, f"probing engine {name}") from None

@@ -7,8 +7,8 @@ import getpass
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ucore.config import DOCKER_HUB
 from ucore.values.errors import UsageError
+from ucore.values.hub import DOCKER_HUB
 
 if TYPE_CHECKING:
     from ucore.session import Session

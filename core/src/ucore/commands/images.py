@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ucore.commands import add_registry_options
 from ucore.config import MAX_JOBS, positive_int
 from ucore.storage import images
+from ucore.storage.manifest import read_config
 from ucore.values.errors import IntegrityError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ def cmd_inspect(session: Session, args: argparse.Namespace) -> int:
             "index": str(image.index_digest) if image.index_digest else None,
             "platform": str(image.platform) if image.platform else None,
             "manifest": images.read_manifest(store, image),
-            "config": images.read_config(store, image),
+            "config": read_config(store, image),
         }
     )
     return 0

@@ -1,8 +1,12 @@
-"""Builds the plugin manager: hook specs, builtin plugins, then the ``ucore`` entry points.
+"""The plugin manager: pluggy's, plus what ``ucore plugins`` reports (versions, sources,
+failures), and the ``ucore`` entry points read without :mod:`importlib.metadata`.
 
 There is no module-global manager, so tests and embedding programs get independent ones. A
 plugin that fails to import is reported (``ucore plugins``) and skipped, never fatal: a site's
-broken GPU plugin must not stop a user from pulling images.
+broken GPU plugin must not stop a user from pulling images. Which specifications and builtin
+plugins a manager holds is :mod:`ucore.plugins.loading`'s business: this module knows neither,
+so the session and the hook specifications (which name each other's types) never import it
+back.
 """
 
 from __future__ import annotations
@@ -10,32 +14,25 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import pluggy
 
-from ucore import __version__
 from ucore.log import get_logger
-from ucore.plugins import hookspecs
 
 log = get_logger(__name__)
 
 ENTRY_POINT_GROUP = "ucore"
-#: name -> module of the plugins the core always registers (blockable like any other).
-BUILTIN = {
-    "registry": "ucore.builtin.registry.plugin",
-    "unpack": "ucore.builtin.unpack",
-    "execute": "ucore.builtin.execute",
-    "devices": "ucore.builtin.devices",
-}
 
 
 class Plugins:
     """The plugin manager plus what ``ucore plugins`` reports: versions, sources, failures."""
 
-    def __init__(self, disabled: tuple[str, ...] = ()) -> None:
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
-        self.pm.add_hookspecs(hookspecs)
+    def __init__(self, specs: ModuleType, disabled: tuple[str, ...] = ()) -> None:
+        """``specs``: the module of hook specifications, whose ``PROJECT`` names the project."""
+        self.pm = pluggy.PluginManager(specs.PROJECT)
+        self.pm.add_hookspecs(specs)
         self.disabled = tuple(disabled)
         self.sources: dict[str, tuple[str, str]] = {}
         self.failed: dict[str, str] = {}
@@ -47,11 +44,6 @@ class Plugins:
             return
         self.pm.register(plugin, name=name)
         self.sources[name] = (source, version)
-
-    def load_builtins(self) -> None:
-        for name, module in BUILTIN.items():
-            if not self.pm.is_blocked(name):
-                self.register(importlib.import_module(module), name, "ucore (builtin)", __version__)
 
     def load_entry_points(self) -> None:
         for ep in entry_points(ENTRY_POINT_GROUP):
@@ -203,14 +195,3 @@ def _section(text: str, header: str) -> list[tuple[str, str]]:
             name, _, value = line.partition("=")
             pairs.append((name.strip(), value.strip()))
     return pairs
-
-
-def get_plugin_manager(disabled: tuple[str, ...] = (), entry_points: bool = True) -> Plugins:
-    """Specs, builtins, installed plugins; a plugin implementing a hook that does not exist
-    (a misspelt name) is reported and skipped (:meth:`Plugins.drop_unknown_hooks`)."""
-    plugins = Plugins(disabled)
-    plugins.load_builtins()
-    if entry_points:
-        plugins.load_entry_points()
-    plugins.drop_unknown_hooks()
-    return plugins

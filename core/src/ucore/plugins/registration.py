@@ -14,18 +14,8 @@ import pluggy
 from ucore.values.errors import PluginError
 
 if TYPE_CHECKING:
-    from ucore.session import Session
     from ucore.storage.store import Store
     from ucore.values.oci import Image, ImageRef
-
-
-def builtin_client(session: Session) -> Any:
-    """The builtin Docker/OCI distribution client, for a mirror or cache plugin to fetch
-    through: ``builtin_client(session).pull(ref, store, source="mirror.site:5000")`` fetches
-    ``ref`` from the mirror, verified as any pull, and stores it under ``ref``'s own name."""
-    from ucore.builtin.registry.client import DistributionClient
-
-    return DistributionClient(session)
 
 
 class RegistryClient(Protocol):

@@ -85,7 +85,7 @@ def write_copy(state_dir: Path, name: str, data: bytes) -> Optional[Path]:
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return None
-        from ucore.storage.store import store_error
+        from ucore.values.errors import store_error
 
         raise store_error(exc, f"writing the container's copy of {name}") from exc
     return path

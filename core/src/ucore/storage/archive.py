@@ -26,9 +26,9 @@ from ucore.storage import images
 from ucore.storage import manifest as mf
 from ucore.storage.extract import open_stream
 from ucore.storage.layers import compression, open_decompressed
-from ucore.storage.store import Store, store_error
+from ucore.storage.store import Store
 from ucore.storage.stream import BadLayer
-from ucore.values.errors import IntegrityError, UsageError
+from ucore.values.errors import IntegrityError, UsageError, store_error
 from ucore.values.oci import Descriptor, Digest, Image, ImageRef
 
 MAX_MEMBERS = 100_000

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, cast
 
 from ucore.log import get_logger
-from ucore.storage.images import read_config
-from ucore.storage.manifest import config_diff_ids
+from ucore.storage.manifest import config_diff_ids, read_config
 from ucore.storage.rootfs import DIR_FLAGS, Dir, PathError, RootFS, join, show
-from ucore.storage.store import Store, store_error
+from ucore.storage.store import Store
 from ucore.storage.stream import BadLayer, LayerStream
-from ucore.values.errors import IntegrityError, NotFoundError
+from ucore.values.errors import IntegrityError, NotFoundError, store_error
 from ucore.values.oci import Descriptor, Digest, Image
 
 if TYPE_CHECKING:

@@ -90,10 +90,6 @@ def read_manifest(store: Store, image: Image) -> dict[str, Any]:
     return mf.parse_config(store.read_blob(image.manifest_digest, mf.MAX_MANIFEST))
 
 
-def read_config(store: Store, image: Image) -> dict[str, Any]:
-    return mf.parse_config(store.read_blob(image.config_digest, mf.MAX_CONFIG))
-
-
 def blobs_of(image: Image) -> set[Digest]:
     found = {image.manifest_digest, image.config_digest, *(d.digest for d in image.layers)}
     if image.index_digest:
@@ -251,7 +247,7 @@ def _verify_diff_ids(store: Store, image: Image) -> list[str]:
     from ucore.storage.stream import BadLayer, LayerStream
 
     try:
-        ids = mf.config_diff_ids(read_config(store, image))
+        ids = mf.config_diff_ids(mf.read_config(store, image))
     except IntegrityError as exc:
         return [f"config {image.config_digest}: {exc}"]
     if len(ids) != len(image.layers):

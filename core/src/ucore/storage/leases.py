@@ -23,7 +23,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from ucore.storage.store import _STALE_FOREIGN, HOST, pid_alive, store_error
+from ucore.values.errors import store_error
+
+#: This host in temporary and state names, so that nodes sharing a store (NFS) tell their own
+#: leftovers from another node's live ones.
+HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
+#: What a process on another host left (a partial download, a lease) is stale after this long.
+STALE_FOREIGN = 24 * 3600
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still has ``pid`` (whoever owns it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 _OWNER = re.compile(r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}")
 
@@ -69,6 +87,6 @@ def others(directory: Path, prefix: str, mine: str = "") -> list[str]:
 
 def _recent(path: Path) -> bool:
     try:
-        return time.time() - os.lstat(path).st_mtime < _STALE_FOREIGN
+        return time.time() - os.lstat(path).st_mtime < STALE_FOREIGN
     except FileNotFoundError:
         return False

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ucore.values.errors import IntegrityError, NotFoundError, RegistryError
 from ucore.values.oci import Descriptor, Digest, Platform
+
+if TYPE_CHECKING:
+    from ucore.storage.store import Store
+    from ucore.values.oci import Image
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -181,6 +185,11 @@ def parse_config(raw: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise IntegrityError("image config is not a JSON object")
     return doc
+
+
+def read_config(store: Store, image: Image) -> dict[str, Any]:
+    """A stored image's config, read from its blob bounded and parsed."""
+    return parse_config(store.read_blob(image.config_digest, MAX_CONFIG))
 
 
 def config_diff_ids(config: dict[str, Any]) -> list[Digest]:

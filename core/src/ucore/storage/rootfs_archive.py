@@ -38,10 +38,10 @@ from ucore.storage import manifest as mf
 from ucore.storage.archive import LAYER_TYPES
 from ucore.storage.extract import open_stream
 from ucore.storage.layers import compression
-from ucore.storage.store import Store, store_error
+from ucore.storage.store import Store
 from ucore.storage.stream import BadLayer
 from ucore.storage.treewalk import Walker
-from ucore.values.errors import IntegrityError, StoreError, UcoreError, UsageError
+from ucore.values.errors import IntegrityError, StoreError, UcoreError, UsageError, store_error
 from ucore.values.model import Container
 from ucore.values.oci import Descriptor, Digest, Image, ImageRef, Platform
 

@@ -34,7 +34,9 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import quote, unquote
 
 from ucore.log import get_logger
-from ucore.values.errors import IntegrityError, NotFoundError, StoreError
+from ucore.storage import leases
+from ucore.storage.leases import HOST, STALE_FOREIGN, pid_alive
+from ucore.values.errors import IntegrityError, NotFoundError, StoreError, store_error
 
 if TYPE_CHECKING:
     import hashlib
@@ -44,13 +46,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-#: This host in temporary and state names, so that nodes sharing a store (NFS) tell their own
-#: leftovers from another node's live ones.
-HOST = re.sub(r"[^A-Za-z0-9-]", "_", os.uname().nodename)[:64] or "host"
 _PART = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.part")
 _OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.(?:part|[0-9a-f]{8}\.tmp)$")
-#: A partial download left by a process on another host is removed after this long.
-_STALE_FOREIGN = 24 * 3600
 _CHUNK = 1 << 20
 #: A reference or container record larger than this was not written by ucore.
 MAX_RECORD = 1 << 20
@@ -70,17 +67,6 @@ def _digest(hasher: hashlib._Hash) -> Digest:
     return Digest(hasher.hexdigest())
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host still has ``pid`` (whoever owns it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_record(path: Path, what: str) -> Any:
     """A small JSON file of the store (a reference, a container's metadata), bounded: a
     damaged one, whatever it holds (garbage, a directory, gigabytes), is one StoreError naming
@@ -98,15 +84,6 @@ def read_record(path: Path, what: str) -> Any:
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise StoreError(f"unreadable {what}: {reason}") from None
-
-
-def store_error(exc: OSError, what: str) -> StoreError:
-    """Turn an OSError into the one-line message a user can act on."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"disk full or quota exceeded while {what}")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(f"permission denied while {what}: {exc.filename or ''}".rstrip(": "))
-    return StoreError(f"store error while {what}: {exc.strerror or exc}")
 
 
 #: What ``flock`` answers on a filesystem that cannot lock at all (NFS mounted ``nolock`` or
@@ -414,9 +391,9 @@ class Store:
             if m and m["host"] == HOST:
                 if pid_alive(int(m["pid"])):
                     continue
-                if _PART.fullmatch(entry.name) and age < _STALE_FOREIGN:
+                if _PART.fullmatch(entry.name) and age < STALE_FOREIGN:
                     continue
-            elif age < _STALE_FOREIGN:
+            elif age < STALE_FOREIGN:
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
@@ -518,7 +495,7 @@ class Store:
         elif host == HOST:
             stale = not (pid.isdigit() and pid_alive(int(pid)))
         else:
-            stale = age > _STALE_FOREIGN
+            stale = age > STALE_FOREIGN
         if not stale:
             return text or "another process"
         aside = self.tmp / f"{path.name}.{HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -567,8 +544,6 @@ class Store:
         writers (prune, rmi) each hold a lease (:mod:`ucore.storage.leases`) and then look for the
         other side's. A writer that finds a reader gives up, as it never waits; a reader that
         finds a writer waits for it to finish, as ``LOCK_SH`` would."""
-        from ucore.storage import leases
-
         with leases.held(self.locks, f"{name}.{'writer' if exclusive else 'reader'}"):
             if exclusive:
                 yield not leases.others(self.locks, f"{name}.reader")
@@ -668,7 +643,7 @@ class Store:
         except FileNotFoundError:
             return False
         except IsADirectoryError:  # made in its place by hand: ``rmi -f`` still clears it
-            from ucore.storage.containers import remove_tree
+            from ucore.storage.trees import remove_tree
 
             remove_tree(path)
         except OSError as exc:

@@ -7,6 +7,8 @@ disk) is raised as a :class:`UcoreError` subclass; the CLI prints its message an
 
 from __future__ import annotations
 
+import errno
+
 
 class UcoreError(Exception):
     """Base class: ``str(err)`` is the one-line message shown to the user."""
@@ -49,6 +51,15 @@ class StoreError(UcoreError):
     """The local store cannot be written or read: disk full, quota, permissions."""
 
     exit_code = 7
+
+
+def store_error(exc: OSError, what: str) -> StoreError:
+    """Turn an OSError into the one-line message a user can act on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"disk full or quota exceeded while {what}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"permission denied while {what}: {exc.filename or ''}".rstrip(": "))
+    return StoreError(f"store error while {what}: {exc.strerror or exc}")
 
 
 class PluginError(UcoreError):

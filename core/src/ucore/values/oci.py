@@ -17,11 +17,8 @@ from typing import Any, Optional
 
 import attrs
 
-from ucore.config import DOCKER_HUB
 from ucore.values.errors import IntegrityError, UsageError
-
-#: Where Docker Hub's registry API is actually served.
-DOCKER_HUB_API = "registry-1.docker.io"
+from ucore.values.hub import DOCKER_HUB, DOCKER_HUB_API, DOCKER_HUB_INDEX
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
@@ -111,7 +108,7 @@ def split_registry(value: str) -> tuple[Optional[str], str]:
     host = value.strip().strip("/").split("/", 1)[0]
     if not host:
         raise UsageError(f"invalid registry {value!r}")
-    if host in ("index.docker.io", DOCKER_HUB_API):
+    if host in (DOCKER_HUB_INDEX, DOCKER_HUB_API):
         host = DOCKER_HUB
     return scheme, host
 
@@ -185,7 +182,7 @@ class ImageRef:
                     f"invalid default registry (--registry, UCORE_REGISTRY): {problem}"
                 )
             registry, path = default_registry, name
-        if registry in ("index.docker.io", DOCKER_HUB_API):
+        if registry in (DOCKER_HUB_INDEX, DOCKER_HUB_API):
             registry = DOCKER_HUB
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"

@@ -109,6 +109,7 @@ def _host_path(tree: Any) -> Optional[str]:
 def _root_of(session: Session, text: str) -> Iterator[Path]:
     """A container's root, or an image's unpacked into a scratch directory for the check."""
     from ucore.storage import containers, images
+    from ucore.storage.trees import remove_tree
 
     store = session.store
     container = containers.find(store, text)
@@ -137,7 +138,7 @@ def _root_of(session: Session, text: str) -> Iterator[Path]:
             raise IntegrityError("no plugin could unpack the image (is 'unpack' blocked?)")
         yield Path(root)
     finally:
-        containers.remove_tree(scratch)
+        remove_tree(scratch)
 
 
 def mode(session: Session) -> str:

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ucore.running import spawn
-from ucore.storage.containers import remove_tree
-from ucore.storage.store import HOST, pid_alive, store_error
-from ucore.values.errors import PluginError, StoreError, UcoreError
+from ucore.storage.leases import HOST, pid_alive
+from ucore.storage.trees import remove_tree
+from ucore.values.errors import PluginError, StoreError, UcoreError, store_error
 
 if TYPE_CHECKING:
     from ucore.storage.store import Store

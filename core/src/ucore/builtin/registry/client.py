@@ -19,13 +19,12 @@ import attrs
 
 from ucore.builtin.registry.credentials import Credentials
 from ucore.builtin.registry.transport import BROKEN, Transport, is_loopback, short_reason
-from ucore.config import DOCKER_HUB
 from ucore.log import get_logger
 from ucore.storage import manifest as mf
 from ucore.values.errors import IntegrityError, NotFoundError, RegistryError, UsageError
 from ucore.values.events import BlobFinished, BlobProgress, BlobStarted
+from ucore.values.hub import DOCKER_HUB, DOCKER_HUB_API
 from ucore.values.oci import (
-    DOCKER_HUB_API,
     Descriptor,
     Digest,
     Image,
@@ -65,6 +64,7 @@ class DistributionClient:
         self.config = session.config
 
     def handles(self, ref: ImageRef) -> bool:
+        """Every reference: this catch-all client is asked after every plugin's."""
         return True
 
     def check_login(self, server: str, user: str, password: str) -> None:
@@ -312,7 +312,7 @@ class DistributionClient:
     def pull(self, ref: ImageRef, store: Store, source: Optional[str] = None) -> Image:
         """Fetch ``ref`` into ``store``; with ``source`` (``host[:port]``) from that registry
         instead of ``ref``'s, the image still stored under ``ref``'s name (what a mirror or
-        cache plugin needs: ``registration.builtin_client``)."""
+        cache plugin needs: :func:`ucore.builtin.registry.builtin_client`)."""
         remote = attrs.evolve(ref, registry=source) if source else ref
         t = self.transport(remote)
         try:

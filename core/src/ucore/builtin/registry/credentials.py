@@ -16,11 +16,11 @@ import stat
 from pathlib import Path
 from typing import Any, Optional
 
-from ucore.config import DOCKER_HUB
 from ucore.log import get_logger
-from ucore.storage.store import Store, store_error
-from ucore.values.errors import StoreError, UsageError
-from ucore.values.oci import DOCKER_HUB_API, split_registry
+from ucore.storage.store import Store
+from ucore.values.errors import StoreError, UsageError, store_error
+from ucore.values.hub import DOCKER_HUB, DOCKER_HUB_API, DOCKER_HUB_INDEX
+from ucore.values.oci import split_registry
 
 log = get_logger(__name__)
 
@@ -32,7 +32,7 @@ MAX_FILE = 1 << 20
 
 
 def server_key(host: str) -> str:
-    if host in (DOCKER_HUB, DOCKER_HUB_API, "index.docker.io"):
+    if host in (DOCKER_HUB, DOCKER_HUB_API, DOCKER_HUB_INDEX):
         return DOCKER_HUB_KEY
     return host
 
