@@ -9,8 +9,13 @@ so the check needs nothing installed but the package itself.
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 import ucore
 
@@ -117,3 +122,31 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
             if other != layer and other not in ALLOWED[layer] and target != "ucore":
                 wrong.append(f"{name} -> {target}")
     assert wrong == []
+
+
+@pytest.mark.parametrize("package", ["ucore.values", "ucore.plugins"])
+def test_a_package_re_exports_each_name_it_lists(package: str) -> None:
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == sorted(module._NAMES)
+    for name, submodule in module._NAMES.items():
+        assert getattr(module, name) is getattr(
+            importlib.import_module(f"{package}.{submodule}"), name
+        )
+    with pytest.raises(AttributeError, match="no attribute 'Nonesuch'"):
+        module.Nonesuch  # noqa: B018 - the attribute access is the test
+
+
+def test_importing_a_value_loads_only_its_module() -> None:
+    """``from ucore.values import RunSpec`` is on ``ucore run``'s start-up path: it must not
+    load the image values (attrs) that the same package re-exports."""
+    script = (
+        "import sys\n"
+        "from ucore.values import RunSpec, PluginError\n"
+        "from ucore.plugins import hookimpl\n"
+        "print(sorted(m for m in ('attr', 'ucore.values.oci', 'ucore.values.events')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

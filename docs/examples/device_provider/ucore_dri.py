@@ -7,14 +7,13 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from ucore.plugins.hookspecs import hookimpl
-from ucore.values.errors import DeviceError
-from ucore.values.model import DeviceNode
+from ucore.plugins import hookimpl
+from ucore.values import DeviceError, DeviceNode
 
 if TYPE_CHECKING:
-    from ucore.plugins.registration import Registry
+    from ucore.plugins import Registry
     from ucore.session import Session
-    from ucore.values.model import Container, DeviceRequest, RunSpec
+    from ucore.values import Container, DeviceRequest, RunSpec
 
 DIRECTORY = "/dev/dri"
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ucore.plugins.hookspecs import hookimpl
+from ucore.plugins import hookimpl
 from ucore.running import spawn
 
 if TYPE_CHECKING:
-    from ucore.plugins.registration import Registry
+    from ucore.plugins import Registry
     from ucore.session import Session
-    from ucore.values.model import Container, RunSpec
+    from ucore.values import Container, RunSpec
 
 
 class TutorialEngine:

@@ -8,13 +8,13 @@ import os
 from typing import TYPE_CHECKING
 
 from ucore.builtin.registry import builtin_client
-from ucore.plugins.hookspecs import hookimpl
+from ucore.plugins import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.plugins.registration import Registry
+    from ucore.plugins import Registry
     from ucore.session import Session
     from ucore.storage.store import Store
-    from ucore.values.oci import Image, ImageRef
+    from ucore.values import Image, ImageRef
 
 
 class HubMirror:

@@ -31,11 +31,11 @@ import os
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ucore.running import mountpoints, spawn
-from ucore.values.errors import PluginError, UsageError
+from ucore.values import PluginError, UsageError
 
 if TYPE_CHECKING:
     from ucore.session import Session
-    from ucore.values.model import Container, RunSpec
+    from ucore.values import Container, RunSpec
 
 #: How long the probe's trial sandbox may take.
 _TRIAL_SECONDS = 10

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ucore.plugins.hookspecs import hookimpl
+from ucore.plugins import hookimpl
 
 if TYPE_CHECKING:
-    from ucore.plugins.registration import Registry
+    from ucore.plugins import Registry
 
 
 @hookimpl
