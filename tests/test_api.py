@@ -106,3 +106,19 @@ def test_a_run_leaves_the_embedding_programs_own_children_alone(
     flag = ctypes.c_int(-1)
     ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
     assert flag.value == 0
+
+
+def test_pass_env_is_read_from_the_environment_given(
+    tmp_path: Path, registry: RegistryServer, busybox_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch system's variables reach the container unless the settings say otherwise;
+    ``UCORE_PASS_ENV=`` (empty) in the environment the embedding program hands to
+    :class:`Ucore` turns that off, whatever the program's own environment says."""
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.delenv("UCORE_PASS_ENV", raising=False)
+    base = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", os.defpath)}
+    show = ["sh", "-c", "echo ${SLURM_JOB_ID:-none}"]
+    default = Ucore(tmp_path / "store", environ=base)
+    assert default.run(busybox_image, show, capture=True, remove=True).stdout == "77\n"
+    none = Ucore(tmp_path / "store", environ={**base, "UCORE_PASS_ENV": ""})
+    assert none.run(busybox_image, show, capture=True, remove=True).stdout == "none\n"

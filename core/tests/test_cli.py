@@ -130,6 +130,17 @@ def test_settings_layer_file_then_environment_then_flags(tmp_path: Path) -> None
     assert config.dir == tmp_path / "s"
 
 
+def test_pass_env_empty_in_the_environment_passes_none(tmp_path: Path) -> None:
+    """``UCORE_PASS_ENV=`` (set, empty) is "pass no variable", unlike other settings, whose
+    empty variable is unset; it is read from the environment given, not the process's own
+    (an embedding program passes its own to :class:`ucore.api.Ucore`)."""
+    env = {"UCORE_DIR": str(tmp_path / "s"), "UCORE_SYSTEM_CONFIG": str(tmp_path / "none")}
+    assert Config.load(env).pass_env is None
+    assert Config.load({**env, "UCORE_PASS_ENV": ""}).pass_env == ()
+    assert Config.load({**env, "UCORE_PASS_ENV": "A_*, B"}).pass_env == ("A_*", "B")
+    assert Config.load({**env, "UCORE_JOBS": ""}).jobs == Config.load(env).jobs
+
+
 def test_the_administrators_file_comes_first_and_the_users_wins(tmp_path: Path) -> None:
     """A site sets its store of images, a mirror and a default store for everyone in
     /etc/ucore.conf; what the user's own file, variables and flags say wins over it, and the

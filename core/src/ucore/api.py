@@ -291,12 +291,11 @@ def remove_image(session: Session, text: str) -> int:
 
 
 def pass_env(session: Session) -> tuple[str, ...]:
-    """The ``pass_env`` setting, else :data:`ucore.running.runspec.PASS_ENV`; ``UCORE_PASS_ENV=``
-    (empty) passes none."""
+    """The ``pass_env`` setting (read from the environment the session's settings were
+    loaded from: ``UCORE_PASS_ENV=``, empty, passes none), else
+    :data:`ucore.running.runspec.PASS_ENV`."""
     from ucore.running import runspec
 
-    if os.environ.get("UCORE_PASS_ENV") == "":
-        return ()
     configured = session.config.pass_env
     return runspec.PASS_ENV if configured is None else configured
 

@@ -148,6 +148,10 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "launcher_binds": _boolean("launcher_binds"),
 }
 
+#: Settings whose variable, set but empty, is a value and not "unset": ``UCORE_PASS_ENV=``
+#: passes no host variable at all.
+_EMPTY_IS_A_VALUE = frozenset({"pass_env"})
+
 
 class Config(NamedTuple):
     """The merged settings, immutable (a named tuple: see :mod:`ucore.values.model` for why)."""
@@ -198,7 +202,7 @@ class Config(NamedTuple):
         for name, section in _settings(path, values).items():
             sections[name] = {**sections.get(name, {}), **section}
         for key, var in _ENV.items():
-            if env.get(var):
+            if env.get(var) or (key in _EMPTY_IS_A_VALUE and var in env):
                 values[key] = _CONVERT[key](env[var])
         if options is not None:
             for key, convert in _CONVERT.items():
