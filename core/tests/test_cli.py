@@ -226,7 +226,8 @@ def test_command_table_matches_what_the_modules_define() -> None:
     """The start-up shortcut builds one module's parsers: its table must not drift."""
     import importlib
 
-    from ucore.cli import COMMAND_MODULES, COMMANDS, Parser, _common_options
+    from ucore.cli import COMMAND_MODULES, COMMANDS, _common_options
+    from ucore.commands.parsing import Parser
 
     found = {}
     for module in COMMAND_MODULES:

@@ -162,7 +162,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> dict[str, argpars
 
 
 def _run_common() -> argparse.ArgumentParser:
-    from ucore.cli import Parser
+    from ucore.commands.parsing import Parser
 
     common = Parser(add_help=False)
     common.add_argument(

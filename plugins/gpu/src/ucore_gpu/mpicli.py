@@ -40,7 +40,7 @@ def add_run_option(run: argparse.ArgumentParser) -> None:
 
 
 def add_command(commands: Any) -> None:
-    from ucore.cli import RawFormatter
+    from ucore.commands.parsing import RawFormatter
 
     mpi = commands.add_parser("mpi", help="check an image's MPI against the host's (ucore-gpu)")
     sub = mpi.add_subparsers(dest="mpi_command", metavar="COMMAND", parser_class=type(mpi))
