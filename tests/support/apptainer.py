@@ -7,7 +7,8 @@ newer glibc than this host's. So the S1 suite runs inside a Debian unstable root
 
 with Apptainer, ``squashfs-tools`` (``apptainer build`` of a SIF), ``uidmap`` (``--fakeroot``
 for a user with ``/etc/subuid`` entries), ``python3-venv`` (ucore installs into a venv there),
-``docker-registry`` and ``busybox-static`` (the suite's registry and busybox image). The tar is
+``docker-registry`` and ``busybox-static`` (the suite's registry and busybox image), and GNU
+``time`` (``bench/s1.py``). The tar is
 made and cached in ``$UCORE_TEST_CACHE`` as :mod:`debian`'s is; ``tests/setup-host.sh`` builds
 it once with ``python3 tests/support/apptainer.py``.
 
@@ -20,17 +21,19 @@ root for the root run). The network stays the host's.
 ``python3 tests/support/apptainer.py suite [pytest args]`` (the tox environment
 ``singularity``) does the whole run: unpack, install ucore and ucore-singularity into a venv
 inside, then the singularity tests as root and again as ``ucore-test``.
+``python3 tests/support/apptainer.py bench [args]`` runs ``bench/s1.py`` there as ``ucore-test``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,9 +52,10 @@ PACKAGES = (
     "docker-registry",
     "busybox-static",
     "ca-certificates",
+    "time",  # GNU time, which bench/s1.py's runner measures with
 )
 #: Bump whenever what goes into the tar changes.
-RECIPE = 1
+RECIPE = 2
 USER = "ucore-test"
 #: Where the checkout is seen inside (a copy: the unprivileged user cannot read /root).
 CHECKOUT = "/src"
@@ -180,8 +184,8 @@ def _pip_settings() -> tuple[dict[str, str], list[tuple[Path, str]]]:
 
 def _copy_checkout(source: Path, dest: Path) -> None:
     """What the suite needs of the checkout, readable by the test user."""
-    names = ["pyproject.toml", "VERSION", "core", "plugins/singularity", "tests/support"]
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".tox")
+    names = ["pyproject.toml", "VERSION", "core", "plugins/singularity", "tests/support", "bench"]
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".tox", ".cache")
     for name in names:
         src = source / name
         if src.is_dir():
@@ -192,9 +196,11 @@ def _copy_checkout(source: Path, dest: Path) -> None:
     subprocess.run(["chmod", "-R", "a+rX", str(dest)], check=True)
 
 
-def suite(pytest_args: Sequence[str]) -> int:
-    """Unpack the root, install ucore in a venv there, run the singularity tests as root and
-    as the unprivileged user; the worse exit status."""
+@contextlib.contextmanager
+def prepared_root() -> Iterator[Path]:
+    """An unpacked copy of the cached root with the checkout at :data:`CHECKOUT` and ucore
+    and ucore-singularity (and pytest) installed in a venv at :data:`VENV`, by root inside;
+    removed afterwards."""
     checkout = Path(__file__).resolve().parents[2]
     tar = apptainer_rootfs_tar()
     with tempfile.TemporaryDirectory(prefix="ucore-s1-", dir="/var/tmp") as scratch:
@@ -209,16 +215,30 @@ def suite(pytest_args: Sequence[str]) -> int:
         env = {"LANG": "C.UTF-8", **pip_env}
         code = _run(root, ["sh", "-c", f"cd {CHECKOUT} && {install}"], env, "root", pip_binds)
         if code:
-            return code
-        test = [f"{VENV}/bin/python", "-m", "pytest", "-p", "no:cacheprovider"]
-        test += ["--rootdir", CHECKOUT, "-c", f"{CHECKOUT}/pyproject.toml"]
-        test += ["plugins/singularity/tests", *pytest_args]
-        worst = 0
+            raise RuntimeError(f"installing ucore inside {root} failed (exit status {code})")
+        yield root
+
+
+def suite(pytest_args: Sequence[str]) -> int:
+    """The singularity tests as root and as the unprivileged user; the worse exit status."""
+    test = [f"{VENV}/bin/python", "-m", "pytest", "-p", "no:cacheprovider"]
+    test += ["--rootdir", CHECKOUT, "-c", f"{CHECKOUT}/pyproject.toml"]
+    test += ["plugins/singularity/tests", *pytest_args]
+    worst = 0
+    with prepared_root() as root:
         for user in ("root", USER):
             print(f"== the singularity tests as {user}, Apptainer inside {SUITE}", flush=True)
             cmd = ["sh", "-c", f'cd {CHECKOUT} && exec "$@"', "sh", *test]
             worst = max(worst, _run(root, cmd, {"LANG": "C.UTF-8"}, user))
     return worst
+
+
+def bench(args: Sequence[str]) -> int:
+    """``bench/s1.py`` inside, as the unprivileged user."""
+    with prepared_root() as root:
+        cmd = ["sh", "-c", f'cd {CHECKOUT}/bench && exec "$@"', "sh", f"{VENV}/bin/python"]
+        env = {"LANG": "C.UTF-8", "PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin"}
+        return _run(root, [*cmd, "s1.py", *args], env, USER)
 
 
 def _run(
@@ -235,6 +255,8 @@ def _run(
 def main() -> int:
     if sys.argv[1:2] == ["suite"]:
         return suite(sys.argv[2:])
+    if sys.argv[1:2] == ["bench"]:
+        return bench(sys.argv[2:])
     return debian.script_main(rootfs_tar_path(), _build, "debootstrap needs it")
 
 
