@@ -206,6 +206,14 @@ def prepared_root() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="ucore-s1-", dir="/var/tmp") as scratch:
         root = bullseye.extract(tar, Path(scratch) / "root")
         (root / "etc/resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
+        # The tar leaves the time zones out, so /etc/localtime dangles; the runtime binds it
+        # (a default "bind path") into every container, its own SIF extraction's included,
+        # and fails on a missing source. The host's zone, as a file, is what a host has. (The
+        # link is absolute: Path.exists would follow it on this host, so it is not asked.)
+        localtime = root / "etc/localtime"
+        if Path("/etc/localtime").exists():
+            localtime.unlink(missing_ok=True)
+            localtime.write_bytes(Path("/etc/localtime").read_bytes())
         _copy_checkout(checkout, root / CHECKOUT.lstrip("/"))
         pip_env, pip_binds = _pip_settings()
         install = (

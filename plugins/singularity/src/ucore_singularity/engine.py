@@ -27,13 +27,12 @@ runtime's process itself.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ucore import mountpoints, spawn
 from ucore.errors import PluginError, UsageError
 from ucore_singularity.discover import Discovery, Runtime, locate
-
-from pathlib import Path
 
 if TYPE_CHECKING:
     from ucore.model import Container, RunSpec
@@ -54,9 +53,9 @@ GPU_OPTIONS = {"nv": "--nv", "rocm": "--rocm", "binds": ""}
 class SingularityEngine:
     name: ClassVar[str] = "singularity"
     aliases: ClassVar[tuple[str, ...]] = ("S1", "apptainer")
-    #: After the namespace runtimes and PRoot: a site's runtime is chosen by name or where
-    #: nothing else runs.
-    preference: ClassVar[int] = 70
+    #: After crun and runc, before Fakechroot and PRoot (README "Engines"): where the site's
+    #: runtime is all that works, the automatic choice lands here.
+    preference: ClassVar[int] = 20
     hides_devices: ClassVar[bool] = False  # the core's /dev bind is the host's
 
     def __init__(self, session: Session) -> None:
@@ -212,14 +211,49 @@ class SingularityEngine:
 
 
 #: Linux capabilities by number, as the runtime's ``--drop-caps`` names them.
-CAPABILITIES = (
-    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP"
-    " LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER"
-    " SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE"
-    " SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP"
-    " MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF"
-    " CHECKPOINT_RESTORE"
-).split()
+CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
 
 
 def missing_capabilities() -> list[str]:
