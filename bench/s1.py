@@ -18,7 +18,8 @@ the registry is stopped before the timed rounds. Cases, alternated round by roun
 * ``apptainer-fakeroot``: ``apptainer exec --fakeroot ROOT /bin/true`` on the container's root
   (with ``--cleanenv --no-mount bind-paths``: the test root's ``/etc/localtime`` dangles);
 * ``apptainer-userns``: the same as the invoking user (``--userns``), the runtime's cheapest run;
-* ``python``: ``python -c pass``, the interpreter's start, for context.
+* ``ucore-version``: ``python -m ucore version``, ucore's command line starting and loading its
+  plugins, and ``python``: ``python -c pass``, the interpreter's start, for context.
 
 What ucore adds to Apptainer is ``ucore-s1`` minus ``apptainer-fakeroot``.
 """
@@ -100,6 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             Command("ucore-s1", [args.python, "-m", "ucore", "run", CONTAINER, "/bin/true"], env),
             Command("apptainer-fakeroot", [*runtime, "--fakeroot", str(root), "/bin/true"], env),
             Command("apptainer-userns", [*runtime, "--userns", str(root), "/bin/true"], env),
+            Command("ucore-version", [args.python, "-m", "ucore", "version"], env),
             Command("python", [args.python, "-c", "pass"], env),
         ]
         samples = _common.alternate(
