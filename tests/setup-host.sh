@@ -68,3 +68,7 @@ python3 "$(dirname "$0")/support/mpi.py" >/dev/null
 # The older-glibc root (Debian bullseye, glibc 2.31, with python3-venv) that ucore's wheels are
 # installed into and run from as ucore-test (tests/support/bullseye.py); a no-op when there.
 python3 "$(dirname "$0")/support/bullseye.py" >/dev/null
+# The Debian unstable root with a real Apptainer (1.4.x), squashfs-tools, uidmap and
+# python3-venv, in which the singularity engine (S1) runs its conformance suite as root and as
+# ucore-test (tox env singularity; tests/support/apptainer.py); a no-op when already there.
+python3 "$(dirname "$0")/support/apptainer.py" >/dev/null
