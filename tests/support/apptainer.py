@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 if __package__:
-    from . import bullseye, debian
+    from . import bullseye, debian, process
 else:  # run as a script, before ucore is installed: this directory is sys.path[0]
     import bullseye  # type: ignore[no-redef]
     import debian  # type: ignore[no-redef]
+    import process  # type: ignore[no-redef]
 
 SUITE = "sid"
 PACKAGES = (
@@ -137,18 +138,8 @@ def enter_argv(
     ``env`` (after ``HOME``, ``USER`` and ``PATH``), each (host path, inside path) bound."""
     home = "/root" if user == "root" else add_user(root, user)
     variables = {"HOME": home, "USER": user, "PATH": "/usr/local/bin:/usr/bin:/bin", **env}
-    return [
-        "unshare",
-        "--mount",
-        "--propagation=private",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--",
-        "/bin/sh",
-        "-c",
+    return process.in_namespaces(
         _ENTER,
-        "sh",
         str(root),
         user,
         home,
@@ -156,7 +147,7 @@ def enter_argv(
         "--",
         *(f"{name}={value}" for name, value in variables.items()),
         *argv,
-    ]
+    )
 
 
 def _pip_settings() -> tuple[dict[str, str], list[tuple[Path, str]]]:

@@ -159,18 +159,8 @@ def run_in_root(
     for path in binds:
         if not path.is_absolute():
             raise ValueError(f"bind {path}: not an absolute path")
-    command = [
-        "unshare",
-        "--mount",
-        "--propagation=private",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--",
-        "/bin/sh",
-        "-c",
+    command = process.in_namespaces(
         _ENTER,
-        "sh",
         str(root),
         f"{entry.pw_uid}:{entry.pw_gid}",
         home,
@@ -178,7 +168,7 @@ def run_in_root(
         "--",
         *(f"{name}={value}" for name, value in variables.items()),
         *argv,
-    ]
+    )
     return process.run_group(command, timeout, env={"PATH": debian.search_path(), "LC_ALL": "C"})
 
 

@@ -42,3 +42,23 @@ def run_group(
             process.communicate()
             raise
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def in_namespaces(script: str, *args: str) -> list[str]:
+    """The command that runs ``sh -c SCRIPT sh ARGS...`` as the first process of a private
+    mount and pid namespace (root only): its mounts stay out of the host's, and every process
+    it starts ends with it (``--kill-child``), however a test ends."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+        "sh",
+        *args,
+    ]
