@@ -111,6 +111,18 @@ class Case:
         container a create made in a store that lives on from round to round."""
 
 
+class CommandCase(Case):
+    """A fixed command with a fixed environment: nothing to prepare, exit 0 is success."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+
+    def prepare(self, workdir: Path) -> Invocation:
+        return Invocation(self.argv, self.env)
+
+
 def parse_time_v(text: str) -> dict[str, str]:
     """``/usr/bin/time -v`` report as {field: value}, e.g. "Maximum resident set size (kbytes)".
 

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, Optional
 
 import _common
 import _image
-from _common import Case, Invocation, Stats
+from _common import Case, CommandCase, Invocation, Stats
 
 TOOLS = (
     "ucore",
@@ -141,18 +141,6 @@ DD_EXPECT = "50000+0 records out"
 HEAVY_FIND_DEFAULT = "/usr/include"
 #: The goal for F3 on both heavy workloads: its cost at most this many times the host's.
 F3_HEAVY_TARGET = 1.5
-
-
-class CommandCase(Case):
-    """A fixed command with a fixed environment: nothing to prepare, exit 0 is success."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = env
-
-    def prepare(self, workdir: Path) -> Invocation:
-        return Invocation(self.argv, self.env)
 
 
 class HeavyCase(CommandCase):

@@ -16,7 +16,7 @@ the registry is stopped before the timed rounds. Cases, alternated round by roun
 * ``ucore-s1``: ``python -m ucore run bench-s1 /bin/true``: root inside, the default, so
   Apptainer's ``--fakeroot``;
 * ``apptainer-fakeroot``: ``apptainer exec --fakeroot ROOT /bin/true`` on the container's root
-  (with ``--cleanenv --no-mount bind-paths``: the test root's ``/etc/localtime`` dangles);
+  (with ``--cleanenv --no-mount bind-paths``, as the engine leaves the site's default binds out);
 * ``apptainer-userns``: the same as the invoking user (``--userns``), the runtime's cheapest run;
 * ``ucore-version``: ``python -m ucore version``, ucore's command line starting and loading its
   plugins, and ``python``: ``python -c pass``, the interpreter's start, for context.
@@ -35,20 +35,10 @@ from pathlib import Path
 from typing import Optional
 
 import _common
-from _common import Case, Invocation
+from _common import CommandCase
 
 CONTAINER = "bench-s1"
 IMAGE = "bench/busybox:latest"
-
-
-class Command(Case):
-    """A fixed command, run in the case's directory."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name, self.argv, self.env = name, argv, env
-
-    def prepare(self, workdir: Path) -> Invocation:
-        return Invocation(self.argv, self.env, workdir)
 
 
 def setup(place: Path, python: str) -> tuple[dict[str, str], Path]:
@@ -94,15 +84,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         place = Path(scratch)
         env, root = setup(place, args.python)
         print(_common.command_version([apptainer, "--version"]), f"uid {os.getuid()}")
-        # bind-paths off: the test root's /etc/localtime dangles (tests/support/debian.py leaves
-        # the time zones out), and the runtime's default bind of it would fail.
+        # bind-paths off, as the engine runs it (NO_MOUNT): none of the site's default binds.
         runtime = [apptainer, "--silent", "exec", "--cleanenv", "--no-mount", "bind-paths"]
         cases = [
-            Command("ucore-s1", [args.python, "-m", "ucore", "run", CONTAINER, "/bin/true"], env),
-            Command("apptainer-fakeroot", [*runtime, "--fakeroot", str(root), "/bin/true"], env),
-            Command("apptainer-userns", [*runtime, "--userns", str(root), "/bin/true"], env),
-            Command("ucore-version", [args.python, "-m", "ucore", "version"], env),
-            Command("python", [args.python, "-c", "pass"], env),
+            CommandCase(
+                "ucore-s1", [args.python, "-m", "ucore", "run", CONTAINER, "/bin/true"], env
+            ),
+            CommandCase(
+                "apptainer-fakeroot", [*runtime, "--fakeroot", str(root), "/bin/true"], env
+            ),
+            CommandCase("apptainer-userns", [*runtime, "--userns", str(root), "/bin/true"], env),
+            CommandCase("ucore-version", [args.python, "-m", "ucore", "version"], env),
+            CommandCase("python", [args.python, "-c", "pass"], env),
         ]
         samples = _common.alternate(
             cases,
