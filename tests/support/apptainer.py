@@ -119,11 +119,11 @@ def add_user(root: Path, name: str = USER) -> str:
     """The host user in the root's account files and ``/etc/subuid``/``/etc/subgid`` (the
     range ``--fakeroot`` maps), with a home of its own; its home inside."""
     entry = pwd.getpwnam(name)
-    home = bullseye._add_user(root, entry)
+    home = bullseye.add_account(root, entry)
     for database in ("subuid", "subgid"):
         path = root / "etc" / database
         path.touch()
-        bullseye._add_line(path, f"{name}:100000:65536")
+        bullseye.add_line(path, f"{name}:100000:65536")
     return home
 
 
@@ -240,6 +240,11 @@ def bench(args: Sequence[str]) -> int:
         return _run(root, [*cmd, "s1.py", *args], env, USER)
 
 
+#: The longest one step inside may take (an install, a run of the suite, the bench): a hang
+#: ends there, not at CI's own limit. About ten times what each takes here.
+STEP_TIMEOUT = 600
+
+
 def _run(
     root: Path,
     argv: Sequence[str],
@@ -247,8 +252,15 @@ def _run(
     user: str,
     binds: Sequence[tuple[Path, str]] = (),
 ) -> int:
+    """``argv`` inside ``root``, its output the caller's; on timeout everything inside ends
+    (killing ``unshare`` ends its namespace: ``--kill-child``) and the status is 124."""
     command = enter_argv(root, argv, env, user, binds)
-    return subprocess.run(command, env={"PATH": debian.search_path(), "LC_ALL": "C"}).returncode
+    host_env = {"PATH": debian.search_path(), "LC_ALL": "C"}
+    try:
+        return subprocess.run(command, env=host_env, timeout=STEP_TIMEOUT).returncode
+    except subprocess.TimeoutExpired:
+        print(f"{argv[-1]!r} inside {root}: no end after {STEP_TIMEOUT} s", file=sys.stderr)
+        return 124
 
 
 def main() -> int:

@@ -151,7 +151,7 @@ def run_in_root(
     :raises subprocess.TimeoutExpired: after ``timeout`` seconds, everything killed.
     """
     entry = pwd.getpwnam(user)
-    home = _add_user(root, entry)
+    home = add_account(root, entry)
     variables = {"HOME": home, "USER": user, "LOGNAME": user, "PATH": PATH, **env}
     # env(1) takes every word with a "=" before the program for an assignment.
     if not argv or "=" in argv[0] or any(not name or "=" in name for name in variables):
@@ -172,15 +172,15 @@ def run_in_root(
     return process.run_group(command, timeout, env={"PATH": debian.search_path(), "LC_ALL": "C"})
 
 
-def _add_user(root: Path, entry: pwd.struct_passwd) -> str:
+def add_account(root: Path, entry: pwd.struct_passwd) -> str:
     """The host user and its primary group in the root's /etc/passwd and /etc/group (once),
     and its home directory inside, owned by it: pip and ucore write below ``$HOME``. Its
     home inside."""
     name = entry.pw_name
     group = grp.getgrgid(entry.pw_gid).gr_name
     home = f"/home/{name}"
-    _add_line(root / "etc/passwd", f"{name}:x:{entry.pw_uid}:{entry.pw_gid}::{home}:/bin/sh")
-    _add_line(root / "etc/group", f"{group}:x:{entry.pw_gid}:")
+    add_line(root / "etc/passwd", f"{name}:x:{entry.pw_uid}:{entry.pw_gid}::{home}:/bin/sh")
+    add_line(root / "etc/group", f"{group}:x:{entry.pw_gid}:")
     directory = root / home.lstrip("/")
     directory.mkdir(parents=True, exist_ok=True)
     os.chown(directory, entry.pw_uid, entry.pw_gid)
@@ -188,7 +188,7 @@ def _add_user(root: Path, entry: pwd.struct_passwd) -> str:
     return home
 
 
-def _add_line(path: Path, line: str) -> None:
+def add_line(path: Path, line: str) -> None:
     """Append ``line`` to the colon-separated database ``path`` unless its name is there; a
     different entry of that name is an error (another id would make files owned by someone
     else)."""
