@@ -45,7 +45,7 @@ from ucore.storage import inroot
 from ucore.storage.rootfs import DIR_FLAGS
 
 if TYPE_CHECKING:
-    from ucore.values.model import Container, RunSpec
+    from ucore.values.model import Container, Mount, RunSpec
 
 #: In the container directory: paths (NUL-terminated) a run found missing, and their lock.
 RECORD = "mountpoints"
@@ -90,12 +90,7 @@ def missing(root: Path, transient: Iterable[str], kept: Iterable[str]) -> list[s
     mounts its own ``/dev`` there, not the image's)."""
     found: dict[str, None] = {}
     for target in transient:
-        walk = _resolve(root, target)
-        if walk is None:
-            continue
-        parts = walk.path.split("/")
-        for end in range(len(parts) - walk.missing + 1, len(parts) + 1):
-            path = "/".join(parts[:end])
+        for path in _absent(root, target):
             if not any(inroot.under(path, top) for top in inroot.PSEUDO):
                 found[path] = None
     if not found:
@@ -107,6 +102,32 @@ def missing(root: Path, transient: Iterable[str], kept: Iterable[str]) -> list[s
             parts = walk.path.split("/")
             needed.update("/".join(parts[:end]) for end in range(2, len(parts) + 1))
     return [path for path in found if path not in needed]
+
+
+def make_lasting(root: Path, mounts: Iterable[Mount]) -> None:
+    """Create the mount points of the lasting (not transient) ``mounts`` that ``root`` lacks,
+    for a runtime that makes none itself (Apptainer on a ``--writable`` sandbox); they stay, as
+    those a runtime makes would. A file's bind gets an empty file, the rest directories, made
+    as :func:`removed_after` makes the transient ones: never through a link."""
+    paths: dict[str, None] = {}
+    files: set[str] = set()
+    for mount in mounts:
+        if mount.transient:
+            continue
+        absent = _absent(root, mount.target)
+        paths.update(dict.fromkeys(absent))
+        if absent and not _is_dir(mount.source):
+            files.add(absent[-1])
+    _make(root, list(paths), files)
+
+
+def _absent(root: Path, target: str) -> list[str]:
+    """The canonical paths, parents first, that ``target`` needs made inside ``root``."""
+    walk = _resolve(root, target)
+    if walk is None:
+        return []
+    parts = walk.path.split("/")
+    return ["/".join(parts[:end]) for end in range(len(parts) - walk.missing + 1, len(parts) + 1)]
 
 
 def _resolve(root: Path, target: str) -> Optional[inroot.Walk]:

@@ -125,8 +125,8 @@ class SingularityEngine:
         argv = self.command(rt, container, spec, image)
         env = self.environment(rt, spec)
         with mountpoints.removed_after(container, spec), spawn.leftovers_ended():
-            if "--writable" in argv:
-                make_mount_points(container.root, spec)
+            if "--writable" in argv:  # the runtime makes no mount point in a sandbox
+                mountpoints.make_lasting(container.root, spec.mounts)
             result = spawn.run(argv, env, cpuset=spec.cpuset)
         return result.status
 
@@ -270,31 +270,6 @@ def missing_capabilities() -> list[str]:
         return []
     bounding = int(line.split()[1], 16)
     return [f"CAP_{n}" for i, n in enumerate(CAPABILITIES) if not bounding >> i & 1]
-
-
-def make_mount_points(root: Path, spec: RunSpec) -> None:
-    """Create the targets of the lasting mounts that the root lacks, as runc does: with
-    ``--writable`` the runtime makes no overlay or underlay, so it cannot mount on a path the
-    sandbox does not have. (The transient mounts' points were made, and are removed after the
-    run, by :func:`ucore.running.mountpoints.removed_after`.) A symbolic link on the way stops it:
-    the core resolved every target inside the root, so one is not expected, and following it
-    could create paths outside."""
-    for source, target in [(m.source, m.target) for m in spec.mounts if not m.transient]:
-        parts = [p for p in target.split("/") if p]
-        path = root
-        for n, part in enumerate(parts):
-            path = path / part
-            if path.is_symlink():
-                break
-            if path.exists():
-                continue
-            try:
-                if n == len(parts) - 1 and not os.path.isdir(source):
-                    path.touch()
-                else:
-                    path.mkdir()
-            except OSError:
-                break
 
 
 def _bind(source: str, target: str, readonly: bool) -> str:
